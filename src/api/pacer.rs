@@ -1,0 +1,627 @@
+//! The request budget: one pacer per RingCentral rate group, shared by every clone of the client.
+//!
+//! RingCentral limits requests per user, per app and per rate group (Heavy: 10 a minute, Auth: 5
+//! a minute, ...). Going over earns a 429 and a penalty that *every further request in the group
+//! restarts*. Requests, not bytes, are the scarce resource, so all of them go through here.
+//!
+//! # Algorithm
+//!
+//! Each group keeps:
+//! - `limit` requests per `window` (contract defaults until the service tells us better through
+//!   `X-Rate-Limit-Limit` / `X-Rate-Limit-Window`);
+//! - a *send log*: one entry per granted request. While the request is in flight its entry is
+//!   *open* and always counts; once the answer's headers have arrived (the permit is dropped) the
+//!   entry is closed and stamped with that arrival time, and it counts while it is younger than
+//!   `window + margin`;
+//! - an optional *hold*: after a 429 nothing in the group is sent until `Retry-After` (30 s when
+//!   missing) has passed, counted from when the 429 arrived. The service started its penalty when
+//!   it answered, so our hold always ends after the service's;
+//! - a priority queue of waiters, ordered by (`Priority`, arrival), so Interactive goes before
+//!   Background and waiters of one priority are FIFO.
+//!
+//! Only the head of the queue may be granted. It is granted when there is no hold and fewer than
+//! `limit` sends are in the log; otherwise it sleeps until the hold ends or until the oldest
+//! logged send leaves the log. Keeping at most `limit` sends in *any* interval of length
+//! `window + margin` (a sliding log) satisfies both a fixed-window and a sliding-window counter on
+//! the service side.
+//!
+//! Why entries are stamped with the *answer's* arrival and not the send: the service counts a
+//! request when it arrives, somewhere between our send and its answer. A log of send times looks
+//! older than the service's count whenever one request is slow to arrive (a new connection, a
+//! loaded machine): with a 1 s test window, a first request that took 300 ms to reach the
+//! emulator let an eleventh request into the same window and earned a 429. The answer's arrival
+//! is never earlier than the service's count, so a log of answer times can only be more
+//! conservative than the service, whatever the latency. The cost is one round trip per window
+//! of throughput, nothing next to a 60 s window. The margin (a tenth of the window,
+//! 250 ms ..= 2 s) is left for timer slack.
+//!
+//! Until the group has seen its first answer, only one request is in flight: the limits may be
+//! lower than the defaults, and one round trip is a cheap price for learning them.
+//!
+//! `X-Rate-Limit-Remaining` (of answers other than 429) corrects the log when the service has counted more than we have
+//! (another process with the same credentials, or a restart): the difference is added as sends
+//! stamped "now", which is conservative.
+//!
+//! Every retry acquires a new permit, so retries spend budget like any other request.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::Priority;
+
+/// RingCentral's rate groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RateGroup {
+    /// 50 requests a minute.
+    Light,
+    /// 40 requests a minute.
+    Medium,
+    /// 10 requests a minute: call log, recording metadata, recording content.
+    Heavy,
+    /// 5 requests a minute: token, revoke.
+    Auth,
+}
+
+impl RateGroup {
+    /// All groups, in index order.
+    pub const ALL: [RateGroup; 4] = [RateGroup::Light, RateGroup::Medium, RateGroup::Heavy, RateGroup::Auth];
+
+    /// The name the service uses in `X-Rate-Limit-Group`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RateGroup::Light => "Light",
+            RateGroup::Medium => "Medium",
+            RateGroup::Heavy => "Heavy",
+            RateGroup::Auth => "Auth",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The contract's limits, used until the service tells us its own.
+    pub fn default_limits(self) -> (u32, Duration) {
+        let per_minute = match self {
+            RateGroup::Light => 50,
+            RateGroup::Medium => 40,
+            RateGroup::Heavy => 10,
+            RateGroup::Auth => 5,
+        };
+        (per_minute, Duration::from_secs(60))
+    }
+
+    fn from_name(name: &str) -> Option<RateGroup> {
+        RateGroup::ALL.into_iter().find(|g| g.name().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+/// Hold applied after a 429 without `Retry-After`.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The pacers of all groups. Cloning the client shares this.
+#[derive(Debug)]
+pub struct Pacers {
+    groups: [Arc<GroupPacer>; 4],
+}
+
+impl Default for Pacers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pacers {
+    /// One pacer per group with contract defaults.
+    pub fn new() -> Self {
+        Pacers { groups: RateGroup::ALL.map(|g| Arc::new(GroupPacer::new(g))) }
+    }
+
+    /// The pacer of `group`.
+    pub fn get(&self, group: RateGroup) -> &Arc<GroupPacer> {
+        &self.groups[group.index()]
+    }
+
+    /// Learns from the `X-Rate-Limit-*` headers of a response (with `status`) to a request sent
+    /// in `group`. When the service names another group, that group learns instead.
+    pub fn observe(&self, group: RateGroup, status: u16, headers: &HeaderMap) {
+        let named = header_str(headers, "x-rate-limit-group").and_then(RateGroup::from_name);
+        self.get(named.unwrap_or(group)).observe(status, headers);
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    let s = header_str(headers, name)?.trim();
+    let digits = s.trim_end_matches(|c: char| !c.is_ascii_digit());
+    digits.parse().ok()
+}
+
+/// Parses `Retry-After` in seconds (HTTP dates are not used by RingCentral; treated as absent).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let s = header_str(headers, "retry-after")?.trim();
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| Duration::from_secs_f64(v.min(24.0 * 3600.0)))
+}
+
+/// Pacer of one rate group.
+#[derive(Debug)]
+pub struct GroupPacer {
+    group: RateGroup,
+    state: Mutex<State>,
+    /// Woken on every change that may let a waiter proceed (grant, release, hold, new head).
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    limit: u32,
+    window: Duration,
+    /// Whether `limit`/`window` came from the service.
+    learned: bool,
+    /// Granted requests still in flight, and answered ones younger than `window + margin`.
+    sends: Vec<Sent>,
+    /// Nothing is sent before this instant (after a 429).
+    hold_until: Option<Instant>,
+    /// Waiters; the first one is the only one that may be granted.
+    queue: BTreeSet<(Priority, u64)>,
+    next_id: u64,
+    /// Permits granted and not yet dropped.
+    in_flight: u32,
+    /// Whether any request of this group has completed (ends the one-at-a-time probing).
+    answered: bool,
+}
+
+/// Id used for sends the service counted that we did not make.
+const PHANTOM: u64 = u64::MAX;
+
+/// One entry of the send log.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    /// The permit's id (`PHANTOM` for sends the service told us about).
+    id: u64,
+    /// The grant (or send) time while open; the answer's arrival once closed.
+    at: Instant,
+    /// In flight: counts whatever its age.
+    open: bool,
+}
+
+enum Decision {
+    Grant,
+    WaitUntil(Instant),
+    WaitNotify,
+}
+
+/// Slack between our send times and the service's arrival times (latency jitter on a loaded
+/// machine can reach tens of milliseconds): a tenth of the window, within 250 ms ..= 2 s.
+fn margin(window: Duration) -> Duration {
+    (window / 10).clamp(Duration::from_millis(250), Duration::from_secs(2))
+}
+
+impl GroupPacer {
+    fn new(group: RateGroup) -> Self {
+        let (limit, window) = group.default_limits();
+        GroupPacer {
+            group,
+            state: Mutex::new(State {
+                limit,
+                window,
+                learned: false,
+                sends: Vec::new(),
+                hold_until: None,
+                queue: BTreeSet::new(),
+                next_id: 0,
+                in_flight: 0,
+                answered: false,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group this pacer paces.
+    pub fn group(&self) -> RateGroup {
+        self.group
+    }
+
+    /// Current `(limit, window, learned)`.
+    pub fn limits(&self) -> (u32, Duration, bool) {
+        let s = self.lock();
+        (s.limit, s.window, s.learned)
+    }
+
+    /// When the current hold ends, if one is in force.
+    pub fn held_until(&self) -> Option<Instant> {
+        self.lock().hold_until.filter(|h| *h > Instant::now())
+    }
+
+    /// Waits for the right to send one request. Cancel-safe: dropping the future leaves the queue.
+    pub async fn acquire(self: &Arc<Self>, prio: Priority) -> Permit {
+        let key = {
+            let mut s = self.lock();
+            let id = s.next_id;
+            s.next_id += 1;
+            s.queue.insert((prio, id));
+            (prio, id)
+        };
+        let mut guard = QueueGuard { pacer: self, key, granted: false };
+        // A new, more urgent waiter may now be the head.
+        self.notify.notify_waiters();
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let decision = self.decide(key, Instant::now());
+            match decision {
+                Decision::Grant => {
+                    guard.granted = true;
+                    tracing::trace!(group = self.group.name(), ?prio, "pacer: granted");
+                    return Permit { pacer: Arc::clone(self), id: key.1 };
+                }
+                Decision::WaitUntil(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t) => {}
+                        _ = &mut notified => {}
+                    }
+                }
+                Decision::WaitNotify => notified.await,
+            }
+        }
+    }
+
+    fn decide(&self, key: (Priority, u64), now: Instant) -> Decision {
+        let mut s = self.lock();
+        if s.queue.first() != Some(&key) {
+            return Decision::WaitNotify;
+        }
+        if let Some(h) = s.hold_until {
+            if h > now {
+                return Decision::WaitUntil(h);
+            }
+            s.hold_until = None;
+        }
+        if !s.answered && s.in_flight > 0 {
+            return Decision::WaitNotify;
+        }
+        let keep = s.window + margin(s.window);
+        s.sends.retain(|e| e.open || now.saturating_duration_since(e.at) < keep);
+        if (s.sends.len() as u64) < u64::from(s.limit.max(1)) {
+            s.queue.remove(&key);
+            s.sends.push(Sent { id: key.1, at: now, open: true });
+            s.in_flight += 1;
+            drop(s);
+            // The next waiter becomes the head.
+            self.notify.notify_waiters();
+            return Decision::Grant;
+        }
+        // Only closed entries age; when every slot is in flight, a permit's drop wakes us.
+        match s.sends.iter().filter(|e| !e.open).map(|e| e.at).min() {
+            Some(oldest) => Decision::WaitUntil(oldest + keep),
+            None => Decision::WaitNotify,
+        }
+    }
+
+    /// Holds the whole group for `d` from now (after a 429). Holds only ever get longer.
+    pub fn hold(&self, d: Duration) {
+        let until = Instant::now() + d;
+        {
+            let mut s = self.lock();
+            s.hold_until = Some(s.hold_until.map_or(until, |h| h.max(until)));
+        }
+        tracing::debug!(group = self.group.name(), hold_ms = d.as_millis() as u64, "pacer: group on hold");
+        self.notify.notify_waiters();
+    }
+
+    fn observe(&self, status: u16, headers: &HeaderMap) {
+        let limit = header_u64(headers, "x-rate-limit-limit");
+        let window = header_u64(headers, "x-rate-limit-window");
+        let remaining = header_u64(headers, "x-rate-limit-remaining");
+        if limit.is_none() && window.is_none() && remaining.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.answered = true;
+        if let Some(l) = limit.filter(|l| *l > 0) {
+            let l = u32::try_from(l).unwrap_or(u32::MAX);
+            if l != s.limit || !s.learned {
+                tracing::debug!(group = self.group.name(), limit = l, "pacer: learned limit");
+            }
+            s.limit = l;
+            s.learned = true;
+        }
+        if let Some(w) = window.filter(|w| *w > 0) {
+            s.window = Duration::from_secs(w);
+            s.learned = true;
+        }
+        // A 429 says "remaining 0" whatever the window holds (a forced 429 has no penalty and
+        // no count behind it); the hold is the answer to a 429, not the send log.
+        if let Some(rem) = remaining.filter(|_| status != 429) {
+            let server_used = u64::from(s.limit).saturating_sub(rem);
+            let window = s.window;
+            let ours = s.sends.iter().filter(|e| e.open || now.saturating_duration_since(e.at) < window).count() as u64;
+            if server_used > ours {
+                let extra = (server_used - ours).min(u64::from(s.limit));
+                tracing::debug!(group = self.group.name(), extra, "pacer: service counted more sends than we did");
+                for _ in 0..extra {
+                    s.sends.push(Sent { id: PHANTOM, at: now, open: false });
+                }
+            }
+        }
+        drop(s);
+        self.notify.notify_waiters();
+    }
+}
+
+struct QueueGuard<'a> {
+    pacer: &'a GroupPacer,
+    key: (Priority, u64),
+    granted: bool,
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        if !self.granted {
+            self.pacer.lock().queue.remove(&self.key);
+            self.pacer.notify.notify_waiters();
+        }
+    }
+}
+
+/// The right to send one request. Keep it until the response headers have been observed.
+#[derive(Debug)]
+pub struct Permit {
+    pacer: Arc<GroupPacer>,
+    id: u64,
+}
+
+impl Permit {
+    /// Re-stamps the entry to now; call right before the request leaves (kept for the logs'
+    /// order; the entry's age counts from the permit's drop).
+    pub fn stamp(&self) {
+        let now = Instant::now();
+        let mut s = self.pacer.lock();
+        if let Some(e) = s.sends.iter_mut().find(|e| e.id == self.id) {
+            e.at = now;
+        }
+        drop(s);
+        self.pacer.notify.notify_waiters();
+    }
+
+    /// The group this permit belongs to.
+    pub fn group(&self) -> RateGroup {
+        self.pacer.group
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // The answer (or the failure) is here: the service counted this request at or before
+        // now, so the entry ages from now on.
+        let now = Instant::now();
+        let mut s = self.pacer.lock();
+        if let Some(e) = s.sends.iter_mut().find(|e| e.id == self.id) {
+            e.at = now;
+            e.open = false;
+        }
+        s.in_flight = s.in_flight.saturating_sub(1);
+        s.answered = true;
+        drop(s);
+        self.pacer.notify.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    /// Teaches a group `limit` per `window_s` seconds.
+    fn teach(p: &Pacers, g: RateGroup, limit: u32, window_s: u64) {
+        p.observe(
+            g,
+            200,
+            &headers(&[
+                ("x-rate-limit-group", g.name()),
+                ("x-rate-limit-limit", &limit.to_string()),
+                ("x-rate-limit-window", &window_s.to_string()),
+            ]),
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_limit_in_any_window() {
+        let p = Arc::new(Pacers::new());
+        teach(&p, RateGroup::Heavy, 3, 1);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let p = Arc::clone(&p);
+            tasks.push(tokio::spawn(async move {
+                let permit = p.get(RateGroup::Heavy).acquire(Priority::Background).await;
+                permit.stamp();
+                let t = Instant::now();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(permit);
+                t
+            }));
+        }
+        let mut times = Vec::new();
+        for t in tasks {
+            times.push(t.await.unwrap() - start);
+        }
+        times.sort();
+        // Any 4 consecutive sends span more than the window.
+        for w in times.windows(4) {
+            assert!(w[3] - w[0] >= Duration::from_secs(1), "{times:?}");
+        }
+        // And the pacer does not dawdle: 10 sends at 3 per (10 ms answer + 1 s + 250 ms margin)
+        // need 3 waits.
+        assert!(*times.last().unwrap() <= Duration::from_millis(3 * 1260 + 50), "{times:?}");
+    }
+
+    /// The service counts a request when it arrives, anywhere up to its answer. A slow request
+    /// (a new connection, a loaded machine) must age from its answer, or the next window opens
+    /// early on our side and not on the service's: a 429 seen in CI with a 1 s window.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_answer_ages_from_its_arrival_not_its_send() {
+        let p = Arc::new(Pacers::new());
+        teach(&p, RateGroup::Heavy, 1, 1);
+        let g = p.get(RateGroup::Heavy);
+        let sent = Instant::now();
+        let permit = g.acquire(Priority::Interactive).await;
+        permit.stamp();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        drop(permit);
+        drop(g.acquire(Priority::Interactive).await);
+        // 800 ms in flight, then the whole window and its margin.
+        assert!(sent.elapsed() >= Duration::from_millis(800 + 1250), "{:?}", sent.elapsed());
+        assert!(sent.elapsed() < Duration::from_millis(800 + 1250 + 50), "{:?}", sent.elapsed());
+    }
+
+    /// A request in flight longer than the window still holds its slot.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_keeps_its_slot() {
+        let p = Arc::new(Pacers::new());
+        teach(&p, RateGroup::Heavy, 1, 1);
+        let g = Arc::clone(p.get(RateGroup::Heavy));
+        let permit = g.acquire(Priority::Interactive).await;
+        let g2 = Arc::clone(&g);
+        let second = tokio::spawn(async move { g2.acquire(Priority::Interactive).await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!second.is_finished(), "granted while the only slot was in flight");
+        drop(permit);
+        let t = Instant::now();
+        let _second = second.await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(1250), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interactive_goes_first() {
+        let p = Arc::new(Pacers::new());
+        teach(&p, RateGroup::Heavy, 1, 1);
+        let g = Arc::clone(p.get(RateGroup::Heavy));
+        let first = g.acquire(Priority::Background).await;
+        drop(first);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, prio) in [Priority::Background, Priority::Background, Priority::Interactive].into_iter().enumerate() {
+            let g = Arc::clone(&g);
+            let order = Arc::clone(&order);
+            tasks.push(tokio::spawn(async move {
+                // Enqueue in index order.
+                tokio::time::sleep(Duration::from_millis(i as u64)).await;
+                let _permit = g.acquire(prio).await;
+                order.lock().unwrap().push(i);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![2, 0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_blocks_the_whole_group() {
+        let p = Arc::new(Pacers::new());
+        teach(&p, RateGroup::Heavy, 100, 1);
+        let g = p.get(RateGroup::Heavy);
+        drop(g.acquire(Priority::Interactive).await);
+        let start = Instant::now();
+        g.hold(Duration::from_secs(5));
+        // A shorter hold does not shorten it.
+        g.hold(Duration::from_secs(1));
+        let _p = g.acquire(Priority::Interactive).await;
+        assert!(start.elapsed() >= Duration::from_secs(5));
+        assert!(start.elapsed() < Duration::from_millis(5100));
+        // Other groups are unaffected.
+        let a = Instant::now();
+        drop(p.get(RateGroup::Auth).acquire(Priority::Interactive).await);
+        assert_eq!(a.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_request_probes_alone() {
+        let p = Arc::new(Pacers::new());
+        let g = Arc::clone(p.get(RateGroup::Heavy));
+        let first = g.acquire(Priority::Background).await;
+        let g2 = Arc::clone(&g);
+        let second = tokio::spawn(async move { g2.acquire(Priority::Background).await });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!second.is_finished());
+        // The answer teaches a lower limit: 1 per 5 s.
+        p.observe(RateGroup::Heavy, 200, &headers(&[("x-rate-limit-limit", "1"), ("x-rate-limit-window", "5")]));
+        let t = Instant::now();
+        drop(first);
+        let _second = second.await.unwrap();
+        // The first answer arrived at 2 s; the second waits for it to leave the 5 s (+500 ms) log.
+        assert!(t.elapsed() >= Duration::from_millis(5500), "{:?}", t.elapsed());
+        assert_eq!(g.limits(), (1, Duration::from_secs(5), true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_header_adds_unseen_sends() {
+        let p = Arc::new(Pacers::new());
+        let g = p.get(RateGroup::Heavy);
+        let permit = g.acquire(Priority::Interactive).await;
+        // The service says 10 per 60 s and only 1 left after our single request: 8 sends by
+        // someone else are counted.
+        let h = headers(&[("x-rate-limit-limit", "10"), ("x-rate-limit-window", "60"), ("x-rate-limit-remaining", "1")]);
+        // A 429's "remaining 0" does not fill the log.
+        p.observe(RateGroup::Heavy, 429, &headers(&[("x-rate-limit-limit", "10"), ("x-rate-limit-remaining", "0")]));
+        p.observe(RateGroup::Heavy, 200, &h);
+        drop(permit);
+        let t = Instant::now();
+        drop(g.acquire(Priority::Interactive).await);
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        drop(g.acquire(Priority::Interactive).await);
+        assert!(t.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_waiter_leaves_the_queue() {
+        let p = Arc::new(Pacers::new());
+        teach(&p, RateGroup::Heavy, 1, 1);
+        let g = Arc::clone(p.get(RateGroup::Heavy));
+        drop(g.acquire(Priority::Background).await);
+        // An interactive waiter gives up; the background one behind it must still proceed.
+        let cancelled = tokio::time::timeout(Duration::from_millis(100), g.acquire(Priority::Interactive)).await;
+        assert!(cancelled.is_err());
+        let t = Instant::now();
+        drop(g.acquire(Priority::Background).await);
+        // It waits out the window plus the pacer's margin (250 ms here), counted from the
+        // first grant 100 ms earlier; a stuck queue head would make it wait forever.
+        assert!(t.elapsed() <= Duration::from_millis(1150), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn parses_retry_after_and_group_names() {
+        assert_eq!(retry_after(&headers(&[("retry-after", "7")])), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+        assert_eq!(RateGroup::from_name("heavy"), Some(RateGroup::Heavy));
+        assert_eq!(RateGroup::from_name("Auth"), Some(RateGroup::Auth));
+        assert_eq!(header_u64(&headers(&[("x-rate-limit-window", "60s")]), "x-rate-limit-window"), Some(60));
+    }
+}

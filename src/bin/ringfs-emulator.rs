@@ -1,0 +1,234 @@
+//! `ringfs-emulator`: an offline RingCentral account (API host + media host) for development.
+//!
+//! Prints the API base URL and then the media base URL as the first two lines of stdout, then
+//! serves until SIGINT or SIGTERM. Logs go to stderr (`RINGFS_LOG=debug` for more).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use ringfs::emulator::{self, AudioFormat, Config, Faults, MediaBehaviour, RateLimits};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Mp3,
+    Wav,
+    Mixed,
+}
+
+/// An emulated RingCentral account with call recordings, for offline development and tests.
+///
+/// Log in with the JWT bearer grant at {API}/restapi/oauth/token using the demo credentials below
+/// (Basic auth with client id and secret, assertion = the JWT), then read
+/// {API}/restapi/v1.0/account/~/extension/~/call-log and fetch each record's recording.contentUri.
+#[derive(Debug, Parser)]
+#[command(name = "ringfs-emulator", version)]
+struct Args {
+    /// API host address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Media host address (recording content).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    media_listen: SocketAddr,
+    /// Seed of the data set.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of calls (plus the seed document's example call).
+    #[arg(long, default_value_t = 300)]
+    calls: usize,
+    /// Spread the calls over the last DAYS days.
+    #[arg(long, default_value_t = 90)]
+    days: u32,
+    /// Recording format of the account.
+    #[arg(long, value_enum, default_value = "mp3")]
+    format: Format,
+    /// A new call ends every SECS seconds after start.
+    #[arg(long, value_name = "SECS")]
+    live: Option<f64>,
+    /// Accepted OAuth client id.
+    #[arg(long, default_value = emulator::DEMO_CLIENT_ID)]
+    client_id: String,
+    /// Accepted OAuth client secret.
+    #[arg(long, default_value = emulator::DEMO_CLIENT_SECRET)]
+    client_secret: String,
+    /// Accepted JWT credential.
+    #[arg(long, default_value = emulator::DEMO_JWT)]
+    jwt: String,
+    /// Access-token lifetime in seconds.
+    #[arg(long, default_value_t = 3600.0, value_name = "S")]
+    access_ttl: f64,
+    /// Refresh-token lifetime in seconds.
+    #[arg(long, default_value_t = 604_800.0, value_name = "S")]
+    refresh_ttl: f64,
+    /// Do not issue refresh tokens (log in again with the JWT instead).
+    #[arg(long)]
+    no_refresh_tokens: bool,
+    /// The user is not an admin: the account-level call log answers 403.
+    #[arg(long)]
+    not_admin: bool,
+    /// Rate-limit window in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "S")]
+    rate_window: f64,
+    /// Penalty after exceeding a limit, in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "S")]
+    rate_penalty: f64,
+    /// Light group requests per window.
+    #[arg(long, default_value_t = 50)]
+    light_limit: u32,
+    /// Medium group requests per window.
+    #[arg(long, default_value_t = 40)]
+    medium_limit: u32,
+    /// Heavy group requests per window (call log, recordings).
+    #[arg(long, default_value_t = 10)]
+    heavy_limit: u32,
+    /// Auth group requests per window (token, revoke).
+    #[arg(long, default_value_t = 5)]
+    auth_limit: u32,
+    /// No rate limits at all.
+    #[arg(long)]
+    unlimited: bool,
+    /// Seconds from a call's end until its record shows in the call log.
+    #[arg(long, default_value_t = 20.0, value_name = "S")]
+    record_delay: f64,
+    /// Seconds from the record showing until the recording can be fetched.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    recording_delay: f64,
+    /// Media: send bodies chunked, without Content-Length.
+    #[arg(long)]
+    omit_content_length: bool,
+    /// Media: ignore Range requests (always 200 with the whole body).
+    #[arg(long)]
+    ignore_range: bool,
+    /// Media: answer audio/x-wav instead of audio/wav.
+    #[arg(long)]
+    x_wav: bool,
+    /// Fault: cut media connections after N body bytes.
+    #[arg(long, value_name = "N")]
+    drop_after_bytes: Option<u64>,
+    /// Fault: fraction of media responses cut mid-body.
+    #[arg(long, default_value_t = 0.0)]
+    drop_fraction: f64,
+    /// Fault: media body speed cap in bytes per second.
+    #[arg(long, value_name = "N")]
+    max_bytes_per_sec: Option<u64>,
+    /// Fault: fraction of requests answered 503/500/502.
+    #[arg(long, default_value_t = 0.0)]
+    error_5xx_fraction: f64,
+    /// Fault: fraction of requests answered 429 regardless of the budget.
+    #[arg(long, default_value_t = 0.0)]
+    force_429_fraction: f64,
+    /// Fault: Retry-After of forced 429s (none when absent).
+    #[arg(long, value_name = "S")]
+    force_429_retry_after: Option<u64>,
+    /// Fault: fraction of call-log pages with truncated JSON.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_json_fraction: f64,
+}
+
+fn secs(s: f64, name: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("--{name}: {s} is not a duration in seconds"))
+}
+
+impl Args {
+    fn config(&self) -> anyhow::Result<Config> {
+        let fraction = |v: f64, name: &str| {
+            anyhow::ensure!((0.0..=1.0).contains(&v), "--{name}: {v} is not within 0..1");
+            Ok(v)
+        };
+        let rate = if self.unlimited {
+            RateLimits::unlimited()
+        } else {
+            RateLimits {
+                window: secs(self.rate_window, "rate-window")?,
+                penalty: secs(self.rate_penalty, "rate-penalty")?,
+                light: self.light_limit,
+                medium: self.medium_limit,
+                heavy: self.heavy_limit,
+                auth: self.auth_limit,
+            }
+        };
+        anyhow::ensure!(self.days >= 1, "--days must be at least 1");
+        Ok(Config {
+            seed: self.seed,
+            calls: self.calls,
+            days: self.days,
+            format: match self.format {
+                Format::Mp3 => AudioFormat::Mp3,
+                Format::Wav => AudioFormat::Wav,
+                Format::Mixed => AudioFormat::Mixed,
+            },
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            jwt: self.jwt.clone(),
+            access_ttl: secs(self.access_ttl, "access-ttl")?,
+            refresh_ttl: secs(self.refresh_ttl, "refresh-ttl")?,
+            issue_refresh_tokens: !self.no_refresh_tokens,
+            admin: !self.not_admin,
+            rate,
+            record_delay: secs(self.record_delay, "record-delay")?,
+            recording_delay: secs(self.recording_delay, "recording-delay")?,
+            live: self.live.map(|s| secs(s, "live")).transpose()?,
+            media: MediaBehaviour {
+                omit_content_length: self.omit_content_length,
+                ignore_range: self.ignore_range,
+                x_wav: self.x_wav,
+            },
+            faults: Faults {
+                drop_after_bytes: self.drop_after_bytes,
+                drop_fraction: fraction(self.drop_fraction, "drop-fraction")?,
+                max_bytes_per_sec: self.max_bytes_per_sec,
+                error_5xx_fraction: fraction(self.error_5xx_fraction, "error-5xx-fraction")?,
+                force_429_fraction: fraction(self.force_429_fraction, "force-429-fraction")?,
+                force_429_retry_after: self.force_429_retry_after,
+                malformed_json_fraction: fraction(self.malformed_json_fraction, "malformed-json-fraction")?,
+                unreachable: false,
+            },
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(ringfs::cli::log_filter("info"))
+            .init();
+    }
+    let args = Args::parse();
+    let config = args.config()?;
+    let api = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let media = tokio::net::TcpListener::bind(args.media_listen)
+        .await
+        .with_context(|| format!("binding {}", args.media_listen))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "http://{}", api.local_addr()?)?;
+        writeln!(out, "http://{}", media.local_addr()?)?;
+        out.flush()?;
+    }
+    emulator::run(api, media, config, shutdown_signal()).await?;
+    Ok(())
+}

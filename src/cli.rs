@@ -1,0 +1,614 @@
+//! The command line: flags and `-o` options -> one validated [`Options`], and [`run`], which
+//! mounts and serves.
+//!
+//! `ringfs [OPTIONS] <SOURCE> <MOUNTPOINT>` follows sshfs, so `mount -t fuse.ringfs` and fstab
+//! work: `mount.fuse3` calls `ringfs SOURCE MOUNTPOINT -o opts`. Every long flag is also a
+//! `-o key=value` option (`-o days=30,cache-size=64M`), and the usual FUSE/fstab options
+//! (`ro`, `allow_other`, `uid=`, ...) are understood or, for generic ones like `defaults`,
+//! `noauto` and `_netdev`, accepted and ignored.
+//!
+//! Without `-f` the process forks before any thread exists; the parent waits on a pipe until the
+//! child says the mount is ready (exit 0) or why it failed (the reason, exit 1), as
+//! mountpoint-s3 and sshfs do.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+
+use crate::api::{Client, ClientConfig, Credentials, Scope};
+use crate::catalog::{AudioKind, Window};
+use crate::fs::{Fs, FsConfig, ScopeChoice};
+use crate::media::{Media, MediaConfig};
+
+/// Flags, exactly as typed (after `-o` options were turned into flags).
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringfs",
+    version,
+    about = "Mount a RingCentral account's call recordings as a read-only filesystem",
+    long_about = "Mount a RingCentral account's call recordings as a read-only filesystem.\n\n\
+SOURCE is `demo` (a built-in emulated account, no credentials), `ringcentral` (a real account:\n\
+credentials from RC_CLIENT_ID, RC_CLIENT_SECRET, RC_JWT and optionally RC_SERVER_URL, or from\n\
+--credentials FILE), or an API base URL such as https://platform.ringcentral.com.\n\n\
+Every long flag can also be given as a mount option: -o days=30,cache-size=64M,allow_other.\n\
+Logging: RINGFS_LOG=debug (an env filter); in the background logs go to --log-file only.",
+    after_help = "Request costs (RingCentral's Heavy group allows about 10 requests a minute):\n\
+  listing the root, by-session/ and by-recording/         0 requests\n\
+  listing a date with < 1000 recordings                    at most 1 call-log request\n\
+  a full walk of N recordings                              about ceil(N/1000) call-log requests\n\
+  reading a recording start to end                         1 media request\n\
+  reading it again (within --cache-size)                   0 requests\n\
+  by-session/<id> not yet seen                             1 call-log request\n\
+  by-recording/<id> not yet seen                           1 media request (+1 metadata on 404)\n\
+  mounting with stored tokens                              0 auth requests"
+)]
+pub struct Flags {
+    /// `demo`, `ringcentral`, or an API base URL.
+    pub source: String,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (do not daemonize).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount options, comma separated (see above).
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
+    /// Show this many dates, ending today (90: RingCentral's retention).
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    /// First date shown (YYYY-MM-DD); overrides --days.
+    #[arg(long)]
+    pub since: Option<jiff::civil::Date>,
+    /// Last date shown (YYYY-MM-DD); default today.
+    #[arg(long)]
+    pub until: Option<jiff::civil::Date>,
+    /// Time zone of the date directories (IANA name); default the system's.
+    #[arg(long)]
+    pub tz: Option<String>,
+    /// Which call log to read: the company's (`account`, needs an admin user), the user's own
+    /// (`extension`), or `auto`: the account's when allowed.
+    #[arg(long, default_value = "auto")]
+    pub scope: String,
+    /// Memory for cached audio, e.g. 256M, 1G.
+    #[arg(long, default_value = "256M")]
+    pub cache_size: String,
+    /// The format names use until the account's real format is seen (mp3 or wav).
+    #[arg(long, default_value = "mp3")]
+    pub format: String,
+    /// A file of RC_*=value lines (for fstab, which has no environment); only its owner may
+    /// read it.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Where tokens are kept between mounts (0600); default $XDG_STATE_HOME/ringfs/tokens.json.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+    /// Do not keep tokens on disk (every mount then spends one Auth request).
+    #[arg(long)]
+    pub no_state_file: bool,
+    /// Write logs to this file (in the background, logs are otherwise discarded).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Seconds a listing of today (or a date that may still change) is reused.
+    #[arg(long, default_value_t = 30)]
+    pub recent_ttl: u64,
+    /// Seconds a read may wait for the network before it fails with EIO.
+    #[arg(long, default_value_t = 30)]
+    pub read_timeout: u64,
+    /// Let other users in (needs user_allow_other in /etc/fuse.conf for non-root users).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Let root in as well as the mounting user.
+    #[arg(long)]
+    pub allow_root: bool,
+    /// Let the kernel check permissions against the modes shown.
+    #[arg(long)]
+    pub default_permissions: bool,
+    /// Owner shown for every file (default: the mounting user).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Group shown for every file (default: the mounting user's).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Permission bits masked out (octal, default 077: files 0400, directories 0500).
+    #[arg(long, default_value = "077")]
+    pub umask: String,
+    /// Demo: number of calls in the emulated account.
+    #[arg(long, default_value_t = 300)]
+    pub demo_calls: usize,
+    /// Demo: a new call ends every this many seconds (0: none).
+    #[arg(long, default_value_t = 30)]
+    pub demo_live: u64,
+    /// Demo: recordings are mp3, wav or mixed.
+    #[arg(long, default_value = "mp3")]
+    pub demo_format: String,
+}
+
+/// What the mount was asked for, validated.
+#[derive(Debug)]
+pub struct Options {
+    pub source: Source,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub window: Window,
+    pub scope: ScopeChoice,
+    pub cache_bytes: u64,
+    pub format: AudioKind,
+    pub credentials_file: Option<PathBuf>,
+    pub state_file: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    pub recent_ttl: Duration,
+    pub read_timeout: Duration,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: bool,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub umask: u16,
+    pub demo_calls: usize,
+    pub demo_live: Option<Duration>,
+    pub demo_format: crate::emulator::AudioFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Demo,
+    RingCentral,
+    Url(String),
+}
+
+/// Options mount(8) and fstab pass that mean nothing here, or that are always true.
+const IGNORED: &[&str] = &[
+    "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "nofail", "_netdev",
+    "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "sync", "atime",
+    "noatime", "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "lazytime",
+    "auto_unmount", "comment", "delay_connect", "fsname", "subtype",
+];
+
+/// Turns `-o a,b=c` (anywhere on the line, also `-oa,b`) into `--a --b=c`, so that every long
+/// flag is also a mount option. Generic fstab options are dropped.
+pub fn expand_mount_options(args: impl IntoIterator<Item = OsString>) -> Result<Vec<OsString>, String> {
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let opts = if arg == "-o" {
+            Some(args.next().ok_or("-o needs a value")?)
+        } else if let Some(rest) = arg.to_str().and_then(|s| s.strip_prefix("-o")).filter(|r| !r.is_empty()) {
+            Some(OsString::from(rest))
+        } else {
+            None
+        };
+        let Some(opts) = opts else {
+            out.push(arg);
+            continue;
+        };
+        let opts = opts.into_string().map_err(|_| "mount options must be UTF-8".to_string())?;
+        for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            if IGNORED.contains(&key) || key.starts_with("x-") {
+                continue;
+            }
+            let key = key.replace('_', "-");
+            out.push(OsString::from(match value {
+                Some(v) => format!("--{key}={v}"),
+                None => format!("--{key}"),
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a size such as `256M`, `1G`, `65536`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let unit = s[i..].trim_end_matches(['B', 'b', 'i']).to_ascii_uppercase();
+            let mult = match unit.as_str() {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("bad size {s:?} (use e.g. 256M or 1G)")),
+            };
+            (&s[..i], mult)
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?} (use e.g. 256M or 1G)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+impl Options {
+    pub fn from_flags(f: Flags) -> anyhow::Result<Options> {
+        let source = match f.source.as_str() {
+            "demo" => Source::Demo,
+            "ringcentral" => Source::RingCentral,
+            s if s.starts_with("https://") || s.starts_with("http://") => Source::Url(s.trim_end_matches('/').to_string()),
+            s => bail!("unknown source {s:?}: use `demo`, `ringcentral` or an API base URL"),
+        };
+        let tz = match &f.tz {
+            Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| anyhow!("unknown time zone {name:?}: {e}"))?,
+            None => jiff::tz::TimeZone::system(),
+        };
+        if let (Some(s), Some(u)) = (f.since, f.until)
+            && s > u
+        {
+            bail!("--since {s} is after --until {u}");
+        }
+        if f.days == 0 {
+            bail!("--days must be at least 1");
+        }
+        let window = Window { tz, since: f.since, until: f.until, days: f.days };
+        let scope = match f.scope.as_str() {
+            "auto" => ScopeChoice::Auto,
+            "account" => ScopeChoice::Fixed(Scope::Account),
+            "extension" => ScopeChoice::Fixed(Scope::Extension),
+            s => bail!("unknown scope {s:?}: use auto, account or extension"),
+        };
+        let format = AudioKind::from_extension(&f.format)
+            .ok_or_else(|| anyhow!("unknown format {:?}: use mp3 or wav", f.format))?;
+        let demo_format = match f.demo_format.as_str() {
+            "mp3" => crate::emulator::AudioFormat::Mp3,
+            "wav" => crate::emulator::AudioFormat::Wav,
+            "mixed" => crate::emulator::AudioFormat::Mixed,
+            s => bail!("unknown demo format {s:?}: use mp3, wav or mixed"),
+        };
+        let umask = u16::from_str_radix(f.umask.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| anyhow!("bad umask {:?}: use octal such as 077 or 022", f.umask))?;
+        let cache_bytes = parse_size(&f.cache_size).map_err(|e| anyhow!(e))?;
+        if cache_bytes < 4 << 20 {
+            bail!("--cache-size must be at least 4M");
+        }
+        let state_file = if f.no_state_file { None } else { f.state_file.or_else(default_state_file) };
+        Ok(Options {
+            source,
+            mountpoint: f.mountpoint,
+            foreground: f.foreground,
+            window,
+            scope,
+            cache_bytes,
+            format,
+            credentials_file: f.credentials,
+            state_file,
+            log_file: f.log_file,
+            recent_ttl: Duration::from_secs(f.recent_ttl.max(1)),
+            read_timeout: Duration::from_secs(f.read_timeout.max(1)),
+            allow_other: f.allow_other,
+            allow_root: f.allow_root,
+            default_permissions: f.default_permissions,
+            uid: f.uid,
+            gid: f.gid,
+            umask,
+            demo_calls: f.demo_calls,
+            demo_live: (f.demo_live > 0).then(|| Duration::from_secs(f.demo_live)),
+            demo_format,
+        })
+    }
+
+    /// The core's settings from these options.
+    pub fn fs_config(&self) -> FsConfig {
+        let mut c = FsConfig::new(self.window.clone());
+        c.scope = self.scope;
+        if let Some(uid) = self.uid {
+            c.uid = uid;
+        }
+        if let Some(gid) = self.gid {
+            c.gid = gid;
+        }
+        c.file_mode = 0o444 & !self.umask;
+        c.dir_mode = 0o555 & !self.umask;
+        c.recent_ttl = self.recent_ttl;
+        c.assumed_format = self.format;
+        c
+    }
+}
+
+fn default_state_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("ringfs").join("tokens.json"))
+}
+
+/// Parses the command line; clap prints help and usage errors itself.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Options> {
+    let args = expand_mount_options(args).map_err(|e| anyhow!(e))?;
+    let flags = Flags::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    Options::from_flags(flags)
+}
+
+/// Checks the mount point before anything else, with a message that says what to do.
+fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("mount point {} is not a directory", path.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "mount point {p} is a stale FUSE mount left by a process that died \
+             (Transport endpoint is not connected); clear it with `fusermount3 -u {p}` or `umount -l {p}`",
+            p = path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mount point {} does not exist (mkdir it first)", path.display())
+        }
+        Err(e) => bail!("mount point {}: {e}", path.display()),
+    }
+}
+
+fn check_fuse() -> anyhow::Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!("FUSE is not available: /dev/fuse is missing (install fuse3 and load the fuse module)");
+    }
+    Ok(())
+}
+
+/// The credentials for a real account: `--credentials FILE` or the environment.
+fn credentials(opts: &Options) -> anyhow::Result<Credentials> {
+    let mut creds = match &opts.credentials_file {
+        Some(path) => Credentials::from_file(path).with_context(|| format!("credentials file {}", path.display()))?,
+        None => Credentials::from_env().context("credentials")?,
+    };
+    if let Source::Url(url) = &opts.source {
+        creds.server_url = url.clone();
+    }
+    Ok(creds)
+}
+
+/// Mounts and serves until unmounted. Forks first unless `--foreground`.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    check_fuse()?;
+    check_mountpoint(&opts.mountpoint)?;
+    let creds = match opts.source {
+        Source::Demo => None,
+        _ => Some(credentials(&opts)?),
+    };
+    let mut ready = if opts.foreground { None } else { Some(daemonize()?) };
+    let result = serve(opts, creds, &mut ready);
+    if let (Err(e), Some(pipe)) = (&result, ready.as_mut()) {
+        // The parent prints this; our own stderr may already be /dev/null.
+        let _ = writeln!(pipe, "{e:#}");
+    }
+    result
+}
+
+/// Forks; the parent waits for the child's word and exits with it. Returns the write end of the
+/// pipe in the child. Must run before any thread is started.
+fn daemonize() -> anyhow::Result<std::fs::File> {
+    let mut fds = [0; 2];
+    // SAFETY: plain pipe(2)/fork(2); no threads exist yet (checked by the caller's design: the
+    // tokio runtime is built after this returns).
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(r);
+            unsafe { libc::setsid() };
+            Ok(std::fs::File::from(w))
+        }
+        _child => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(r).read_to_string(&mut msg);
+            if msg.trim() == "ready" {
+                std::process::exit(0);
+            }
+            let msg = msg.trim();
+            if msg.is_empty() {
+                eprintln!("ringfs: the mount process exited before the mount was ready");
+            } else {
+                eprintln!("ringfs: {msg}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The log filter from `RINGFS_LOG` (`debug`, `ringfs=debug,hyper=info`, ...), else `default`.
+///
+/// tracing-subscriber's `Targets` rather than `EnvFilter`: the same `target=level` syntax for
+/// what ringfs needs, without the regex engine EnvFilter compiles in.
+pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
+    let from_env = std::env::var("RINGFS_LOG").ok().and_then(|v| match v.parse() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("ringfs: ignoring RINGFS_LOG={v:?}: {e}");
+            None
+        }
+    });
+    from_env.unwrap_or_else(|| default.parse().expect("default log filter"))
+}
+
+fn init_logging(opts: &Options) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = log_filter("ringfs=info");
+    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_target(false);
+    match &opts.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("log file {}", path.display()))?;
+            let _ = builder.with_ansi(false).with_writer(Arc::new(file)).finish().with(filter).try_init();
+        }
+        None if opts.foreground => {
+            let _ = builder.with_writer(std::io::stderr).finish().with(filter).try_init();
+        }
+        None => {
+            let _ = builder.with_writer(std::io::sink).finish().with(filter).try_init();
+        }
+    }
+    Ok(())
+}
+
+fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
+    init_logging(&opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("ringfs")
+        .build()
+        .context("starting the runtime")?;
+    let (client, _emulator) = rt.block_on(connect(&opts, creds))?;
+    let media = Media::new(
+        Arc::new(crate::source::ApiMedia::new(client.clone())),
+        MediaConfig { cache_bytes: opts.cache_bytes, read_timeout: opts.read_timeout, ..MediaConfig::default() },
+    );
+    let core = Arc::new(Fs::new(Arc::new(client), media, opts.fs_config()));
+    let adapter = crate::fuse::FuseAdapter::new(core, rt.handle().clone());
+    let settings = crate::fuse::MountSettings {
+        fsname: source_name(&opts.source),
+        allow_other: opts.allow_other,
+        allow_root: opts.allow_root,
+        default_permissions: opts.default_permissions,
+    };
+    let mut session = crate::fuse::mount(adapter, &opts.mountpoint, &settings)?;
+    tracing::info!("mounted {} on {}", source_name(&opts.source), opts.mountpoint.display());
+    if let Some(mut pipe) = ready.take() {
+        writeln!(pipe, "ready").ok();
+        drop(pipe);
+        detach_stdio();
+    }
+    // SIGINT/SIGTERM unmount; the session loop below then returns.
+    let mut unmounter = session.unmount_callable();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::info!("signal received, unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!("unmount failed: {e}");
+        }
+    });
+    let result = session.run();
+    tracing::info!("unmounted");
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result.context("serving the mount")
+}
+
+fn source_name(s: &Source) -> String {
+    match s {
+        Source::Demo => "demo".into(),
+        Source::RingCentral => "ringcentral".into(),
+        Source::Url(u) => u.clone(),
+    }
+}
+
+/// Builds the client (starting the in-process emulator for `demo`) and logs in.
+async fn connect(
+    opts: &Options,
+    creds: Option<Credentials>,
+) -> anyhow::Result<(Client, Option<crate::emulator::Emulator>)> {
+    let (config, emulator) = match creds {
+        Some(creds) => {
+            let mut c = ClientConfig::new(creds);
+            c.state_file = opts.state_file.clone();
+            (c, None)
+        }
+        None => {
+            let emu_config = crate::emulator::Config {
+                calls: opts.demo_calls,
+                live: opts.demo_live,
+                format: opts.demo_format,
+                ..crate::emulator::Config::default()
+            };
+            let emu = crate::emulator::Emulator::start(emu_config.clone()).await.context("starting the demo account")?;
+            let creds = Credentials {
+                server_url: emu.api_url(),
+                client_id: emu_config.client_id.clone(),
+                client_secret: emu_config.client_secret.clone(),
+                jwt: emu_config.jwt.clone(),
+            };
+            let mut c = ClientConfig::new(creds);
+            c.media_base = Some(emu.media_url());
+            c.state_file = None; // a new emulator each time: stored tokens would never be valid
+            (c, Some(emu))
+        }
+    };
+    let client = Client::new(config).context("setting up the RingCentral client")?;
+    client.login().await.context("logging in to RingCentral")?;
+    Ok((client, emulator))
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<OsString> {
+        s.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn mount_options_become_flags() {
+        let out = expand_mount_options(args(&[
+            "ringfs", "ringcentral", "/mnt/calls", "-o", "defaults,days=30,credentials=/etc/ringfs.env,allow_other,cache_size=64M,_netdev,x-systemd.automount,rw",
+        ]))
+        .unwrap();
+        assert_eq!(
+            out,
+            args(&["ringfs", "ringcentral", "/mnt/calls", "--days=30", "--credentials=/etc/ringfs.env", "--allow-other", "--cache-size=64M"])
+        );
+        let out = expand_mount_options(args(&["ringfs", "-ouid=1000,umask=022", "demo", "/m"])).unwrap();
+        assert_eq!(out, args(&["ringfs", "--uid=1000", "--umask=022", "demo", "/m"]));
+        assert!(expand_mount_options(args(&["ringfs", "-o"])).is_err());
+    }
+
+    #[test]
+    fn options_validate() {
+        let parse = |a: &[&str]| {
+            let a = expand_mount_options(args(a)).unwrap();
+            Options::from_flags(Flags::try_parse_from(a).unwrap())
+        };
+        let o = parse(&["ringfs", "demo", "/m", "-o", "days=7,umask=022,tz=UTC"]).unwrap();
+        assert_eq!(o.source, Source::Demo);
+        assert_eq!(o.window.days, 7);
+        let c = o.fs_config();
+        assert_eq!((c.file_mode, c.dir_mode), (0o444, 0o555));
+        let o = parse(&["ringfs", "demo", "/m"]).unwrap();
+        let c = o.fs_config();
+        assert_eq!((c.file_mode, c.dir_mode), (0o400, 0o500), "private by default");
+        assert_eq!(o.cache_bytes, 256 << 20);
+        assert!(parse(&["ringfs", "ftp://x", "/m"]).is_err());
+        assert!(parse(&["ringfs", "demo", "/m", "--tz", "Mars/Olympus"]).is_err());
+        assert!(parse(&["ringfs", "demo", "/m", "--scope", "galaxy"]).is_err());
+        assert!(parse(&["ringfs", "demo", "/m", "--umask", "999"]).is_err());
+        let o = parse(&["ringfs", "https://platform.ringcentral.com/", "/m"]).unwrap();
+        assert_eq!(o.source, Source::Url("https://platform.ringcentral.com".into()));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Recording audio, generated on demand from `(key, offset)`.
+//!
+//! The emulator must serve 100,000 recordings of up to an hour without storing any of them, at
+//! loopback speed, and every byte must be reproducible (tests compare what a client downloaded with
+//! [`AudioSpec::fill`]). So each recording is a pure function of a 64-bit key and its duration:
+//!
+//! - **MP3**: a run of MPEG-1 Layer III mono frames at 32 kHz / 32 kbps, 144 bytes each, no padding,
+//!   no CRC. Header `FF FB 18 C4`, then 17 bytes of side information that are all zero (so
+//!   `main_data_begin = 0`, `part2_3_length = 0`: every granule decodes to silence), then 123 bytes
+//!   the decoder treats as ancillary data. Those 123 bytes are seeded pseudo-random noise so that every
+//!   recording's bytes are unique; the first frame's are zero so no decoder takes it for a Xing/Info
+//!   tag. `ceil(duration * 32000 / 1152)` frames, so decoders report the record's duration.
+//! - **WAV**: the 44-byte RIFF header, then 8 kHz 16-bit mono PCM: a per-recording tone (a period of
+//!   `P` samples, looked up in a small table) plus hash noise computed from the sample index.
+//!
+//! Any byte range can be produced independently (Range requests, resumed downloads), and
+//! [`AudioSpec::fill`] works on whole output blocks without per-byte allocation.
+
+/// Size of one MPEG-1 Layer III frame at 32 kbps / 32 kHz without padding.
+pub(crate) const MP3_FRAME_LEN: u64 = 144;
+const MP3_HEADER: [u8; 4] = [0xFF, 0xFB, 0x18, 0xC4];
+/// Header plus 17 bytes of zero side information; the rest of a frame is ancillary data.
+const MP3_ANCILLARY_START: usize = 4 + 17;
+const MP3_SAMPLES_PER_FRAME: u64 = 1152;
+const MP3_SAMPLE_RATE: u64 = 32_000;
+
+/// WAV: 8 kHz, 16-bit, mono.
+pub(crate) const WAV_HEADER_LEN: u64 = 44;
+const WAV_SAMPLE_RATE: u32 = 8_000;
+const WAV_BYTES_PER_SEC: u64 = WAV_SAMPLE_RATE as u64 * 2;
+
+/// Container and codec of one recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Codec {
+    Mp3,
+    Wav,
+}
+
+/// Everything needed to produce the bytes of one recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AudioSpec {
+    pub codec: Codec,
+    /// Mixed from the data-set seed and the recording id; selects the noise and the tone.
+    pub key: u64,
+    /// Length of the audio in whole seconds (the call record's `duration`).
+    pub duration_s: u32,
+}
+
+/// SplitMix64 finaliser: a cheap, well-mixed 64-bit hash.
+#[inline]
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl AudioSpec {
+    /// Number of MP3 frames for the duration.
+    fn mp3_frames(&self) -> u64 {
+        (u64::from(self.duration_s) * MP3_SAMPLE_RATE).div_ceil(MP3_SAMPLES_PER_FRAME)
+    }
+
+    /// Total size in bytes of the file.
+    pub fn len(&self) -> u64 {
+        match self.codec {
+            Codec::Mp3 => self.mp3_frames() * MP3_FRAME_LEN,
+            Codec::Wav => WAV_HEADER_LEN + u64::from(self.duration_s) * WAV_BYTES_PER_SEC,
+        }
+    }
+
+    /// Writes the bytes `offset .. offset + buf.len()` of the file into `buf`.
+    ///
+    /// # Panics
+    /// If the range extends past [`AudioSpec::len`].
+    pub fn fill(&self, offset: u64, buf: &mut [u8]) {
+        assert!(offset + buf.len() as u64 <= self.len(), "audio range out of bounds");
+        match self.codec {
+            Codec::Mp3 => self.fill_mp3(offset, buf),
+            Codec::Wav => self.fill_wav(offset, buf),
+        }
+    }
+
+    /// The whole file (tests and ground truth only; the server streams with [`AudioSpec::fill`]).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len() as usize];
+        self.fill(0, &mut v);
+        v
+    }
+
+    fn mp3_frame(&self, index: u64, frame: &mut [u8; MP3_FRAME_LEN as usize]) {
+        frame.fill(0);
+        frame[..4].copy_from_slice(&MP3_HEADER);
+        if index == 0 {
+            return;
+        }
+        let base = mix64(self.key ^ index.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        let anc = &mut frame[MP3_ANCILLARY_START..];
+        for (i, chunk) in anc.chunks_mut(8).enumerate() {
+            let word = mix64(base.wrapping_add(i as u64)).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+
+    fn fill_mp3(&self, offset: u64, buf: &mut [u8]) {
+        let mut frame = [0u8; MP3_FRAME_LEN as usize];
+        let mut pos = offset;
+        let mut out = 0usize;
+        while out < buf.len() {
+            let index = pos / MP3_FRAME_LEN;
+            let within = (pos % MP3_FRAME_LEN) as usize;
+            self.mp3_frame(index, &mut frame);
+            let n = (frame.len() - within).min(buf.len() - out);
+            buf[out..out + n].copy_from_slice(&frame[within..within + n]);
+            out += n;
+            pos += n as u64;
+        }
+    }
+
+    fn wav_header(&self) -> [u8; WAV_HEADER_LEN as usize] {
+        let data_len = (u64::from(self.duration_s) * WAV_BYTES_PER_SEC) as u32;
+        let mut h = [0u8; WAV_HEADER_LEN as usize];
+        h[0..4].copy_from_slice(b"RIFF");
+        h[4..8].copy_from_slice(&(36 + data_len).to_le_bytes());
+        h[8..12].copy_from_slice(b"WAVE");
+        h[12..16].copy_from_slice(b"fmt ");
+        h[16..20].copy_from_slice(&16u32.to_le_bytes());
+        h[20..22].copy_from_slice(&1u16.to_le_bytes()); // PCM
+        h[22..24].copy_from_slice(&1u16.to_le_bytes()); // mono
+        h[24..28].copy_from_slice(&WAV_SAMPLE_RATE.to_le_bytes());
+        h[28..32].copy_from_slice(&(WAV_SAMPLE_RATE * 2).to_le_bytes());
+        h[32..34].copy_from_slice(&2u16.to_le_bytes()); // block align
+        h[34..36].copy_from_slice(&16u16.to_le_bytes()); // bits per sample
+        h[36..40].copy_from_slice(b"data");
+        h[40..44].copy_from_slice(&data_len.to_le_bytes());
+        h
+    }
+
+    fn fill_wav(&self, offset: u64, buf: &mut [u8]) {
+        let mut pos = offset;
+        let mut out = 0usize;
+        if pos < WAV_HEADER_LEN {
+            let header = self.wav_header();
+            let n = ((WAV_HEADER_LEN - pos) as usize).min(buf.len());
+            buf[..n].copy_from_slice(&header[pos as usize..pos as usize + n]);
+            out = n;
+            pos += n as u64;
+        }
+        if out == buf.len() {
+            return;
+        }
+        // Tone: one period of `period` samples (200..500 Hz at 8 kHz), amplitude ~0.2 full scale.
+        let period = 16 + (self.key % 25) as usize;
+        let mut table = [0i32; 40];
+        for (i, t) in table.iter_mut().enumerate().take(period) {
+            let phase = i as f64 / period as f64 * std::f64::consts::TAU;
+            *t = (phase.sin() * 6000.0) as i32;
+        }
+        let sample = |s: u64| -> [u8; 2] {
+            let noise = (mix64(self.key ^ s.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 54) as i32 - 512;
+            let v = table[(s % period as u64) as usize] + noise;
+            (v as i16).to_le_bytes()
+        };
+        // A leading odd byte (the high half of a sample).
+        let mut s = (pos - WAV_HEADER_LEN) / 2;
+        if (pos - WAV_HEADER_LEN) % 2 == 1 {
+            buf[out] = sample(s)[1];
+            out += 1;
+            s += 1;
+        }
+        let rest = &mut buf[out..];
+        let mut pairs = rest.chunks_exact_mut(2);
+        for pair in &mut pairs {
+            pair.copy_from_slice(&sample(s));
+            s += 1;
+        }
+        if let [last] = pairs.into_remainder() {
+            *last = sample(s)[0];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs() -> Vec<AudioSpec> {
+        vec![
+            AudioSpec { codec: Codec::Mp3, key: 7, duration_s: 35 },
+            AudioSpec { codec: Codec::Wav, key: 9, duration_s: 3 },
+        ]
+    }
+
+    #[test]
+    fn lengths_follow_duration() {
+        let mp3 = AudioSpec { codec: Codec::Mp3, key: 1, duration_s: 36 };
+        assert_eq!(mp3.len(), 1000 * 144); // 36 s * 32000 / 1152 = 1000 frames
+        let wav = AudioSpec { codec: Codec::Wav, key: 1, duration_s: 2 };
+        assert_eq!(wav.len(), 44 + 32_000);
+    }
+
+    #[test]
+    fn any_range_matches_the_whole_file() {
+        for spec in specs() {
+            let whole = spec.to_vec();
+            for (start, len) in [(0usize, 1usize), (1, 300), (43, 3), (45, 2), (143, 146), (1000, 4097)] {
+                let mut part = vec![0u8; len];
+                spec.fill(start as u64, &mut part);
+                assert_eq!(part, whole[start..start + len], "{spec:?} at {start}+{len}");
+            }
+        }
+    }
+
+    #[test]
+    fn recordings_differ_and_frames_are_well_formed() {
+        let a = AudioSpec { codec: Codec::Mp3, key: 1, duration_s: 10 }.to_vec();
+        let b = AudioSpec { codec: Codec::Mp3, key: 2, duration_s: 10 }.to_vec();
+        assert_ne!(a, b);
+        for frame in a.chunks(144) {
+            assert_eq!(frame[..4], MP3_HEADER);
+            assert!(frame[4..21].iter().all(|&x| x == 0));
+        }
+        assert!(a[21..144].iter().all(|&x| x == 0), "first frame's ancillary data is zero");
+    }
+}

@@ -1,0 +1,334 @@
+//! An emulated RingCentral account: the API host and the media host, in-process.
+//!
+//! ringfs is tested, benchmarked and demonstrated against this emulator, so it follows
+//! `shared/ringcentral-api.md` (the contract) and is never kinder than the real service: tokens
+//! expire and die when replaced, the Heavy group allows 10 requests a minute and a request sent
+//! during a penalty restarts it, records appear only some time after a call ends and recordings
+//! only after that. Where the real service is undocumented (Content-Length, Range support,
+//! `audio/x-wav`), [`MediaBehaviour`] makes each answer a setting.
+//!
+//! # Layout
+//! - [`data`]: the calls of the account, deterministic from the seed (metadata only).
+//! - [`audio`]: recording bytes generated on demand from `(key, offset)`; nothing is stored.
+//! - [`server`]: the HTTP side: auth, call log, recordings, rate limits, faults, accounting.
+//!
+//! Start it in-process with [`Emulator::start`] (tests) or [`run`] with listeners you bound
+//! yourself (the `ringfs-emulator` binary). Both hosts listen on loopback ports; `contentUri`s in
+//! the call log point at the media listener.
+
+mod audio;
+mod data;
+mod server;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Demo OAuth client id accepted by default (printed by `ringfs-emulator --help`).
+pub const DEMO_CLIENT_ID: &str = "ringfs-demo-client";
+/// Demo OAuth client secret accepted by default.
+pub const DEMO_CLIENT_SECRET: &str = "ringfs-demo-secret";
+/// Demo JWT credential accepted by default (opaque to the emulator: compared byte for byte).
+pub const DEMO_JWT: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIyMjIyMjIyMiIsImlzcyI6InJpbmdmcy1lbXVsYXRvciIsImF1ZCI6ImRlbW8iLCJleHAiOjQxMDI0NDQ4MDB9.cmluZ2ZzLWVtdWxhdG9yIGRlbW8gc2lnbmF0dXJl";
+
+/// The account's recording format (an account setting on the real service).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AudioFormat {
+    /// Every recording is `audio/mpeg`.
+    #[default]
+    Mp3,
+    /// Every recording is `audio/wav`.
+    Wav,
+    /// About a third of the recordings are WAV, the rest MP3 (exercises a client's renames).
+    Mixed,
+}
+
+/// Per-group request limits (see the contract's rate-limit table).
+///
+/// Each group counts requests in a fixed window that opens with the first request after the
+/// previous window closed. The request that exceeds the limit gets 429 and starts a penalty of
+/// `penalty`; every request in that group during the penalty gets 429 too and restarts it. When
+/// the penalty has run out, a fresh window opens.
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    /// Length of the counting window (`X-Rate-Limit-Window`), 60 s on the real service.
+    pub window: Duration,
+    /// Penalty after the limit is exceeded (`Retry-After`), 60 s on the real service.
+    pub penalty: Duration,
+    /// Light group limit per window (50).
+    pub light: u32,
+    /// Medium group limit per window (40).
+    pub medium: u32,
+    /// Heavy group limit per window (10): call log, recording metadata and content.
+    pub heavy: u32,
+    /// Auth group limit per window (5): token and revoke.
+    pub auth: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            window: Duration::from_secs(60),
+            penalty: Duration::from_secs(60),
+            light: 50,
+            medium: 40,
+            heavy: 10,
+            auth: 5,
+        }
+    }
+}
+
+impl RateLimits {
+    /// No limit in any group (headers are still sent).
+    pub fn unlimited() -> Self {
+        RateLimits { light: u32::MAX, medium: u32::MAX, heavy: u32::MAX, auth: u32::MAX, ..Self::default() }
+    }
+}
+
+/// How the media host answers where the real service's behaviour is undocumented.
+#[derive(Clone, Debug, Default)]
+pub struct MediaBehaviour {
+    /// Send bodies chunked, without `Content-Length`.
+    pub omit_content_length: bool,
+    /// Ignore `Range`: always 200 with the whole body, no `Accept-Ranges`.
+    pub ignore_range: bool,
+    /// Say `audio/x-wav` instead of `audio/wav` (older services did).
+    pub x_wav: bool,
+}
+
+/// Fault injection; [`Emulator::set_faults`] changes it while running.
+///
+/// Fractions are probabilities per request in `0.0..=1.0`, decided by a seeded counter.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Media: close the connection after this many body bytes of a response. When set while
+    /// `drop_fraction` is 0, every media response is cut.
+    pub drop_after_bytes: Option<u64>,
+    /// Media: fraction of responses cut mid-body (after `drop_after_bytes`, default half the body).
+    pub drop_fraction: f64,
+    /// Media: body speed cap in bytes per second.
+    pub max_bytes_per_sec: Option<u64>,
+    /// Any RingCentral endpoint: fraction answered 503 `CMN-201` (with `Retry-After: 1`), 500 or 502.
+    pub error_5xx_fraction: f64,
+    /// Any RingCentral endpoint: fraction answered 429 `CMN-301` regardless of the budget (no penalty).
+    pub force_429_fraction: f64,
+    /// `Retry-After` of forced 429s; `None` sends none (clients must then wait 30 s or more).
+    pub force_429_retry_after: Option<u64>,
+    /// Call-log pages: fraction answered with truncated, invalid JSON (status 200).
+    pub malformed_json_fraction: f64,
+    /// Both hosts close every connection at once, before answering.
+    pub unreachable: bool,
+}
+
+/// Emulator settings. [`Config::default`] is the demo account.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Seed of the data set and of fault decisions (default 1).
+    pub seed: u64,
+    /// Number of generated calls (default 300), plus the seed document's example call.
+    pub calls: usize,
+    /// Calls are spread over the last `days` days ending now (default 90).
+    pub days: u32,
+    /// Recording format of the account.
+    pub format: AudioFormat,
+    /// Expected OAuth client id.
+    pub client_id: String,
+    /// Expected OAuth client secret.
+    pub client_secret: String,
+    /// Expected JWT assertion.
+    pub jwt: String,
+    /// Lifetime of access tokens (a shorter `access_token_ttl` in the request wins).
+    pub access_ttl: Duration,
+    /// Lifetime of refresh tokens (a shorter `refresh_token_ttl` in the request wins).
+    pub refresh_ttl: Duration,
+    /// Whether the app has refresh tokens enabled.
+    pub issue_refresh_tokens: bool,
+    /// The user is an admin; when false the account-level call log answers 403.
+    pub admin: bool,
+    /// Rate limits per group.
+    pub rate: RateLimits,
+    /// Delay from a call's end until its record shows in the call log (15..30 s on the real service).
+    pub record_delay: Duration,
+    /// Delay from the record showing until the recording content can be fetched.
+    pub recording_delay: Duration,
+    /// `Some(i)`: a new call ends every `i` after start (a live account).
+    pub live: Option<Duration>,
+    /// Media host behaviour.
+    pub media: MediaBehaviour,
+    /// Initial faults.
+    pub faults: Faults,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            seed: 1,
+            calls: 300,
+            days: 90,
+            format: AudioFormat::Mp3,
+            client_id: DEMO_CLIENT_ID.into(),
+            client_secret: DEMO_CLIENT_SECRET.into(),
+            jwt: DEMO_JWT.into(),
+            access_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+            issue_refresh_tokens: true,
+            admin: true,
+            rate: RateLimits::default(),
+            record_delay: Duration::from_secs(20),
+            recording_delay: Duration::from_secs(10),
+            live: None,
+            media: MediaBehaviour::default(),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Request accounting, also served as JSON at `GET /__emulator/stats` on the API host.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// Requests per endpoint: `token`, `revoke`, `account-call-log`, `extension-call-log`,
+    /// `recording-meta`, `recording-content` (throttled and failed requests count too).
+    pub by_endpoint: BTreeMap<String, u64>,
+    /// Requests per rate group: `Light`, `Medium`, `Heavy`, `Auth`.
+    pub by_group: BTreeMap<String, u64>,
+    /// 429 answers sent (budget, penalty and forced).
+    pub throttled: u64,
+    /// Requests received in a group while its penalty was running.
+    pub penalty_violations: u64,
+    /// Media body bytes sent.
+    pub bytes_served: u64,
+    /// Injected faults (5xx, forced 429, malformed JSON, dropped or refused connections).
+    pub faults_injected: u64,
+}
+
+impl Stats {
+    /// Requests to one endpoint (0 when none).
+    pub fn endpoint(&self, k: &str) -> u64 {
+        self.by_endpoint.get(k).copied().unwrap_or(0)
+    }
+    /// Call-log requests, account and extension level.
+    pub fn call_log(&self) -> u64 {
+        self.endpoint("account-call-log") + self.endpoint("extension-call-log")
+    }
+    /// Media (recording content) requests.
+    pub fn media(&self) -> u64 {
+        self.endpoint("recording-content")
+    }
+}
+
+/// Ground truth about one call, for tests.
+#[derive(Clone, Debug)]
+pub struct CallInfo {
+    pub call_log_id: String,
+    pub session_id: String,
+    pub telephony_session_id: String,
+    pub start: jiff::Timestamp,
+    pub duration_s: u64,
+    pub end: jiff::Timestamp,
+    pub inbound: bool,
+    pub from_number: Option<String>,
+    pub from_name: Option<String>,
+    pub to_number: Option<String>,
+    pub to_name: Option<String>,
+    /// The extension whose call log holds the record.
+    pub extension_id: String,
+    pub recording_id: Option<String>,
+    /// `audio/mpeg` or `audio/wav` (`audio/x-wav` with [`MediaBehaviour::x_wav`]).
+    pub content_type: Option<&'static str>,
+    /// Size in bytes of the recording content.
+    pub recording_len: Option<u64>,
+    /// When the record shows in the call log.
+    pub visible_at: jiff::Timestamp,
+    /// When the recording content can be fetched.
+    pub fetchable_at: jiff::Timestamp,
+}
+
+/// A running emulator; dropping it stops the servers too.
+pub struct Emulator {
+    state: Arc<server::State>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Emulator {
+    /// Binds `127.0.0.1:0` for the API and the media host and serves them in background tasks.
+    pub async fn start(config: Config) -> std::io::Result<Emulator> {
+        let api = TcpListener::bind("127.0.0.1:0").await?;
+        let media = TcpListener::bind("127.0.0.1:0").await?;
+        let state = Arc::new(server::State::new(config, api.local_addr()?, media.local_addr()?));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(state.clone(), api, media, async move {
+            let _ = rx.await;
+        }));
+        Ok(Emulator { state, stop: Some(tx), task: Some(task) })
+    }
+
+    /// Base URL of the API host (what `RC_SERVER_URL` would be), e.g. `http://127.0.0.1:40123`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.state.api_addr)
+    }
+
+    /// Base URL of the media host.
+    pub fn media_url(&self) -> String {
+        format!("http://{}", self.state.media_addr)
+    }
+
+    /// A snapshot of the request accounting.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// Zeroes the request accounting.
+    pub fn reset_stats(&self) {
+        self.state.reset_stats();
+    }
+
+    /// Replaces the fault settings; takes effect for the next request.
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.set_faults(faults);
+    }
+
+    /// Every call of the account, including live calls that have started so far.
+    pub fn calls(&self) -> Vec<CallInfo> {
+        self.state.call_infos()
+    }
+
+    /// The exact bytes the media host serves for a recording (whether fetchable yet or not).
+    pub fn recording_bytes(&self, recording_id: &str) -> Option<Vec<u8>> {
+        self.state.recording_bytes(recording_id)
+    }
+
+    /// Stops both servers and waits for them.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Serves the API on `api` and the media host on `media` until `shutdown` completes.
+pub async fn run(
+    api: TcpListener,
+    media: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = Arc::new(server::State::new(config, api.local_addr()?, media.local_addr()?));
+    server::serve(state, api, media, shutdown).await
+}

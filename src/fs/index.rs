@@ -1,0 +1,213 @@
+//! What the mount knows about the account: call sessions, their recordings, and which dates have
+//! been listed completely. Pure data, no I/O: the listing planner in [`super`] decides which
+//! call-log request to send, this module records what came back.
+//!
+//! Coverage rule. A call-log query for `[from, to)` returns records newest first, 1000 a page.
+//! After a page, every local date strictly newer than the date of the oldest record seen so far
+//! (and not older than `from`) is complete; the oldest record's date may continue on the next page.
+//! When a query has no next page, every date in `[from, to)` is complete.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+
+use crate::api::{CallRecord, RecordingRef};
+use crate::catalog::Window;
+
+/// One call session: every call-log record that carries its `sessionId`.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub session_id: String,
+    /// The records, deduplicated by record id; `records[0]` is the earliest.
+    pub records: Vec<CallRecord>,
+}
+
+impl Session {
+    pub fn first(&self) -> &CallRecord {
+        &self.records[0]
+    }
+
+    /// Every recording of the session, deduplicated by id, in order of first appearance.
+    pub fn recordings(&self) -> Vec<&RecordingRef> {
+        let mut seen = BTreeSet::new();
+        self.records
+            .iter()
+            .flat_map(|r| r.recordings.iter())
+            .filter(|rec| seen.insert(rec.id.as_str()))
+            .collect()
+    }
+}
+
+/// A recording the mount knows of.
+#[derive(Debug, Clone)]
+pub struct KnownRecording {
+    pub id: String,
+    pub content_uri: String,
+    /// The session it belongs to, when it was found through the call log.
+    pub session_id: Option<String>,
+    pub start: Option<Timestamp>,
+    pub duration: Option<u64>,
+}
+
+/// A call-log query whose pages are not all read yet, kept so that the next date asked for
+/// continues it (one request, no overlap) instead of starting a new query.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub next: String,
+    /// Start time of the oldest record read so far.
+    pub oldest: Timestamp,
+    pub created: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    pub sessions: HashMap<String, Session>,
+    pub recordings: HashMap<String, KnownRecording>,
+    /// Sessions by the local date of their first record.
+    pub by_date: BTreeMap<Date, BTreeSet<String>>,
+    /// When each complete date was last listed.
+    pub listed: HashMap<Date, Instant>,
+    pub cursor: Option<Cursor>,
+}
+
+impl Index {
+    /// Adds records (from any query), merging by session and record id.
+    pub fn add_records(&mut self, records: Vec<CallRecord>, window: &Window) {
+        for record in records {
+            for rec in &record.recordings {
+                self.recordings.insert(
+                    rec.id.clone(),
+                    KnownRecording {
+                        id: rec.id.clone(),
+                        content_uri: rec.content_uri.clone(),
+                        session_id: Some(record.session_id.clone()),
+                        start: Some(record.start_time),
+                        duration: Some(record.duration),
+                    },
+                );
+            }
+            let session_id = record.session_id.clone();
+            let session = self
+                .sessions
+                .entry(session_id.clone())
+                .or_insert_with(|| Session { session_id: session_id.clone(), records: Vec::new() });
+            let old_date = session.records.first().map(|r| window.date_of(r.start_time));
+            match session.records.iter_mut().find(|r| r.id == record.id) {
+                Some(existing) => *existing = record,
+                None => session.records.push(record),
+            }
+            session.records.sort_by_key(|r| (r.start_time, r.id.clone()));
+            let new_date = window.date_of(session.records[0].start_time);
+            if let Some(old) = old_date.filter(|d| *d != new_date)
+                && let Some(set) = self.by_date.get_mut(&old)
+            {
+                set.remove(&session_id);
+            }
+            self.by_date.entry(new_date).or_default().insert(session_id);
+        }
+    }
+
+    /// Marks the dates of `[from, to)` newer than `oldest_partial` (or all of them when the
+    /// query is exhausted, `oldest_partial == None`) as listed at `at`.
+    pub fn mark_listed(
+        &mut self,
+        window: &Window,
+        from: Timestamp,
+        to: Timestamp,
+        oldest_partial: Option<Timestamp>,
+        at: Instant,
+    ) {
+        let first = window.date_of(from);
+        // `to` is exclusive: a query ending exactly at midnight does not cover the next date.
+        let last = window.date_of(to.checked_sub(jiff::SignedDuration::from_nanos(1)).unwrap_or(to));
+        let cut = oldest_partial.map(|t| window.date_of(t));
+        let mut d = first;
+        while d <= last {
+            let whole_date_inside = window.date_range(d).0 >= from;
+            if whole_date_inside && cut.is_none_or(|c| d > c) {
+                self.listed.insert(d, at);
+            }
+            match d.tomorrow() {
+                Ok(next) => d = next,
+                Err(_) => break,
+            }
+        }
+    }
+
+    pub fn sessions_on(&self, date: Date) -> impl Iterator<Item = &Session> {
+        self.by_date
+            .get(&date)
+            .into_iter()
+            .flat_map(|set| set.iter())
+            .filter_map(|id| self.sessions.get(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Party;
+    use jiff::civil::date;
+    use jiff::tz::TimeZone;
+
+    fn rec(id: &str, session: &str, start: &str, recording: &str) -> CallRecord {
+        CallRecord {
+            id: id.into(),
+            session_id: session.into(),
+            telephony_session_id: None,
+            start_time: start.parse().unwrap(),
+            duration: 60,
+            inbound: true,
+            from: Party::default(),
+            to: Party::default(),
+            recordings: vec![RecordingRef { id: recording.into(), content_uri: format!("http://m/{recording}") }],
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn records_merge_by_session_and_id() {
+        let w = Window::last_days(10, TimeZone::UTC);
+        let mut ix = Index::default();
+        ix.add_records(vec![rec("a", "s1", "2026-11-23T10:00:00Z", "r1")], &w);
+        ix.add_records(vec![rec("a", "s1", "2026-11-23T10:00:00Z", "r1"), rec("b", "s1", "2026-11-23T10:00:05Z", "r2")], &w);
+        let s = &ix.sessions["s1"];
+        assert_eq!(s.records.len(), 2);
+        assert_eq!(s.recordings().len(), 2);
+        assert_eq!(ix.sessions_on(date(2026, 11, 23)).count(), 1);
+        assert_eq!(ix.recordings["r2"].session_id.as_deref(), Some("s1"));
+    }
+
+    #[test]
+    fn a_full_page_leaves_the_oldest_date_partial() {
+        let w = Window::last_days(10, TimeZone::UTC);
+        let mut ix = Index::default();
+        let from: Timestamp = "2026-11-20T00:00:00Z".parse().unwrap();
+        let to: Timestamp = "2026-11-24T00:00:00Z".parse().unwrap();
+        let now = Instant::now();
+        ix.mark_listed(&w, from, to, Some("2026-11-22T13:00:00Z".parse().unwrap()), now);
+        assert!(ix.listed.contains_key(&date(2026, 11, 23)));
+        assert!(!ix.listed.contains_key(&date(2026, 11, 22)));
+        assert!(!ix.listed.contains_key(&date(2026, 11, 21)));
+        assert!(!ix.listed.contains_key(&date(2026, 11, 24)), "`to` is exclusive");
+        ix.mark_listed(&w, from, to, None, now);
+        for d in 20..=23 {
+            assert!(ix.listed.contains_key(&date(2026, 11, d)));
+        }
+    }
+
+    #[test]
+    fn a_query_starting_mid_date_does_not_complete_it() {
+        let w = Window::last_days(10, TimeZone::UTC);
+        let mut ix = Index::default();
+        let from: Timestamp = "2026-11-20T12:00:00Z".parse().unwrap();
+        let to: Timestamp = "2026-11-21T12:00:00Z".parse().unwrap();
+        ix.mark_listed(&w, from, to, None, Instant::now());
+        assert!(!ix.listed.contains_key(&date(2026, 11, 20)));
+        assert!(ix.listed.contains_key(&date(2026, 11, 21)), "a query ending at now covers today so far");
+    }
+}

@@ -1,0 +1,28 @@
+//! ringfs: a RingCentral account's call recordings as a read-only FUSE filesystem.
+//!
+//! # Layout
+//!
+//! The modules are layered; each one only uses the ones listed above it.
+//!
+//! - [`emulator`]: an in-process RingCentral API emulator (API host + media host), used by the
+//!   tests, the benchmarks, `ringfs demo` and the `ringfs-emulator` binary.
+//! - [`api`]: the RingCentral client. Auth, call log, recording media, and the request budget
+//!   (one pacer per rate group). It is the only code that sends requests, and names no FUSE type.
+//! - [`catalog`]: pure naming: call-log records -> dates, session directories, file names.
+//! - [`media`]: lazy opening of recordings, one shared streaming download per recording, and the
+//!   byte-budgeted LRU chunk cache.
+//! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
+//!   `Result<_, FsError>`; testable without a kernel.
+//! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
+//! - [`source`]: binds the client to the traits of the core and the media layer.
+//! - [`cli`]: command line and `-o` options -> one validated configuration; mounting and the
+//!   parent/child readiness handshake.
+
+pub mod api;
+pub mod catalog;
+pub mod cli;
+pub mod emulator;
+pub mod fs;
+pub mod fuse;
+pub mod media;
+pub mod source;

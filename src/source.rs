@@ -1,0 +1,81 @@
+//! Binds the RingCentral client to the traits the core and the media layer are written against
+//! ([`crate::fs::CallLog`], [`crate::media::MediaSource`]), so neither of them names HTTP.
+
+use jiff::Timestamp;
+
+use crate::api::{ApiError, CallRecord, Client, MediaStream, Priority, RecordingMeta, Scope};
+use crate::fs::{CallLog, Page};
+use crate::media::{BoxFuture, MediaBody, MediaError, MediaSource, RecordingKey};
+
+impl CallLog for Client {
+    fn page(
+        &self,
+        scope: Scope,
+        from: Timestamp,
+        to: Timestamp,
+        next: Option<String>,
+        prio: Priority,
+    ) -> BoxFuture<'_, Result<Page, ApiError>> {
+        Box::pin(async move {
+            let (records, next) = self.call_log_page(scope, from, to, next.as_deref(), prio).await?;
+            Ok(Page { records, next })
+        })
+    }
+
+    fn find_session<'a>(
+        &'a self,
+        scope: Scope,
+        session_id: &'a str,
+        since: Timestamp,
+        prio: Priority,
+    ) -> BoxFuture<'a, Result<Vec<CallRecord>, ApiError>> {
+        Box::pin(Client::find_session(self, scope, session_id, since, prio))
+    }
+
+    fn recording_meta<'a>(&'a self, id: &'a str, prio: Priority) -> BoxFuture<'a, Result<RecordingMeta, ApiError>> {
+        Box::pin(Client::recording_meta(self, id, prio))
+    }
+
+    fn recording_content_url(&self, id: &str) -> Option<String> {
+        Client::recording_content_url(self, id)
+    }
+}
+
+/// The media layer's source: one `GET contentUri` (with `Range` when `offset > 0`) per open.
+pub struct ApiMedia {
+    client: Client,
+}
+
+impl ApiMedia {
+    pub fn new(client: Client) -> ApiMedia {
+        ApiMedia { client }
+    }
+}
+
+fn media_error(e: ApiError) -> MediaError {
+    if e.is_not_found() { MediaError::NotAvailable(e.to_string()) } else { MediaError::Failed(e.to_string()) }
+}
+
+impl MediaSource for ApiMedia {
+    fn open(&self, key: &RecordingKey, offset: u64, prio: Priority) -> BoxFuture<'_, Result<Box<dyn MediaBody>, MediaError>> {
+        let uri = key.content_uri.clone();
+        Box::pin(async move {
+            let stream = self.client.open_media(&uri, offset, prio).await.map_err(media_error)?;
+            Ok(Box::new(Body(stream)) as Box<dyn MediaBody>)
+        })
+    }
+}
+
+struct Body(MediaStream);
+
+impl MediaBody for Body {
+    fn content_type(&self) -> Option<&str> {
+        self.0.content_type()
+    }
+    fn total_len(&self) -> Option<u64> {
+        self.0.total_len()
+    }
+    fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<bytes::Bytes>, MediaError>> {
+        Box::pin(async move { self.0.next_chunk().await.map_err(media_error) })
+    }
+}

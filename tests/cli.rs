@@ -1,0 +1,194 @@
+//! The `ringfs` command as a user runs it: daemonizing, `-o` options, `mount -t fuse.ringfs`,
+//! clean unmounts on signals and `umount`, and one-line errors.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{eventually, force_unmount};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringfs");
+
+fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/mounts").unwrap().lines().any(|l| l.split(' ').nth(1) == Some(p.as_str()))
+}
+
+/// Unmounts and waits for the daemon to go away, whatever happens in the test.
+struct Guard<'a>(&'a Path);
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        force_unmount(self.0);
+    }
+}
+
+fn ringfs(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("RINGFS_LOG", "ringfs=debug").output().unwrap()
+}
+
+fn daemon_pid(mnt: &Path) -> Option<i32> {
+    let out = Command::new("pgrep").arg("-f").arg(format!("{BIN} demo {}", mnt.display())).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()
+}
+
+#[test]
+fn demo_mount_returns_when_ready_and_umount_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let _g = Guard(mnt);
+    let out = ringfs(&["demo", mnt.to_str().unwrap(), "-o", "demo_live=0,days=10"]);
+    assert!(out.status.success(), "ringfs demo failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_mounted(mnt), "returned before the mount was ready");
+    // Immediately usable.
+    // (A count, not the entries: a `DirEntry` keeps its directory open, and umount would be busy.)
+    let dates = std::fs::read_dir(mnt).unwrap().count();
+    assert_eq!(dates, 10 + 2);
+    let bytes = std::fs::read(mnt.join("by-recording/44444444.mp3")).unwrap();
+    assert!(bytes.len() > 1000);
+    let pid = daemon_pid(mnt).expect("daemon running");
+    // umount ends the process.
+    let out = Command::new("umount").arg(mnt).output().unwrap();
+    assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
+    let gone = eventually(Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")).then_some(())
+    });
+    assert!(gone.is_some(), "daemon still running after umount");
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let _g = Guard(mnt);
+    let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = daemon_pid(mnt).expect("daemon running");
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let unmounted = eventually(Duration::from_secs(10), || (!is_mounted(mnt)).then_some(()));
+    assert!(unmounted.is_some(), "SIGTERM did not unmount");
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let out = ringfs(&["demo", "/nonexistent/ringfs-mnt"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["ringcentral", dir.path().to_str().unwrap()])
+        .env_remove("RC_CLIENT_ID")
+        .env_remove("RC_CLIENT_SECRET")
+        .env_remove("RC_JWT")
+        .env_remove("RINGCENTRAL_CLIENT_ID")
+        .env_remove("RINGCENTRAL_CLIENT_SECRET")
+        .env_remove("RINGCENTRAL_JWT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RC_"), "names the missing variables: {err}");
+
+    let out = ringfs(&["gopher://x", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown source"));
+
+    // Bad credentials against a reachable API: the parent reports the child's reason.
+    let emu = std::process::Command::new(env!("CARGO_BIN_EXE_ringfs-emulator"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut emu = KillOnDrop(emu);
+    let mut stdout = std::io::BufReader::new(emu.0.stdout.take().unwrap());
+    let mut api = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut api).unwrap();
+    let _g = Guard(dir.path());
+    let out = Command::new(BIN)
+        .args([api.trim(), dir.path().to_str().unwrap(), "--no-state-file"])
+        .env("RC_CLIENT_ID", "wrong")
+        .env("RC_CLIENT_SECRET", "wrong")
+        .env("RC_JWT", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("logging in"), "{err}");
+    assert!(!err.contains("wrong"), "a secret leaked into the error: {err}");
+    assert!(!is_mounted(dir.path()));
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn stale_mount_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let _g = Guard(mnt);
+    let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = daemon_pid(mnt).expect("daemon running");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let stale = eventually(Duration::from_secs(10), || {
+        (std::fs::metadata(mnt).err()?.raw_os_error() == Some(libc::ENOTCONN)).then_some(())
+    });
+    assert!(stale.is_some(), "expected a stale mount after SIGKILL");
+    let out = ringfs(&["demo", mnt.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stale") && err.contains("umount -l"), "{err}");
+    // Cleared as the message says, it mounts again.
+    assert!(Command::new("umount").arg("-l").arg(mnt).status().unwrap().success());
+    let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_dir(mnt).unwrap().count() > 2);
+}
+
+#[test]
+fn mount_t_fuse_ringfs_works() {
+    if !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/usr/sbin/mount.fuse3").exists() {
+        panic!("mount.fuse3 (Debian's fuse3) is needed for this test");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let _g = Guard(mnt);
+    // mount(8) runs helpers with a fixed, safe PATH, so `ringfs` must be installed where that
+    // PATH looks (as `cargo install` puts it in ~/.cargo/bin, users link it, see the README).
+    // The test links the built binary into /usr/local/bin unless a ringfs is already there.
+    let link = Path::new("/usr/local/bin/ringfs");
+    let _link = if link.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink(BIN, link).expect("link ringfs into /usr/local/bin (run as root)");
+        Some(RemoveOnDrop(link.to_path_buf()))
+    } else {
+        None
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    let out = Command::new("mount")
+        .args(["-t", "fuse.ringfs", "-o", "days=5,demo_live=0,umask=022", "demo"])
+        .arg(mnt)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mount -t fuse.ringfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_mounted(mnt));
+    assert_eq!(std::fs::read_dir(mnt).unwrap().count(), 5 + 2);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(mnt).unwrap().mode() & 0o777, 0o555, "umask=022 from -o");
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

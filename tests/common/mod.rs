@@ -1,0 +1,153 @@
+//! Helpers shared by the integration tests: an in-process emulator, the real client, the core,
+//! and a real FUSE mount that is always unmounted, even when a test fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringfs::api::{Client, ClientConfig, Credentials};
+use ringfs::catalog::Window;
+use ringfs::emulator::{Config, Emulator, RateLimits};
+use ringfs::fs::{Fs, FsConfig};
+use ringfs::media::{Media, MediaConfig};
+
+/// An emulator config for tests: small, fast, no rate limits unless a test sets them.
+pub fn quick_config(calls: usize, days: u32) -> Config {
+    Config {
+        calls,
+        days,
+        rate: RateLimits::unlimited(),
+        record_delay: Duration::from_millis(200),
+        recording_delay: Duration::from_millis(300),
+        ..Config::default()
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
+}
+
+pub fn client_for(emu: &Emulator, cfg: &Config) -> Client {
+    let creds = Credentials {
+        server_url: emu.api_url(),
+        client_id: cfg.client_id.clone(),
+        client_secret: cfg.client_secret.clone(),
+        jwt: cfg.jwt.clone(),
+    };
+    let mut c = ClientConfig::new(creds);
+    c.media_base = Some(emu.media_url());
+    Client::new(c).unwrap()
+}
+
+/// Everything below the kernel: emulator, client, media, core.
+pub struct Stack {
+    pub rt: tokio::runtime::Runtime,
+    pub emu: Emulator,
+    pub client: Client,
+    pub fs: Arc<Fs>,
+}
+
+pub fn stack(cfg: Config, fs_config: impl FnOnce(&mut FsConfig)) -> Stack {
+    let rt = runtime();
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    let client = client_for(&emu, &cfg);
+    rt.block_on(client.login()).unwrap();
+    let media = Media::new(
+        Arc::new(ringfs::source::ApiMedia::new(client.clone())),
+        MediaConfig { cache_bytes: 512 << 20, read_timeout: Duration::from_secs(20), ..MediaConfig::default() },
+    );
+    let mut fc = FsConfig::new(Window::last_days(cfg.days, jiff::tz::TimeZone::UTC));
+    fc.recent_ttl = Duration::from_secs(1);
+    fs_config(&mut fc);
+    let fs = Arc::new(Fs::new(Arc::new(client.clone()), media, fc));
+    Stack { rt, emu, client, fs }
+}
+
+/// A real mount of a [`Stack`] in a temporary directory; unmounted on drop.
+pub struct Mounted {
+    pub stack: Stack,
+    pub dir: tempfile::TempDir,
+    bg: Option<ringfs::fuse::Background>,
+}
+
+impl Mounted {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn emu(&self) -> &Emulator {
+        &self.stack.emu
+    }
+}
+
+pub fn mount(stack: Stack) -> Mounted {
+    let dir = tempfile::Builder::new().prefix("ringfs-test-").tempdir().unwrap();
+    let adapter = ringfs::fuse::FuseAdapter::new(stack.fs.clone(), stack.rt.handle().clone());
+    let settings = ringfs::fuse::MountSettings { fsname: "ringfs-test".into(), ..Default::default() };
+    let m = ringfs::fuse::mount(adapter, dir.path(), &settings).expect("mount (tests need root and /dev/fuse)");
+    let bg = m.spawn().unwrap();
+    Mounted { stack, dir, bg: Some(bg) }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        drop(self.bg.take());
+        force_unmount(self.dir.path());
+    }
+}
+
+/// Unmounts `path` if anything is still mounted there (lazy, so a busy mount goes too).
+pub fn force_unmount(path: &Path) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let p = path.to_string_lossy();
+    if mounts.lines().any(|l| l.split(' ').nth(1) == Some(&p)) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(path).status();
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// The recording id at the end of a recording file name (`... <id>.mp3`).
+pub fn recording_id_of(path: &Path) -> String {
+    let name = path.file_name().unwrap().to_string_lossy();
+    let stem = name.rsplit_once('.').unwrap().0;
+    stem.rsplit(' ').next().unwrap().to_string()
+}

@@ -1,0 +1,675 @@
+//! The RingCentral emulator through a real HTTP client, in-process, with short TTLs and windows.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use ringfs::emulator::{AudioFormat, CallInfo, Config, Emulator, Faults, MediaBehaviour, RateLimits, Stats};
+use serde_json::Value;
+
+const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// A small account without rate limits. The long record delay keeps calls from turning visible
+/// while a test compares two listings (the "just ended" call shows `record_delay / 2` after start).
+fn config() -> Config {
+    Config { calls: 120, rate: RateLimits::unlimited(), record_delay: Duration::from_secs(120), ..Config::default() }
+}
+
+async fn start(config: Config) -> Emulator {
+    Emulator::start(config).await.expect("emulator starts")
+}
+
+fn http() -> reqwest::Client {
+    ringfs::api::http_client_builder().no_proxy().build().expect("client")
+}
+
+async fn token_request(emu: &Emulator, form: &[(&str, &str)]) -> reqwest::Response {
+    let c = Config::default();
+    http()
+        .post(format!("{}/restapi/oauth/token", emu.api_url()))
+        .basic_auth(&c.client_id, Some(&c.client_secret))
+        .form(form)
+        .send()
+        .await
+        .expect("token request")
+}
+
+async fn login(emu: &Emulator) -> Value {
+    let jwt = Config::default().jwt;
+    let r = token_request(emu, &[("grant_type", JWT_GRANT), ("assertion", &jwt)]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.expect("token json")
+}
+
+fn access(tokens: &Value) -> String {
+    tokens["access_token"].as_str().expect("access_token").to_string()
+}
+
+async fn get(url: &str, token: &str) -> reqwest::Response {
+    http().get(url).bearer_auth(token).send().await.expect("request")
+}
+
+async fn get_json(url: &str, token: &str) -> (StatusCode, Value) {
+    let r = get(url, token).await;
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn error_code(v: &Value) -> &str {
+    v["errors"][0]["errorCode"].as_str().unwrap_or("")
+}
+
+fn wide(emu: &Emulator, path: &str, extra: &str) -> String {
+    format!("{}{path}?dateFrom=2000-01-01T00:00:00.000Z&dateTo=2100-01-01T00:00:00.000Z{extra}", emu.api_url())
+}
+
+const EXT_LOG: &str = "/restapi/v1.0/account/~/extension/~/call-log";
+const ACC_LOG: &str = "/restapi/v1.0/account/~/call-log";
+
+/// Follows `navigation.nextPage` from `url`, returning every record.
+async fn all_pages(url: &str, token: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut next = Some(url.to_string());
+    let mut pages = 0;
+    while let Some(u) = next {
+        let (status, page) = get_json(&u, token).await;
+        assert_eq!(status, StatusCode::OK, "{u}: {page}");
+        out.extend(page["records"].as_array().expect("records").iter().cloned());
+        next = page["navigation"]["nextPage"]["uri"].as_str().map(String::from);
+        pages += 1;
+        assert!(pages < 1000, "paging does not end");
+    }
+    out
+}
+
+fn visible_now(calls: &[CallInfo]) -> Vec<&CallInfo> {
+    let now = jiff::Timestamp::now();
+    calls.iter().filter(|c| c.visible_at <= now).collect()
+}
+
+#[tokio::test]
+async fn jwt_login_and_credential_errors() {
+    let emu = start(config()).await;
+    let tokens = login(&emu).await;
+    assert_eq!(tokens["token_type"], "bearer");
+    assert_eq!(tokens["expires_in"], 3600);
+    assert!(tokens["refresh_token"].is_string());
+    assert_eq!(tokens["owner_id"], "22222222");
+
+    // Wrong client secret: 401 invalid_client.
+    let r = http()
+        .post(format!("{}/restapi/oauth/token", emu.api_url()))
+        .basic_auth("ringfs-demo-client", Some("wrong"))
+        .form(&[("grant_type", JWT_GRANT), ("assertion", Config::default().jwt.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client");
+
+    // Wrong JWT: 400 invalid_grant.
+    let r = token_request(&emu, &[("grant_type", JWT_GRANT), ("assertion", "not-the-jwt")]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(error_code(&body).starts_with("OAU-"));
+
+    // Unsupported grant.
+    let r = token_request(&emu, &[("grant_type", "password")]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // No token, garbage token.
+    let r = http().get(wide(&emu, EXT_LOG, "")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (status, body) = get_json(&wide(&emu, EXT_LOG, ""), "garbage").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&body), "OAU-149");
+
+    let (status, _) = get_json(&wide(&emu, EXT_LOG, ""), &access(&tokens)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refresh_is_single_use_and_replaces_the_access_token() {
+    let emu = start(config()).await;
+    let first = login(&emu).await;
+    let refresh = first["refresh_token"].as_str().unwrap().to_string();
+    let r = token_request(&emu, &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let second: Value = r.json().await.unwrap();
+    assert_ne!(second["access_token"], first["access_token"]);
+
+    // The old access token died with the refresh.
+    let (status, body) = get_json(&wide(&emu, EXT_LOG, ""), &access(&first)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&body), "OAU-213");
+    // The old refresh token is spent.
+    let r = token_request(&emu, &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+    // The new pair works.
+    let (status, _) = get_json(&wide(&emu, EXT_LOG, ""), &access(&second)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Revoke kills the session.
+    let c = Config::default();
+    let r = http()
+        .post(format!("{}/restapi/oauth/revoke", emu.api_url()))
+        .basic_auth(&c.client_id, Some(&c.client_secret))
+        .form(&[("token", access(&second).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, _) = get_json(&wide(&emu, EXT_LOG, ""), &access(&second)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let r = token_request(
+        &emu,
+        &[("grant_type", "refresh_token"), ("refresh_token", second["refresh_token"].as_str().unwrap())],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(emu.stats().endpoint("revoke"), 1);
+}
+
+#[tokio::test]
+async fn access_tokens_expire_and_refresh_tokens_can_be_disabled() {
+    let emu = start(Config {
+        access_ttl: Duration::from_millis(1500),
+        issue_refresh_tokens: false,
+        ..config()
+    })
+    .await;
+    let tokens = login(&emu).await;
+    assert!(tokens.get("refresh_token").is_none());
+    assert_eq!(tokens["expires_in"], 1, "ttl is reported in whole seconds");
+    let (status, _) = get_json(&wide(&emu, EXT_LOG, ""), &access(&tokens)).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, body) = get_json(&wide(&emu, EXT_LOG, ""), &access(&tokens)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error_code(&body).starts_with("OAU-"));
+}
+
+#[tokio::test]
+async fn call_log_pages_newest_first_with_absolute_navigation() {
+    let emu = start(config()).await;
+    let token = access(&login(&emu).await);
+    let truth = emu.calls();
+    let visible = visible_now(&truth);
+
+    // Extension level: only the user's calls, every visible one exactly once, newest first.
+    let url = wide(&emu, EXT_LOG, "&perPage=7");
+    let (_, first) = get_json(&url, &token).await;
+    assert_eq!(first["paging"]["page"], 1);
+    assert_eq!(first["paging"]["perPage"], 7);
+    assert_eq!(first["paging"]["pageStart"], 0);
+    assert_eq!(first["paging"]["pageEnd"], 6);
+    let next = first["navigation"]["nextPage"]["uri"].as_str().unwrap();
+    assert!(next.starts_with(&emu.api_url()) && next.contains("page=2") && next.contains("perPage=7"), "{next}");
+    assert!(first["navigation"]["firstPage"]["uri"].as_str().unwrap().starts_with("http://"));
+    assert!(first["uri"].as_str().unwrap().starts_with(&emu.api_url()));
+
+    let records = all_pages(&url, &token).await;
+    let mine: Vec<_> = visible.iter().filter(|c| c.extension_id == "22222222").collect();
+    assert_eq!(records.len(), mine.len());
+    assert!(mine.len() > 20);
+    let starts: Vec<&str> = records.iter().map(|r| r["startTime"].as_str().unwrap()).collect();
+    assert!(starts.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    for r in &records {
+        let c = truth.iter().find(|c| c.call_log_id == r["id"]).expect("record is a known call");
+        assert_eq!(c.extension_id, "22222222");
+        assert_eq!(r["sessionId"], c.session_id.as_str());
+        assert_eq!(r["duration"], c.duration_s);
+        assert_eq!(r["durationMs"], c.duration_s * 1000);
+        assert_eq!(r["direction"], if c.inbound { "Inbound" } else { "Outbound" });
+        assert_eq!(r["startTime"], c.start.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+        assert_eq!(r["extension"]["id"], 22222222);
+        match &c.recording_id {
+            Some(id) => {
+                assert_eq!(r["recording"]["id"], id.as_str());
+                let uri = r["recording"]["contentUri"].as_str().unwrap();
+                assert_eq!(uri, format!("{}/restapi/v1.0/account/11111111/recording/{id}/content", emu.media_url()));
+            }
+            None => assert!(r.get("recording").is_none()),
+        }
+    }
+
+    // Account level: everything visible.
+    let records = all_pages(&wide(&emu, ACC_LOG, "&perPage=max"), &token).await;
+    assert_eq!(records.len(), visible.len());
+
+    // Page past the end: empty, no nextPage.
+    let (status, page) = get_json(&wide(&emu, ACC_LOG, "&page=99"), &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["records"].as_array().unwrap().len(), 0);
+    assert!(page["navigation"].get("nextPage").is_none());
+    assert!(page["paging"].get("pageStart").is_none());
+}
+
+#[tokio::test]
+async fn call_log_defaults_to_the_last_24_hours_and_filters() {
+    let emu = start(config()).await;
+    let token = access(&login(&emu).await);
+    let truth = emu.calls();
+    let now = jiff::Timestamp::now();
+    let day_ago = now - jiff::SignedDuration::from_hours(24);
+
+    let records = all_pages(&format!("{}{ACC_LOG}?perPage=1000", emu.api_url()), &token).await;
+    let expected = visible_now(&truth).into_iter().filter(|c| c.start >= day_ago).count();
+    assert_eq!(records.len(), expected);
+    assert!(records.iter().any(|r| r["sessionId"] == "1234567890"), "the seed call is within the last day");
+
+    // The seed call by session, with the explicit dateFrom the contract asks for.
+    let (_, page) = get_json(&wide(&emu, ACC_LOG, "&sessionId=1234567890"), &token).await;
+    let recs = page["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["recording"]["id"], "44444444");
+    assert_eq!(recs[0]["from"]["name"], "John Smith");
+    assert_eq!(recs[0]["to"]["phoneNumber"], "+16505550100");
+    let tsid = recs[0]["telephonySessionId"].as_str().unwrap().to_string();
+    let (_, page) = get_json(&wide(&emu, ACC_LOG, &format!("&telephonySessionId={tsid}")), &token).await;
+    assert_eq!(page["records"][0]["sessionId"], "1234567890");
+
+    // recordingType=All drops calls without recordings; withRecording is the old spelling.
+    let all = all_pages(&wide(&emu, ACC_LOG, "&perPage=1000"), &token).await;
+    let with = all_pages(&wide(&emu, ACC_LOG, "&perPage=1000&recordingType=All"), &token).await;
+    let old = all_pages(&wide(&emu, ACC_LOG, "&perPage=1000&withRecording=true"), &token).await;
+    assert!(with.len() < all.len());
+    assert_eq!(with.len(), old.len());
+    assert!(with.iter().all(|r| r["recording"].is_object()));
+    let auto = all_pages(&wide(&emu, ACC_LOG, "&perPage=1000&recordingType=Automatic"), &token).await;
+    assert!(auto.iter().all(|r| r["recording"]["type"] == "Automatic"));
+    assert!(!auto.is_empty() && auto.len() < with.len());
+
+    // Direction, repeatable.
+    let inbound = all_pages(&wide(&emu, ACC_LOG, "&perPage=1000&direction=Inbound"), &token).await;
+    let both = all_pages(&wide(&emu, ACC_LOG, "&perPage=1000&direction=Inbound&direction=Outbound"), &token).await;
+    assert!(inbound.iter().all(|r| r["direction"] == "Inbound"));
+    assert_eq!(both.len(), all.len());
+    let fax = all_pages(&wide(&emu, ACC_LOG, "&type=Fax"), &token).await;
+    assert!(fax.is_empty());
+
+    // Detailed view: legs and lastModifiedTime.
+    let (_, page) = get_json(&wide(&emu, ACC_LOG, "&view=Detailed&perPage=5"), &token).await;
+    for r in page["records"].as_array().unwrap() {
+        assert!(r["lastModifiedTime"].is_string());
+        let legs = r["legs"].as_array().unwrap();
+        assert_eq!(legs[0]["master"], true);
+        assert!(legs[0]["legType"].is_string());
+    }
+    // Single record by id.
+    let id = all[0]["id"].as_str().unwrap();
+    let (status, rec) = get_json(&format!("{}{ACC_LOG}/{id}", emu.api_url()), &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rec["id"], id);
+
+    // The date-edge calls and the awkward parties exist.
+    let sec_of_day = |c: &CallInfo| c.start.as_second().rem_euclid(86_400);
+    assert!(truth.iter().any(|c| sec_of_day(c) == 86_370));
+    assert!(truth.iter().any(|c| sec_of_day(c) == 10));
+    assert!(all.iter().any(|r| r["from"]["name"].as_str().is_some_and(|n| n.contains('/'))
+        || r["to"]["name"].as_str().is_some_and(|n| n.contains('/'))));
+    assert!(all.iter().any(|r| r["from"].get("phoneNumber").is_none() && r["from"]["extensionNumber"].is_string()
+        || r["to"].get("phoneNumber").is_none() && r["to"]["extensionNumber"].is_string()));
+    assert!(truth.iter().any(|c| c.from_number.as_deref().is_some_and(|n| n.starts_with("+44"))
+        || c.to_number.as_deref().is_some_and(|n| n.starts_with("+44"))));
+}
+
+#[tokio::test]
+async fn bad_parameters_get_cmn_101() {
+    let emu = start(config()).await;
+    let token = access(&login(&emu).await);
+    for (extra, param) in [
+        ("perPage=1001", "perPage"),
+        ("perPage=0", "perPage"),
+        ("perPage=ten", "perPage"),
+        ("page=0", "page"),
+        ("dateFrom=yesterday", "dateFrom"),
+        ("dateTo=2020-13-45", "dateTo"),
+        ("direction=Sideways", "direction"),
+        ("view=Fancy", "view"),
+        ("recordingType=Sometimes", "recordingType"),
+        ("type=Video", "type"),
+        ("withRecording=maybe", "withRecording"),
+    ] {
+        let (status, body) = get_json(&format!("{}{EXT_LOG}?{extra}", emu.api_url()), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}");
+        assert_eq!(error_code(&body), "CMN-101", "{extra}");
+        assert_eq!(body["errors"][0]["parameterName"], param, "{extra}");
+    }
+    let (status, body) = get_json(&format!("{}/restapi/v1.0/account/~/recording/1", emu.api_url()), &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "CMN-102");
+}
+
+#[tokio::test]
+async fn non_admin_cannot_read_the_account_call_log() {
+    let emu = start(Config { admin: false, ..config() }).await;
+    let token = access(&login(&emu).await);
+    let (status, body) = get_json(&wide(&emu, ACC_LOG, ""), &token).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error_code(&body).starts_with("CMN-"));
+    let (status, _) = get_json(&wide(&emu, EXT_LOG, ""), &token).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn recording_content_ranges_and_availability() {
+    let emu = start(config()).await;
+    let token = access(&login(&emu).await);
+    let truth = emu.calls();
+    let seed = truth.iter().find(|c| c.recording_id.as_deref() == Some("44444444")).expect("seed call");
+    let bytes = emu.recording_bytes("44444444").unwrap();
+    assert_eq!(bytes.len() as u64, seed.recording_len.unwrap());
+
+    let (status, meta) = get_json(&format!("{}/restapi/v1.0/account/~/recording/44444444", emu.api_url()), &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta["contentType"], "audio/mpeg");
+    assert_eq!(meta["duration"], 35);
+    let content_uri = meta["contentUri"].as_str().unwrap().to_string();
+    assert!(content_uri.starts_with(&emu.media_url()));
+
+    let r = get(&content_uri, &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "audio/mpeg");
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(r.headers()["content-length"], bytes.len().to_string().as_str());
+    assert_eq!(r.headers()["x-rate-limit-group"], "heavy");
+    assert_eq!(r.bytes().await.unwrap(), bytes);
+
+    // access_token in the query instead of a header.
+    let r = http().get(format!("{content_uri}?access_token={token}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().len(), bytes.len());
+    let r = http().get(&content_uri).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Ranges.
+    let ranged = |range: String| {
+        let (uri, token) = (content_uri.clone(), token.clone());
+        async move { http().get(uri).bearer_auth(token).header("Range", range).send().await.unwrap() }
+    };
+    let r = ranged("bytes=100-299".into()).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], format!("bytes 100-299/{}", bytes.len()).as_str());
+    assert_eq!(r.bytes().await.unwrap(), bytes[100..300]);
+    let r = ranged("bytes=-50".into()).await;
+    assert_eq!(r.bytes().await.unwrap(), bytes[bytes.len() - 50..]);
+    let r = ranged(format!("bytes={}-", bytes.len() - 10)).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), bytes[bytes.len() - 10..]);
+    let r = ranged(format!("bytes={}-", bytes.len())).await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()["content-range"], format!("bytes */{}", bytes.len()).as_str());
+    assert_eq!(error_code(&r.json().await.unwrap()), "CMN-107");
+
+    // Unknown recording, and a recording of a call that has not ended long enough ago.
+    let r = get(&format!("{}/restapi/v1.0/account/~/recording/999/content", emu.media_url()), &token).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&r.json().await.unwrap()), "CMN-102");
+    let now = jiff::Timestamp::now();
+    let pending = truth
+        .iter()
+        .find(|c| c.recording_id.is_some() && c.fetchable_at > now + jiff::SignedDuration::from_secs(5))
+        .expect("a call whose recording is not fetchable yet");
+    let id = pending.recording_id.as_deref().unwrap();
+    let r = get(&format!("{}/restapi/v1.0/account/~/recording/{id}/content", emu.media_url()), &token).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&r.json().await.unwrap()), "CMN-102");
+}
+
+#[tokio::test]
+async fn records_and_recordings_appear_after_their_delays_and_live_calls_arrive() {
+    let test_start = jiff::Timestamp::now();
+    let emu = start(Config {
+        calls: 20,
+        record_delay: Duration::from_millis(300),
+        recording_delay: Duration::from_millis(300),
+        live: Some(Duration::from_millis(250)),
+        ..config()
+    })
+    .await;
+    let token = access(&login(&emu).await);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let truth = emu.calls();
+    let now = jiff::Timestamp::now();
+    let ended_live: Vec<_> = truth.iter().filter(|c| c.end > test_start && c.end <= now).collect();
+    assert!(ended_live.len() >= 5, "a live call ends every 250 ms: {}", ended_live.len());
+    let records = all_pages(&wide(&emu, ACC_LOG, "&perPage=1000"), &token).await;
+    let after = jiff::Timestamp::now();
+    let ids: Vec<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let margin = jiff::SignedDuration::from_millis(100);
+    for c in &truth {
+        if c.visible_at + margin < now {
+            assert!(ids.contains(&c.call_log_id.as_str()), "{c:?} is visible");
+        } else if c.visible_at > after + margin {
+            assert!(!ids.contains(&c.call_log_id.as_str()), "{c:?} is not visible yet");
+        }
+    }
+    let fetchable = ended_live
+        .iter()
+        .find(|c| c.recording_id.is_some() && c.fetchable_at + margin < now)
+        .expect("a live call's recording is fetchable");
+    let id = fetchable.recording_id.as_deref().unwrap();
+    let r = get(&format!("{}/restapi/v1.0/account/~/recording/{id}/content", emu.media_url()), &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), emu.recording_bytes(id).unwrap());
+    let now = jiff::Timestamp::now();
+    let unfetchable = truth
+        .iter()
+        .find(|c| c.recording_id.is_some() && c.visible_at < now && c.fetchable_at > now + jiff::SignedDuration::from_secs(2));
+    if let Some(c) = unfetchable {
+        // Listed, but the recording is still being processed.
+        let id = c.recording_id.as_deref().unwrap();
+        let r = get(&format!("{}/restapi/v1.0/account/~/recording/{id}/content", emu.media_url()), &token).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn heavy_limit_penalty_restarts_on_every_request() {
+    // A long window and a short penalty: the test does not depend on how fast requests are.
+    let emu = start(Config {
+        rate: RateLimits { window: Duration::from_secs(30), penalty: Duration::from_secs(6), heavy: 3, ..RateLimits::default() },
+        ..config()
+    })
+    .await;
+    let token = access(&login(&emu).await);
+    let url = wide(&emu, EXT_LOG, "&perPage=1");
+    for remaining in [2, 1, 0] {
+        let r = get(&url, &token).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-rate-limit-group"], "heavy");
+        assert_eq!(r.headers()["x-rate-limit-limit"], "3");
+        assert_eq!(r.headers()["x-rate-limit-remaining"], remaining.to_string().as_str());
+        assert_eq!(r.headers()["x-rate-limit-window"], "30");
+    }
+    let r = get(&url, &token).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "6");
+    assert_eq!(r.headers()["x-rate-limit-remaining"], "0");
+    assert_eq!(error_code(&r.json().await.unwrap()), "CMN-301");
+    // Requests during the penalty restart it: at 3.5 s and 7 s both are refused, although
+    // 7 s is past the first penalty (a loaded machine has 2.5 s of slack either way).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(get(&url, &token).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(get(&url, &token).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Waiting out Retry-After works, with a fresh window.
+    tokio::time::sleep(Duration::from_millis(6100)).await;
+    let r = get(&url, &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-rate-limit-remaining"], "2");
+    let s = emu.stats();
+    assert_eq!(s.throttled, 3);
+    assert_eq!(s.penalty_violations, 2);
+    assert_eq!(s.endpoint("extension-call-log"), 7);
+    assert_eq!(s.by_group["Heavy"], 7);
+    assert_eq!(s.by_group["Auth"], 1);
+
+    // The Auth group is separate and limited too.
+    let emu = start(Config {
+        rate: RateLimits { window: Duration::from_secs(5), auth: 2, ..RateLimits::default() },
+        ..config()
+    })
+    .await;
+    login(&emu).await;
+    login(&emu).await;
+    let jwt = Config::default().jwt;
+    let r = token_request(&emu, &[("grant_type", JWT_GRANT), ("assertion", &jwt)]).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["x-rate-limit-group"], "auth");
+}
+
+#[tokio::test]
+async fn faults_are_injected_and_can_be_cleared() {
+    let emu = start(config()).await;
+    let token = access(&login(&emu).await);
+    let url = wide(&emu, EXT_LOG, "");
+    let content = format!("{}/restapi/v1.0/account/~/recording/44444444/content", emu.media_url());
+    let bytes = emu.recording_bytes("44444444").unwrap();
+
+    emu.set_faults(Faults { error_5xx_fraction: 1.0, ..Faults::default() });
+    for _ in 0..3 {
+        let r = get(&url, &token).await;
+        assert!(r.status().is_server_error());
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+    }
+
+    emu.set_faults(Faults { force_429_fraction: 1.0, ..Faults::default() });
+    let r = get(&url, &token).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(!r.headers().contains_key("retry-after"));
+    emu.set_faults(Faults { force_429_fraction: 1.0, force_429_retry_after: Some(7), ..Faults::default() });
+    let r = get(&url, &token).await;
+    assert_eq!(r.headers()["retry-after"], "7");
+
+    emu.set_faults(Faults { malformed_json_fraction: 1.0, ..Faults::default() });
+    let r = get(&url, &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).is_err());
+
+    emu.set_faults(Faults { drop_after_bytes: Some(1000), ..Faults::default() });
+    let r = get(&content, &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.is_err(), "body is cut");
+
+    emu.set_faults(Faults { max_bytes_per_sec: Some(200_000), ..Faults::default() });
+    let t = std::time::Instant::now();
+    let r = get(&content, &token).await;
+    assert_eq!(r.bytes().await.unwrap(), bytes);
+    assert!(t.elapsed() >= Duration::from_millis(bytes.len() as u64 * 1000 / 200_000 / 2), "{:?}", t.elapsed());
+
+    // Unreachable: new connections and kept-alive ones are closed without an answer.
+    let kept = http();
+    let r = kept.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.bytes().await.unwrap();
+    emu.set_faults(Faults { unreachable: true, ..Faults::default() });
+    assert!(kept.get(&url).bearer_auth(&token).send().await.is_err());
+    assert!(http().get(&url).bearer_auth(&token).send().await.is_err());
+    assert!(http().get(&content).bearer_auth(&token).send().await.is_err());
+
+    emu.set_faults(Faults::default());
+    assert_eq!(get(&url, &token).await.status(), StatusCode::OK);
+    assert!(emu.stats().faults_injected >= 8);
+}
+
+#[tokio::test]
+async fn stats_count_requests_and_serve_as_json() {
+    let emu = start(config()).await;
+    let token = access(&login(&emu).await);
+    get(&wide(&emu, EXT_LOG, ""), &token).await;
+    get(&wide(&emu, ACC_LOG, ""), &token).await;
+    get(&wide(&emu, ACC_LOG, ""), &token).await;
+    get(&format!("{}/restapi/v1.0/account/~/recording/44444444", emu.api_url()), &token).await;
+    let body = get(&format!("{}/restapi/v1.0/account/~/recording/44444444/content", emu.media_url()), &token)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let s = emu.stats();
+    assert_eq!(s.endpoint("token"), 1);
+    assert_eq!(s.endpoint("extension-call-log"), 1);
+    assert_eq!(s.endpoint("account-call-log"), 2);
+    assert_eq!(s.call_log(), 3);
+    assert_eq!(s.endpoint("recording-meta"), 1);
+    assert_eq!(s.media(), 1);
+    assert_eq!(s.by_group["Heavy"], 5);
+    assert_eq!(s.by_group["Auth"], 1);
+    assert_eq!(s.bytes_served, body.len() as u64);
+    assert_eq!(s.throttled, 0);
+
+    let served: Stats = http().get(format!("{}/__emulator/stats", emu.api_url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(served, s, "the stats endpoint is not counted");
+    emu.reset_stats();
+    assert_eq!(emu.stats(), Stats::default());
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn media_behaviour_settings() {
+    let emu = start(Config {
+        format: AudioFormat::Wav,
+        media: MediaBehaviour { omit_content_length: true, ignore_range: true, x_wav: true },
+        ..config()
+    })
+    .await;
+    let token = access(&login(&emu).await);
+    let content = format!("{}/restapi/v1.0/account/~/recording/44444444/content", emu.media_url());
+    let r = http().get(&content).bearer_auth(&token).header("Range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "audio/x-wav");
+    assert!(!r.headers().contains_key("content-length"));
+    assert!(!r.headers().contains_key("accept-ranges"));
+    assert_eq!(r.headers()["transfer-encoding"], "chunked");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 44 + 35 * 16_000);
+    assert_eq!(&body[..4], b"RIFF");
+    assert_eq!(body, emu.recording_bytes("44444444").unwrap());
+}
+
+/// Duration in seconds that ffprobe reports, after a full decode by ffmpeg without errors.
+fn decoded_duration(bytes: &[u8], ext: &str) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("rec.{ext}"));
+    std::fs::write(&path, bytes).unwrap();
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe is installed (apt-get install ffmpeg)");
+    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    let decode = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg is installed");
+    assert!(decode.status.success() && decode.stderr.is_empty(), "ffmpeg: {}", String::from_utf8_lossy(&decode.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a duration")
+}
+
+#[tokio::test]
+async fn audio_decodes_with_the_records_duration() {
+    let emu = start(Config { format: AudioFormat::Mixed, ..config() }).await;
+    let token = access(&login(&emu).await);
+    let now = jiff::Timestamp::now();
+    let truth = emu.calls();
+    let mut seen = std::collections::HashSet::new();
+    for c in truth.iter().filter(|c| c.recording_id.is_some() && c.fetchable_at < now && c.duration_s < 400) {
+        let ct = c.content_type.unwrap();
+        if !seen.insert(ct) {
+            continue;
+        }
+        let id = c.recording_id.as_deref().unwrap();
+        let r = get(&format!("{}/restapi/v1.0/account/~/recording/{id}/content", emu.media_url()), &token).await;
+        assert_eq!(r.headers()["content-type"], ct);
+        let bytes = r.bytes().await.unwrap();
+        let d = decoded_duration(&bytes, if ct == "audio/mpeg" { "mp3" } else { "wav" });
+        assert!((d - c.duration_s as f64).abs() < 0.1, "{ct}: decoded {d} s, record says {} s", c.duration_s);
+    }
+    assert_eq!(seen.len(), 2, "both formats checked");
+}
