@@ -202,6 +202,16 @@ pub(crate) fn iso(ts: jiff::Timestamp) -> String {
     format!("{ts:.3}")
 }
 
+/// Whether a URL names this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback(url: &str) -> bool {
+    match url::Url::parse(url).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    }
+}
+
 /// `scheme://host[:port]` plus any path before `/restapi/` of an absolute URL.
 fn media_base_of(uri: &str) -> Option<String> {
     let u = url::Url::parse(uri).ok()?;
@@ -221,8 +231,14 @@ impl Client {
         if let Some(m) = &config.media_base {
             url::Url::parse(m).map_err(|e| ApiError::Config(format!("media base URL: {e}")))?;
         }
-        let http = super::http_client_builder()
-            .no_proxy()
+        // Proxies from the environment (HTTPS_PROXY, NO_PROXY) are honoured for a real server,
+        // as users behind a corporate proxy need; a loopback server (the emulator) is always
+        // reached directly, so a proxy set in a developer's shell cannot break the tests.
+        let mut builder = super::http_client_builder();
+        if is_loopback(&config.credentials.server_url) {
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout)
             .user_agent(concat!("ringfs/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -775,6 +791,16 @@ mod tests {
         });
         cfg.media_base = media.map(str::to_owned);
         Client::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn only_loopback_servers_bypass_the_proxy() {
+        for url in ["http://127.0.0.1:8080", "http://localhost:1/restapi", "http://[::1]:9/", "http://127.3.4.5"] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in ["https://platform.ringcentral.com", "https://10.0.0.1", "http://[2001:db8::1]/", "not a url"] {
+            assert!(!is_loopback(url), "{url}");
+        }
     }
 
     #[test]
