@@ -805,10 +805,13 @@ impl Fs {
                     let (id, _) = catalog::split_recording_name(name).ok_or(FsError::NotFound)?;
                     let mut st = self.state();
                     let children = self.session_children(&mut st, &session, by_session);
-                    // The exact current name, or the same name with the other extension (a name
-                    // the kernel may still hold from before the real format was learned).
-                    let stem = |n: &str| n.rsplit_once('.').map(|(s, _)| s.to_string());
-                    let ok = children.iter().any(|e| e.name == name || (stem(&e.name) == stem(name) && e.name.ends_with(&format!(" {id}.mp3")) || stem(&e.name) == stem(name) && e.name.ends_with(&format!(" {id}.wav"))));
+                    // The exact current name, or the same name with the other audio extension (a
+                    // name the kernel may still hold from before the real format was learned).
+                    let stem = |n: &str| n.rsplit_once('.').map(|(s, _)| s.to_owned());
+                    let ok = children.iter().any(|e| {
+                        e.name == name
+                            || (stem(&e.name) == stem(name) && catalog::split_recording_name(&e.name).is_some())
+                    });
                     if !ok {
                         return Err(FsError::NotFound);
                     }
