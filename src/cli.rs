@@ -311,6 +311,7 @@ impl Options {
         c.dir_mode = 0o555 & !self.umask;
         c.recent_ttl = self.recent_ttl;
         c.assumed_format = self.format;
+        c.read_timeout = self.read_timeout;
         c
     }
 }
@@ -479,16 +480,23 @@ fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::
     };
     let mut session = crate::fuse::mount(adapter, &opts.mountpoint, &settings)?;
     tracing::info!("mounted {} on {}", source_name(&opts.source), opts.mountpoint.display());
+    // SIGINT/SIGTERM unmount; the session loop below then returns. The handlers are installed
+    // before the parent is told "ready": a SIGTERM sent as soon as `ringfs` returned used to
+    // meet the default action and leave a stale mount behind (tests/cli.rs
+    // `sigterm_unmounts_cleanly` failed that way on a loaded machine).
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _in_runtime = rt.enter();
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    };
     if let Some(mut pipe) = ready.take() {
         writeln!(pipe, "ready").ok();
         drop(pipe);
         detach_stdio();
     }
-    // SIGINT/SIGTERM unmount; the session loop below then returns.
     let mut unmounter = session.unmount_callable();
     rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = signals else {
             return;
         };
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }

@@ -110,6 +110,9 @@ pub struct FsConfig {
     pub retention: Duration,
     /// The format assumed for names until the account's real format is seen.
     pub assumed_format: AudioKind,
+    /// The longest an operation waits for the API (listing a date, resolving a by-session or
+    /// by-recording id) before it fails with EIO; reads use the media layer's equal setting.
+    pub read_timeout: Duration,
 }
 
 impl FsConfig {
@@ -129,6 +132,7 @@ impl FsConfig {
             negative_ttl: Duration::from_secs(60),
             retention: Duration::from_secs(90 * 86400),
             assumed_format: AudioKind::Mp3,
+            read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -461,6 +465,29 @@ impl Fs {
         out
     }
 
+    /// The session whose directory in `date` is called `name`.
+    ///
+    /// The session id is normally the name's last word: one name to build and compare. A session
+    /// id that is not a plain token (a space, a `/` that naming replaced) does not survive as the
+    /// last word, so then the date's names are compared one by one. Both paths compare the whole
+    /// name, so a name maps to the session listed under it and to nothing else. Building every
+    /// name of the date on each lookup instead (as `readdir` does) made `ls -l` of a date with
+    /// 10,000 sessions quadratic (minutes); parsing the id alone made the directory of an odd
+    /// session id impossible to enter, or another session's (found by tests/faults.rs).
+    fn session_named(&self, st: &State, date: Date, name: &str) -> Option<String> {
+        let tz = &self.config.window.tz;
+        let on_date = st.index.by_date.get(&date)?;
+        let matches = |s: &Session| !s.recordings().is_empty() && catalog::session_dir_name(s.first(), tz) == name;
+        let last = name.rsplit(' ').next().unwrap_or(name);
+        if on_date.contains(last)
+            && let Some(s) = st.index.sessions.get(last)
+            && matches(s)
+        {
+            return Some(s.session_id.clone());
+        }
+        st.index.sessions_on(date).find(|s| matches(s)).map(|s| s.session_id.clone())
+    }
+
     fn date_children(&self, st: &mut State, date: Date) -> Vec<DirEntry> {
         let tz = self.config.window.tz.clone();
         let mut named: Vec<(String, String)> = st
@@ -496,6 +523,30 @@ impl Fs {
         if self.is_listed(&self.state(), date, now) {
             return Ok(());
         }
+        // Bounded like a read: with a hung API the client's own limits (a stall timeout per
+        // attempt, times its retries) let one `ls` block for minutes, and every other listing
+        // queued behind it on the lock below (found by tests/faults.rs). Dropping the listing
+        // midway is safe: nothing is recorded until a page has arrived.
+        self.bounded(|| format!("listing {date}"), self.list_date(date)).await
+    }
+
+    /// Fails with [`FsError::TimedOut`] (EIO) when `f` waits for the API longer than
+    /// `read_timeout`.
+    async fn bounded<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        f: impl std::future::Future<Output = Result<T, FsError>>,
+    ) -> Result<T, FsError> {
+        match tokio::time::timeout(self.config.read_timeout, f).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("{}: no answer from the API within {:?}", what(), self.config.read_timeout);
+                Err(FsError::TimedOut)
+            }
+        }
+    }
+
+    async fn list_date(&self, date: Date) -> Result<(), FsError> {
         let _one_listing_at_a_time = self.listing.lock().await;
         loop {
             let now = Timestamp::now();
@@ -662,15 +713,16 @@ impl Fs {
         let since = Timestamp::now()
             .checked_sub(jiff::SignedDuration::try_from(self.config.retention).unwrap_or_default())
             .unwrap_or(Timestamp::MIN);
-        let records = match self.log.find_session(scope, session_id, since, Priority::Interactive).await {
+        let find = self.log.find_session(scope, session_id, since, Priority::Interactive);
+        let records = match self.bounded(|| format!("looking up session {session_id}"), async { Ok(find.await) }).await? {
             Ok(r) => r,
             Err(e) if e.is_not_found() => Vec::new(),
             Err(e) if self.config.scope == ScopeChoice::Auto && scope == Scope::Account && e.is_forbidden() => {
                 tracing::info!("this user may not read the account call log ({e}); using the extension call log");
                 self.state().scope = Some(Scope::Extension);
-                self.log
-                    .find_session(Scope::Extension, session_id, since, Priority::Interactive)
-                    .await
+                let find = self.log.find_session(Scope::Extension, session_id, since, Priority::Interactive);
+                self.bounded(|| format!("looking up session {session_id}"), async { Ok(find.await) })
+                    .await?
                     .map_err(|e| FsError::Api(e.to_string()))?
             }
             Err(e) => {
@@ -711,7 +763,8 @@ impl Fs {
             }
         }
         // Approach 3's fallback: ask the API where the recording lives.
-        match self.log.recording_meta(id, Priority::Interactive).await {
+        let meta = self.log.recording_meta(id, Priority::Interactive);
+        match self.bounded(|| format!("looking up recording {id}"), async { Ok(meta.await) }).await? {
             Ok(meta) => {
                 if let Some(kind) = meta.content_type.as_deref().and_then(AudioKind::from_content_type) {
                     self.state().kinds.insert(id.to_string(), kind);
@@ -778,21 +831,15 @@ impl Fs {
                 }
             },
             Node::Date(date) => {
-                // `HH-MM-SS dir party <sessionId>`: the id is the last word.
-                let session = name.rsplit(' ').next().ok_or(FsError::NotFound)?;
-                if !catalog::is_plausible_id(session) {
+                // `HH-MM-SS dir party <sessionId>`: anything else is refused before it costs
+                // a listing.
+                if !has_time_prefix(name) {
                     return Err(FsError::NotFound);
                 }
                 self.ensure_date(date).await?;
-                let mut st = self.state();
-                let found = self
-                    .date_children(&mut st, date)
-                    .into_iter()
-                    .any(|e| e.name == name);
-                if !found {
-                    return Err(FsError::NotFound);
-                }
-                Node::SessionDir { session: session.to_string(), by_session: false }
+                let st = self.state();
+                let session = self.session_named(&st, date, name).ok_or(FsError::NotFound)?;
+                Node::SessionDir { session, by_session: false }
             }
             Node::BySession => {
                 self.resolve_session(name).await?;
@@ -977,6 +1024,14 @@ struct PagePlan {
     from: Timestamp,
     to: Timestamp,
     next: Option<String>,
+}
+
+/// `HH-MM-SS ...`, how every session directory's name starts.
+fn has_time_prefix(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > 9
+        && b[8] == b' '
+        && b[..8].iter().enumerate().all(|(i, c)| if i % 3 == 2 { *c == b'-' } else { c.is_ascii_digit() })
 }
 
 fn media_error(id: &str, e: MediaError) -> FsError {

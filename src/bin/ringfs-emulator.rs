@@ -183,8 +183,9 @@ impl Args {
                 force_429_fraction: fraction(self.force_429_fraction, "force-429-fraction")?,
                 force_429_retry_after: self.force_429_retry_after,
                 malformed_json_fraction: fraction(self.malformed_json_fraction, "malformed-json-fraction")?,
-                unreachable: false,
+                ..Faults::default()
             },
+            extra_calls: Vec::new(),
         })
     }
 }

@@ -140,6 +140,8 @@ pub(crate) struct Call {
     pub short_recording: bool,
     /// Detailed view: a second, non-master leg (a ring-group forward).
     pub two_legs: bool,
+    /// Served with only the required fields (see [`super::ExtraCall::sparse`]).
+    pub sparse: bool,
 }
 
 impl Call {
@@ -407,6 +409,7 @@ impl Generator {
             recording,
             short_recording: short,
             two_legs: inbound && rng.below(4) == 0,
+            sparse: false,
         }
     }
 
@@ -444,13 +447,51 @@ impl Generator {
             }),
             short_recording: false,
             two_legs: false,
+            sparse: false,
+        }
+    }
+
+    /// An injected call (see [`super::ExtraCall`]), number `index` of the data set; it belongs to
+    /// the authorized user.
+    pub fn extra(&self, index: u64, x: &super::ExtraCall) -> Call {
+        let ext = &EXTENSIONS[0];
+        let me = Party {
+            phone_number: Some(ext.phone.to_string()),
+            extension_id: Some(ext.id),
+            name: Some(ext.name.to_string()),
+            ..Party::default()
+        };
+        let other = Party { phone_number: x.other_number.clone(), name: x.other_name.clone(), ..Party::default() };
+        let (from, to) = if x.inbound { (other, me) } else { (me, other) };
+        let key = mix64(self.seed ^ mix64(index ^ 0xE47A_E47A));
+        let mut rng = Rng::new(self.seed, index ^ 0xE47A);
+        Call {
+            call_log_id: base62(rng.next_u64(), rng.next_u64(), 22),
+            session_id: x.session_id.clone(),
+            telephony_session_id: format!("s-x{:016x}", rng.next_u64()),
+            start_ms: x.start.as_millisecond(),
+            duration_s: x.duration_s,
+            inbound: x.inbound,
+            from,
+            to,
+            owner: 0,
+            outcome: if x.inbound { Outcome::Accepted } else { Outcome::Connected },
+            recording: x.recording_id.as_ref().map(|id| Recording {
+                id: id.clone(),
+                kind: RecordingKind::Automatic,
+                audio: AudioSpec { codec: self.codec(key), key, duration_s: x.duration_s },
+            }),
+            short_recording: false,
+            two_legs: false,
+            sparse: x.sparse,
         }
     }
 
     /// The whole initial data set: `calls` generated calls plus the seed call.
-    pub fn initial(&self, calls: usize) -> Vec<Call> {
+    pub fn initial(&self, calls: usize, extra: &[super::ExtraCall]) -> Vec<Call> {
         let mut v: Vec<Call> = (0..calls as u64).map(|i| self.call(i, None, false)).collect();
         v.push(self.seed_call());
+        v.extend(extra.iter().enumerate().map(|(i, x)| self.extra(calls as u64 + 1 + i as u64, x)));
         v
     }
 }
@@ -466,8 +507,8 @@ mod tests {
     #[test]
     fn deterministic_and_unique() {
         let g = generator();
-        let a = g.initial(2000);
-        let b = g.initial(2000);
+        let a = g.initial(2000, &[]);
+        let b = g.initial(2000, &[]);
         assert_eq!(a.len(), 2001);
         let mut ids = std::collections::HashSet::new();
         let mut recs = std::collections::HashSet::new();
@@ -487,7 +528,7 @@ mod tests {
     #[test]
     fn specials_are_present() {
         let g = generator();
-        let calls = g.initial(300);
+        let calls = g.initial(300, &[]);
         assert!(calls.iter().any(|c| c.end_ms() > g.now_ms), "a call in progress");
         assert!(calls.iter().any(|c| c.start_ms.rem_euclid(DAY_MS) == DAY_MS - 30_000));
         assert!(calls.iter().any(|c| c.start_ms.rem_euclid(DAY_MS) == 10_000));

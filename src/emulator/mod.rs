@@ -123,6 +123,34 @@ pub struct Faults {
     pub malformed_json_fraction: f64,
     /// Both hosts close every connection at once, before answering.
     pub unreachable: bool,
+    /// Both hosts accept connections and read requests but answer nothing while this is set (a
+    /// black-holed or overloaded service: clients see timeouts, not errors). Requests held when
+    /// it is cleared are then answered normally.
+    pub hang: bool,
+    /// Call-log pages after the first start this many records early, so the last records of a
+    /// page come again at the top of the next (what a client sees when new calls arrive while it
+    /// pages): duplicate records across pages.
+    pub page_overlap: u64,
+}
+
+/// A call added to the generated data set, to pin down records the generator does not make
+/// (hostile names, a 0-byte or a huge recording, thousands of calls on one date, sparse
+/// records). Its recording's bytes are generated like any other's from `duration_s`; an MP3
+/// recording of 0 seconds is 0 bytes long.
+#[derive(Clone, Debug)]
+pub struct ExtraCall {
+    pub session_id: String,
+    pub start: jiff::Timestamp,
+    pub duration_s: u32,
+    pub inbound: bool,
+    /// The other party's number and name (either may be missing).
+    pub other_number: Option<String>,
+    pub other_name: Option<String>,
+    /// `None`: a call without a recording.
+    pub recording_id: Option<String>,
+    /// Serve the record with only `id`, `sessionId`, `startTime` and `recording` (`id`,
+    /// `contentUri`): every optional field missing.
+    pub sparse: bool,
 }
 
 /// Emulator settings. [`Config::default`] is the demo account.
@@ -162,6 +190,8 @@ pub struct Config {
     pub media: MediaBehaviour,
     /// Initial faults.
     pub faults: Faults,
+    /// Calls added to the generated ones (after them in numbering; see [`ExtraCall`]).
+    pub extra_calls: Vec<ExtraCall>,
 }
 
 impl Default for Config {
@@ -184,6 +214,7 @@ impl Default for Config {
             live: None,
             media: MediaBehaviour::default(),
             faults: Faults::default(),
+            extra_calls: Vec::new(),
         }
     }
 }
@@ -200,6 +231,12 @@ pub struct Stats {
     pub throttled: u64,
     /// Requests received in a group while its penalty was running.
     pub penalty_violations: u64,
+    /// Requests received in a group after a 429 was answered in it and before that 429's
+    /// `Retry-After` (30 s when it had none, as the contract tells clients to wait) had passed,
+    /// not counting those that arrived within [`IN_FLIGHT_GRACE`] of the 429: those may have
+    /// been sent before the client could see it. Counts forced 429s too, which
+    /// `penalty_violations` does not (they start no penalty).
+    pub retry_after_violations: u64,
     /// Media body bytes sent.
     pub bytes_served: u64,
     /// Injected faults (5xx, forced 429, malformed JSON, dropped or refused connections).
@@ -220,6 +257,9 @@ impl Stats {
         self.endpoint("recording-content")
     }
 }
+
+/// See [`Stats::retry_after_violations`].
+pub const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
 
 /// Ground truth about one call, for tests.
 #[derive(Clone, Debug)]
@@ -301,6 +341,12 @@ impl Emulator {
     /// The exact bytes the media host serves for a recording (whether fetchable yet or not).
     pub fn recording_bytes(&self, recording_id: &str) -> Option<Vec<u8>> {
         self.state.recording_bytes(recording_id)
+    }
+
+    /// The bytes `offset .. offset + len` of a recording (clamped to its end), without building
+    /// the whole file: ground truth for huge recordings.
+    pub fn recording_range(&self, recording_id: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
+        self.state.recording_range(recording_id, offset, len)
     }
 
     /// Stops both servers and waits for them.

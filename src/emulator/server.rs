@@ -17,8 +17,8 @@
 //! drops the connection. A media body stream that yields an error likewise cuts the connection
 //! mid-body, which is how `drop_after_bytes` works.
 //!
-//! Lock order: `data` before `stats`; `tokens`, `rate`, `faults` are never held together with
-//! another lock.
+//! Lock order: `data` before `stats`; `tokens`, `rate`, `advertised`, `faults` are never held
+//! together with another lock.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -146,6 +146,9 @@ pub(crate) struct State {
     data: RwLock<Data>,
     tokens: Mutex<Tokens>,
     rate: Mutex<[Bucket; 4]>,
+    /// Per group: when the last 429 was answered and until when its `Retry-After` told the
+    /// client to wait (for `Stats::retry_after_violations`).
+    advertised: Mutex<[Option<(Instant, Instant)>; 4]>,
     stats: Mutex<Stats>,
     bytes_served: AtomicU64,
     counter: AtomicU64,
@@ -178,7 +181,7 @@ impl State {
             days: cfg.days,
             record_delay_ms: cfg.record_delay.as_millis() as i64,
         };
-        let calls = generator.initial(cfg.calls);
+        let calls = generator.initial(cfg.calls, &cfg.extra_calls);
         let by_recording = calls
             .iter()
             .enumerate()
@@ -200,6 +203,7 @@ impl State {
             data: RwLock::new(data),
             tokens: Mutex::new(Tokens::default()),
             rate: Mutex::new(Default::default()),
+            advertised: Mutex::new(Default::default()),
             stats: Mutex::new(Stats::default()),
             bytes_served: AtomicU64::new(0),
             counter: AtomicU64::new(0),
@@ -275,6 +279,10 @@ impl State {
         self.faults.read().unwrap_or_else(|e| e.into_inner()).unreachable
     }
 
+    fn hanging(&self) -> bool {
+        self.faults.read().unwrap_or_else(|e| e.into_inner()).hang
+    }
+
     fn fault_injected(&self) {
         lock(&self.stats).faults_injected += 1;
     }
@@ -329,6 +337,15 @@ impl State {
     pub fn recording_bytes(&self, id: &str) -> Option<Vec<u8>> {
         self.advance_live(now_ms());
         self.recording(id).map(|(audio, ..)| audio.to_vec())
+    }
+
+    pub fn recording_range(&self, id: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
+        self.advance_live(now_ms());
+        let (audio, ..) = self.recording(id)?;
+        let end = offset.saturating_add(len).min(audio.len());
+        let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+        audio.fill(offset.min(end), &mut buf);
+        Some(buf)
     }
 
     // ----- rate limiting -----
@@ -396,6 +413,7 @@ impl State {
     fn gated(&self, endpoint: &str, g: Group, handler: impl FnOnce() -> Response) -> Response {
         *lock(&self.stats).by_endpoint.entry(endpoint.to_string()).or_default() += 1;
         self.advance_live(now_ms());
+        self.check_retry_after(g);
         let faults = self.faults();
         let (mut resp, remaining) = if self.roll(faults.force_429_fraction) {
             self.fault_injected();
@@ -421,7 +439,38 @@ impl State {
             }
         };
         self.rate_headers(g, remaining, &mut resp);
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            self.advertise_retry_after(g, &resp);
+        }
         resp
+    }
+
+    /// Counts a request that arrived while the client was told to wait (see
+    /// `Stats::retry_after_violations`).
+    fn check_retry_after(&self, g: Group) {
+        let now = Instant::now();
+        let violation = lock(&self.advertised)[g.index()]
+            .is_some_and(|(sent, until)| now >= sent + super::IN_FLIGHT_GRACE && now < until);
+        if violation {
+            tracing::debug!(group = g.name(), "request before the Retry-After of a 429 passed");
+            lock(&self.stats).retry_after_violations += 1;
+        }
+    }
+
+    /// Remembers how long a 429 told the client to wait (30 s without `Retry-After`).
+    fn advertise_retry_after(&self, g: Group, resp: &Response) {
+        let secs = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(30);
+        let now = Instant::now();
+        let until = now + Duration::from_secs(secs);
+        let mut adv = lock(&self.advertised);
+        let slot = &mut adv[g.index()];
+        // A later 429 with an earlier end does not shorten the wait already asked for.
+        *slot = Some((now, slot.map_or(until, |(_, u)| u.max(until))));
     }
 
     fn server_error(&self) -> Response {
@@ -953,6 +1002,17 @@ fn write_record(
 ) {
     let ext = c.extension();
     let start = fmt_ms(c.start_ms);
+    if c.sparse {
+        let mut v = json!({"id": c.call_log_id, "sessionId": c.session_id, "startTime": start});
+        if let Some(r) = &c.recording {
+            v["recording"] = json!({
+                "id": r.id,
+                "contentUri": format!("{media}/restapi/v1.0/account/{ACCOUNT_ID}/recording/{}/content", r.id),
+            });
+        }
+        let _ = serde_json::to_writer(out, &v);
+        return;
+    }
     let extension = ExtensionOut {
         uri: format!("{api}/restapi/v1.0/account/{ACCOUNT_ID}/extension/{}", ext.id),
         id: ext.id.parse().unwrap_or(0),
@@ -1076,7 +1136,8 @@ fn call_log_page(st: &State, scope: Scope, headers: &HeaderMap, path: &str, raw:
     // Newest first; ties broken by call-log id so pages are stable.
     hits.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| data.calls[a.1].call_log_id.cmp(&data.calls[b.1].call_log_id)));
     let total = hits.len() as u64;
-    let first = (q.page - 1).saturating_mul(q.per_page);
+    let overlap = if q.page > 1 { st.faults().page_overlap } else { 0 };
+    let first = (q.page - 1).saturating_mul(q.per_page).saturating_sub(overlap);
     let page_hits = hits.iter().skip(first.min(total) as usize).take(q.per_page as usize);
     let account_level = matches!(scope, Scope::Account);
 
@@ -1504,6 +1565,12 @@ async fn accept_loop(listener: TcpListener, router: Router, st: Shared, mut stop
                         if st.unreachable() {
                             st.fault_injected();
                             return Err(Unreachable);
+                        }
+                        if st.hanging() {
+                            st.fault_injected();
+                            while st.hanging() {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
                         }
                         let resp: Result<Response, Infallible> = router.call(req.map(Body::new)).await;
                         Ok(resp.unwrap_or_else(|e| match e {}))
