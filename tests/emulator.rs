@@ -673,3 +673,55 @@ async fn audio_decodes_with_the_records_duration() {
     }
     assert_eq!(seen.len(), 2, "both formats checked");
 }
+
+#[tokio::test]
+async fn plain_file_listing_for_http_peers() {
+    let emu = start(config()).await;
+    let index = http().get(emu.files_url()).send().await.unwrap();
+    assert_eq!(index.status(), StatusCode::OK);
+    assert!(index.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = index.text().await.unwrap();
+    let now = jiff::Timestamp::now();
+    let calls = emu.calls();
+    let fetchable: Vec<&CallInfo> = calls.iter().filter(|c| c.recording_id.is_some() && c.fetchable_at <= now).collect();
+    let links = html.matches("<a href=\"").count();
+    assert_eq!(links, fetchable.len(), "one link per fetchable recording:\n{html}");
+    assert!(html.contains("<a href=\"44444444.mp3\">"), "{html}");
+    let not_yet = calls.iter().find(|c| c.recording_id.is_some() && c.fetchable_at > now).expect("a call not fetchable yet");
+    assert!(!html.contains(&format!("\"{}.mp3\"", not_yet.recording_id.as_deref().unwrap())));
+
+    // The files themselves: no auth, the same bytes as the contentUri, HEAD and Range.
+    let url = format!("{}44444444.mp3", emu.files_url());
+    let whole = emu.recording_bytes("44444444").unwrap();
+    let r = http().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "audio/mpeg");
+    assert_eq!(r.headers()["content-length"], whole.len().to_string().as_str());
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert!(r.headers().contains_key("last-modified"));
+    assert_eq!(r.bytes().await.unwrap(), whole);
+    let h = http().head(&url).send().await.unwrap();
+    assert_eq!(h.status(), StatusCode::OK);
+    assert_eq!(h.headers()["content-length"], whole.len().to_string().as_str());
+    let p = http().get(&url).header("Range", "bytes=100-199").send().await.unwrap();
+    assert_eq!(p.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(p.headers()["content-range"], format!("bytes 100-199/{}", whole.len()).as_str());
+    assert_eq!(p.headers()["accept-ranges"], "bytes");
+    assert_eq!(p.bytes().await.unwrap(), whole[100..200]);
+    let bad = http().get(&url).header("Range", format!("bytes={}-", whole.len())).send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    for missing in ["44444444.wav", "99.mp3", "nodot"] {
+        let r = http().get(format!("{}{missing}", emu.files_url())).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{missing}");
+    }
+
+    // Counted apart from the RingCentral endpoints, in no rate group.
+    let s = emu.stats();
+    assert_eq!(s.endpoint("files-index"), 1);
+    assert_eq!(s.endpoint("files-head"), 1);
+    assert_eq!(s.endpoint("files-get"), 6);
+    assert_eq!(s.media(), 0);
+    assert!(s.by_group.is_empty(), "{:?}", s.by_group);
+    assert_eq!(s.bytes_served, whole.len() as u64 + 100);
+    emu.shutdown().await;
+}

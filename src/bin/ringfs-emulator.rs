@@ -23,6 +23,10 @@ enum Format {
 /// Log in with the JWT bearer grant at {API}/restapi/oauth/token using the demo credentials below
 /// (Basic auth with client id and secret, assertion = the JWT), then read
 /// {API}/restapi/v1.0/account/~/extension/~/call-log and fetch each record's recording.contentUri.
+///
+/// The media host also serves {MEDIA}/__emulator/files/, a plain HTTP directory of the recordings
+/// (no auth, no rate limits) for tools that only speak plain HTTP; {API}/__emulator/stats counts
+/// every request.
 #[derive(Debug, Parser)]
 #[command(name = "ringfs-emulator", version)]
 struct Args {

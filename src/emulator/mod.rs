@@ -223,7 +223,8 @@ impl Default for Config {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Requests per endpoint: `token`, `revoke`, `account-call-log`, `extension-call-log`,
-    /// `recording-meta`, `recording-content` (throttled and failed requests count too).
+    /// `recording-meta`, `recording-content` (throttled and failed requests count too), and the
+    /// plain directory of the media host: `files-index`, `files-head`, `files-get` (no group).
     pub by_endpoint: BTreeMap<String, u64>,
     /// Requests per rate group: `Light`, `Medium`, `Heavy`, `Auth`.
     pub by_group: BTreeMap<String, u64>,
@@ -316,6 +317,12 @@ impl Emulator {
     /// Base URL of the media host.
     pub fn media_url(&self) -> String {
         format!("http://{}", self.state.media_addr)
+    }
+
+    /// The plain HTTP directory of the recordings on the media host (an HTML index; no auth, no
+    /// rate limits), e.g. `http://127.0.0.1:40124/__emulator/files/`.
+    pub fn files_url(&self) -> String {
+        format!("http://{}{}", self.state.media_addr, server::FILES_PATH)
     }
 
     /// A snapshot of the request accounting.
