@@ -467,6 +467,16 @@ async fn records_and_recordings_appear_after_their_delays_and_live_calls_arrive(
 }
 
 #[tokio::test]
+async fn a_fractional_window_is_advertised_rounded_up() {
+    // The header is whole seconds; rounding down would tell clients to pace too fast.
+    let emu = start(Config { rate: RateLimits { window: Duration::from_millis(2500), ..RateLimits::default() }, ..config() }).await;
+    let token = access(&login(&emu).await);
+    let r = get(&wide(&emu, EXT_LOG, "&perPage=1"), &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-rate-limit-window"], "3");
+}
+
+#[tokio::test]
 async fn heavy_limit_penalty_restarts_on_every_request() {
     // A long window and a short penalty: the test does not depend on how fast requests are.
     let emu = start(Config {

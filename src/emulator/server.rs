@@ -407,7 +407,10 @@ impl State {
 
     fn rate_headers(&self, g: Group, remaining: u32, resp: &mut Response) {
         let h = resp.headers_mut();
-        let window = self.cfg.rate.window.as_secs().max(1);
+        // The header is whole seconds, as on the real service. Round a fractional window *up*:
+        // advertising 2 for a 2.5 s window would make a client that trusts the header pace too
+        // fast and meet 429s the real service would never send it.
+        let window = self.cfg.rate.window.as_millis().div_ceil(1000).max(1) as u64;
         h.insert(HeaderName::from_static("x-rate-limit-group"), HeaderValue::from_static(g.header()));
         h.insert(HeaderName::from_static("x-rate-limit-limit"), HeaderValue::from(self.limit(g)));
         h.insert(HeaderName::from_static("x-rate-limit-remaining"), HeaderValue::from(remaining));
