@@ -178,10 +178,8 @@ pub fn expand_mount_options(args: impl IntoIterator<Item = OsString>) -> Result<
     while let Some(arg) = args.next() {
         let opts = if arg == "-o" {
             Some(args.next().ok_or("-o needs a value")?)
-        } else if let Some(rest) = arg.to_str().and_then(|s| s.strip_prefix("-o")).filter(|r| !r.is_empty()) {
-            Some(OsString::from(rest))
         } else {
-            None
+            arg.to_str().and_then(|s| s.strip_prefix("-o")).filter(|r| !r.is_empty()).map(OsString::from)
         };
         let Some(opts) = opts else {
             out.push(arg);

@@ -65,8 +65,11 @@ struct Answer {
     total: Option<u64>,
 }
 
+/// A `Content-Range`: the byte range `(first, last)` if given, and the total length if known.
+type ContentRange = (Option<(u64, u64)>, Option<u64>);
+
 /// `bytes a-b/N`, `bytes a-b/*` or `bytes */N`.
-fn parse_content_range(v: &str) -> Option<(Option<(u64, u64)>, Option<u64>)> {
+fn parse_content_range(v: &str) -> Option<ContentRange> {
     let rest = v.trim().strip_prefix("bytes")?.trim_start();
     let (range, total) = rest.split_once('/')?;
     let total = match total.trim() {
@@ -83,7 +86,7 @@ fn parse_content_range(v: &str) -> Option<(Option<(u64, u64)>, Option<u64>)> {
     Some((range, total))
 }
 
-fn header<'a>(h: &'a HeaderMap, name: reqwest::header::HeaderName) -> Option<&'a str> {
+fn header(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 

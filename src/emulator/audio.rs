@@ -95,7 +95,7 @@ impl AudioSpec {
     }
 
     /// The whole file (tests and ground truth only; the server streams with [`AudioSpec::fill`]).
-    pub fn to_vec(&self) -> Vec<u8> {
+    pub fn to_vec(self) -> Vec<u8> {
         let mut v = vec![0u8; self.len() as usize];
         self.fill(0, &mut v);
         v

@@ -640,8 +640,8 @@ impl Media {
                     }
                 }
                 let fully_cached = bound.is_some_and(|b| missing >= b);
-                if fully_cached && known.is_some() {
-                    Step::Done(known.expect("checked"))
+                if let (true, Some(k)) = (fully_cached, &known) {
+                    Step::Done(k.clone())
                 } else if let Some(e) = failure {
                     Step::Fail(e)
                 } else if let (Some(k), true) = (&known, any_headers || known.as_ref().is_some_and(|k| k.complete)) {
@@ -650,8 +650,8 @@ impl Media {
                     // at all (a file manager's stat-and-close), and a request spent on it would
                     // be wasted; the first read that misses starts one.
                     Step::Done(k.clone())
-                } else if waited.is_some() && !waited_alive && known.is_some() {
-                    Step::Done(known.expect("checked"))
+                } else if let (true, Some(k)) = (waited.is_some() && !waited_alive, &known) {
+                    Step::Done(k.clone())
                 } else if let Some(d) = first {
                     waited = Some(d);
                     Step::Wait
