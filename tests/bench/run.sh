@@ -2,8 +2,8 @@
 # The benchmark of issue 6 (README "Benchmarks"): ringfs side by side with curl, rclone mount and
 # httpdirfs, over one `ringfs-emulator` (release build) per scenario.
 #
-#   sudo tests/bench/run.sh            # the full run (about 10 minutes on 2 cores)
-#   sudo tests/bench/run.sh --quick    # fewer trials, smaller data sets (about 4 minutes)
+#   tests/bench/run.sh                 # as root: the full run (about 4 minutes on 2 cores)
+#   tests/bench/run.sh --quick         # fewer trials, smaller data sets
 #
 # Installs what it needs (fuse3, curl, Debian's rclone and httpdirfs; hyperfine is not needed),
 # builds the release binaries, then runs tests/bench/bench.py, which prints every figure with the
