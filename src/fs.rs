@@ -849,20 +849,20 @@ impl Fs {
                 if name == CALL_JSON {
                     Node::CallJson { session, by_session }
                 } else {
-                    let (id, _) = catalog::split_recording_name(name).ok_or(FsError::NotFound)?;
                     let mut st = self.state();
                     let children = self.session_children(&mut st, &session, by_session);
                     // The exact current name, or the same name with the other audio extension (a
                     // name the kernel may still hold from before the real format was learned).
+                    // The node comes from the entry, not from the id at the end of the name: that
+                    // is the id as names show it, which need not be the recording's real id.
                     let stem = |n: &str| n.rsplit_once('.').map(|(s, _)| s.to_owned());
-                    let ok = children.iter().any(|e| {
-                        e.name == name
-                            || (stem(&e.name) == stem(name) && catalog::split_recording_name(&e.name).is_some())
+                    let is_recording = |n: &str| catalog::split_recording_name(n).is_some();
+                    let entry = children.iter().find(|e| e.name == name).or_else(|| {
+                        children
+                            .iter()
+                            .find(|e| is_recording(name) && is_recording(&e.name) && stem(&e.name) == stem(name))
                     });
-                    if !ok {
-                        return Err(FsError::NotFound);
-                    }
-                    Node::RecFile { id: id.to_string(), by_session }
+                    entry.and_then(|e| st.inodes.node(e.ino).cloned()).ok_or(FsError::NotFound)?
                 }
             }
             Node::ByRecording => {

@@ -885,6 +885,38 @@ fn a_session_directory_with_an_odd_session_id_can_be_entered() {
     assert_no_foreign_panics();
 }
 
+/// Regression: a recording file was opened by the id at the end of its name, not by the entry's
+/// recording. A recording id with a space ("9 81000011") ends in another recording's id, so its
+/// file opened the other recording: wrong bytes.
+#[test]
+fn a_recording_id_ending_in_another_id_opens_its_own_bytes() {
+    let day = days_ago(1);
+    let base = midnight(day);
+    let mut cfg = settled_config(10, 3);
+    cfg.extra_calls = vec![
+        call("7200000001", at(base, 7200), 30, Some("Plain"), Some("81000011")),
+        call("7200000002", at(base, 7300), 45, Some("Spaced"), Some("9 81000011")),
+    ];
+    let m = mount(fault_stack(cfg, &Tune::default()));
+    let dir = m.p(&day.to_string());
+    let session = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.contains("Spaced"))
+        .expect("the session is listed");
+    let file = std::fs::read_dir(dir.join(&session))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with(".mp3"))
+        .expect("its recording is listed");
+    let got = std::fs::read(dir.join(&session).join(&file)).unwrap();
+    let own = m.emu().recording_bytes("9 81000011").unwrap();
+    let other = m.emu().recording_bytes("81000011").unwrap();
+    assert!(got != other, "{file:?} opened the other recording");
+    assert!(got == own, "{file:?}: {} bytes, want {}", got.len(), own.len());
+    assert_no_foreign_panics();
+}
+
 /// Regression: with the API hung, listing a date blocked for the client's stall timeout times its
 /// retries (20 s with a 4 s read timeout in this suite; minutes with the defaults), and every
 /// other listing queued behind it.

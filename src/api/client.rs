@@ -699,6 +699,13 @@ impl Client {
                     rb = rb.basic_auth(&cfg.credentials.client_id, Some(&cfg.credentials.client_secret));
                 }
             }
+            // Getting the token may have taken a while (a renewal waits on the Auth group), and a
+            // 429 to another request may have put the group on hold meanwhile: sending now would
+            // restart the penalty. Queue again; this is not a retry, nothing was sent.
+            if self.inner.pacers.get(req.group).held_until().is_some() {
+                drop(permit);
+                continue;
+            }
             permit.stamp();
             bump(&self.inner.counters.requests[req.group as usize]);
             tracing::debug!(context = %req.context, group = req.group.name(), ?prio, retry = retries, "sending request");
@@ -709,22 +716,21 @@ impl Client {
                 Ok(Err(e)) if e.is_builder() => return Err(ApiError::Config(format!("{}: {e}", req.context))),
                 Ok(Err(e)) => ApiError::Transport { context: req.context.clone(), source: e },
                 Ok(Ok(resp)) => {
-                    self.inner.pacers.observe(req.group, resp.status().as_u16(), resp.headers());
+                    let held = self.inner.pacers.observe(req.group, resp.status().as_u16(), resp.headers());
                     let status = resp.status().as_u16();
                     if resp.status().is_success() || req.passthrough.contains(&status) {
                         return Ok(resp);
                     }
                     let retry_after = pacer::retry_after(resp.headers());
                     let body = self.read_body(resp, &req.context).await.unwrap_or_default();
-                    drop(permit);
                     let err = ApiError::from_body(status, &body, req.context.clone());
                     tracing::debug!(context = %req.context, status, code = ?err.error_code(), "service error");
                     match status {
                         429 => {
+                            // `observe` above already holds the group.
                             bump(&self.inner.counters.throttled);
-                            let d = retry_after.unwrap_or(pacer::DEFAULT_RETRY_AFTER);
+                            let d = held.unwrap_or(pacer::DEFAULT_RETRY_AFTER);
                             tracing::warn!(group = req.group.name(), "429 received; holding the group for {d:?}");
-                            self.inner.pacers.get(req.group).hold(d);
                         }
                         401 if req.auth == AuthKind::Bearer && !auth_retried => {
                             bump(&self.inner.counters.unauthorized);
@@ -745,6 +751,8 @@ impl Client {
                     err
                 }
             };
+            // The answer (or the failure) is in: the slot starts ageing now, not after the backoff.
+            drop(permit);
             if retries >= cfg.max_retries {
                 return Err(err);
             }

@@ -129,9 +129,19 @@ impl Pacers {
 
     /// Learns from the `X-Rate-Limit-*` headers of a response (with `status`) to a request sent
     /// in `group`. When the service names another group, that group learns instead.
-    pub fn observe(&self, group: RateGroup, status: u16, headers: &HeaderMap) {
+    /// Learns from a response's rate headers. A 429 holds the group it names (or `group`) for
+    /// `Retry-After` ([`DEFAULT_RETRY_AFTER`] when absent) *here*, before the caller reads the
+    /// body or releases its permit: any later moment leaves a gap in which a waiter is granted
+    /// and sends during the penalty, which restarts it on RingCentral. Returns the hold.
+    pub fn observe(&self, group: RateGroup, status: u16, headers: &HeaderMap) -> Option<Duration> {
         let named = header_str(headers, "x-rate-limit-group").and_then(RateGroup::from_name);
-        self.get(named.unwrap_or(group)).observe(status, headers);
+        let pacer = self.get(named.unwrap_or(group));
+        pacer.observe(status, headers);
+        (status == 429).then(|| {
+            let d = retry_after(headers).unwrap_or(DEFAULT_RETRY_AFTER);
+            pacer.hold(d);
+            d
+        })
     }
 }
 
@@ -588,8 +598,13 @@ mod tests {
         // The service says 10 per 60 s and only 1 left after our single request: 8 sends by
         // someone else are counted.
         let h = headers(&[("x-rate-limit-limit", "10"), ("x-rate-limit-window", "60"), ("x-rate-limit-remaining", "1")]);
-        // A 429's "remaining 0" does not fill the log.
-        p.observe(RateGroup::Heavy, 429, &headers(&[("x-rate-limit-limit", "10"), ("x-rate-limit-remaining", "0")]));
+        // A 429's "remaining 0" does not fill the log (`Retry-After: 0`: no hold in this test).
+        let held = p.observe(
+            RateGroup::Heavy,
+            429,
+            &headers(&[("x-rate-limit-limit", "10"), ("x-rate-limit-remaining", "0"), ("retry-after", "0")]),
+        );
+        assert_eq!(held, Some(Duration::ZERO));
         p.observe(RateGroup::Heavy, 200, &h);
         drop(permit);
         let t = Instant::now();
@@ -597,6 +612,26 @@ mod tests {
         assert_eq!(t.elapsed(), Duration::ZERO);
         drop(g.acquire(Priority::Interactive).await);
         assert!(t.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_holds_its_named_group_before_the_permit_is_released() {
+        let p = Arc::new(Pacers::new());
+        teach(&p, RateGroup::Heavy, 10, 60);
+        let g = Arc::clone(p.get(RateGroup::Heavy));
+        let permit = g.acquire(Priority::Interactive).await;
+        permit.stamp();
+        // The answer names its group; the hold is in force as soon as it is observed, while the
+        // permit is still held (the caller has not even read the body yet), so no waiter woken by
+        // the release can slip a request into the penalty.
+        let held = p.observe(RateGroup::Light, 429, &headers(&[("x-rate-limit-group", "Heavy")]));
+        assert_eq!(held, Some(DEFAULT_RETRY_AFTER));
+        assert!(g.held_until().is_some(), "held before the permit is released");
+        assert!(p.get(RateGroup::Light).held_until().is_none(), "the named group is held, not the guessed one");
+        let t = Instant::now();
+        drop(permit);
+        drop(g.acquire(Priority::Interactive).await);
+        assert!(t.elapsed() >= DEFAULT_RETRY_AFTER, "{:?}", t.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

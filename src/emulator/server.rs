@@ -1385,7 +1385,7 @@ fn parse_range(header: Option<&str>, len: u64) -> RangeReq {
         len
     } else {
         match b.parse::<u64>() {
-            Ok(e) if e >= start => (e + 1).min(len),
+            Ok(e) if e >= start => e.saturating_add(1).min(len),
             _ => return RangeReq::Whole,
         }
     };
@@ -1553,6 +1553,8 @@ fn http_date(ms: i64) -> String {
 
 /// `GET /__emulator/files/`: an Apache-style HTML index, one `<a href="<id>.<ext>">` per
 /// recording that can be fetched now, with its size in the text (peers take sizes from `HEAD`).
+/// Links are relative, as in Apache's indexes: httpdirfs asks for the index without the slash and
+/// appends the links to its own URL; a browser needs the slash.
 async fn files_index(AxState(st): AxState<Shared>) -> Response {
     st.count("files-index");
     st.advance_live(now_ms());
@@ -1734,6 +1736,8 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-1000"), 100), RangeReq::Part(0, 100));
         assert_eq!(parse_range(Some("bytes=50-1000"), 100), RangeReq::Part(50, 100));
         assert_eq!(parse_range(Some("bytes=100-"), 100), RangeReq::Unsatisfiable);
+        // The largest last-byte position must not overflow (it panicked in debug builds).
+        assert_eq!(parse_range(Some("bytes=5-18446744073709551615"), 100), RangeReq::Part(5, 100));
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), RangeReq::Whole);
         assert_eq!(parse_range(Some("bytes=9-2"), 100), RangeReq::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 100), RangeReq::Whole);
