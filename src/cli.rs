@@ -37,7 +37,7 @@ SOURCE is `demo` (a built-in emulated account, no credentials), `ringcentral` (a
 credentials from RC_CLIENT_ID, RC_CLIENT_SECRET, RC_JWT and optionally RC_SERVER_URL, or from\n\
 --credentials FILE), or an API base URL such as https://platform.ringcentral.com.\n\n\
 Every long flag can also be given as a mount option: -o days=30,cache-size=64M,allow_other.\n\
-Logging: RINGFS_LOG=debug (an env filter); in the background logs go to --log-file only.",
+Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in the background logs go to --log-file only.",
     after_help = "Request costs (RingCentral's Heavy group allows about 10 requests a minute):\n\
   listing the root, by-session/ and by-recording/         0 requests\n\
   listing a date with < 1000 recordings                    at most 1 call-log request\n\
