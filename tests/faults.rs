@@ -856,6 +856,37 @@ fn ls_l_of_a_date_with_10000_sessions_is_not_quadratic() {
     assert_no_foreign_panics();
 }
 
+/// Regression: `--read-timeout` bounded a whole listing, so a date that needs more pages than the
+/// rate limit sends within the timeout failed with EIO although every page came in time (on
+/// RingCentral, any date of over 5,000 recordings: 10 pages a minute, 30 s). The bound is on
+/// silence from the API now.
+#[test]
+fn a_date_listed_slower_than_the_read_timeout_succeeds_while_pages_flow() {
+    let crowded = days_ago(2);
+    let extra: Vec<_> = (0..4500u32)
+        .map(|i| call(&format!("5{i:09}"), at(midnight(crowded), 60 + i64::from(i) * 16), 5, Some("Queue"), Some(&format!("8{i:07}"))))
+        .collect();
+    let mut cfg = settled_config(20, 4);
+    cfg.extra_calls = extra;
+    // One Heavy request a second: five pages take about five seconds.
+    cfg.rate = RateLimits { window: Duration::from_secs(1), penalty: Duration::from_secs(2), heavy: 1, ..RateLimits::unlimited() };
+    let tune = Tune { read_timeout: Duration::from_secs(2), ..Tune::default() };
+    let m = mount(fault_stack(cfg, &tune));
+    let dir = m.p(&crowded.to_string());
+    let t = Instant::now();
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing failed after {:?}: {e}", t.elapsed()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let took = t.elapsed();
+    assert_eq!(names.iter().filter(|n| n.contains(" Queue 5")).count(), 4500);
+    let s = m.emu().stats();
+    assert!(took > tune.read_timeout, "the listing must outlast the read timeout for this test to mean anything: {took:?}");
+    assert_eq!(s.throttled, 0, "{s:?}");
+    eprintln!("[faults] {} sessions listed in {took:?} over {} call-log requests, read timeout {:?}", names.len(), s.call_log(), tune.read_timeout);
+    assert_no_foreign_panics();
+}
+
 /// Regression: a session directory was looked up by the last word of its name, so a session id
 /// that is not a plain token (a space, a `/` replaced in the name) could be listed but not
 /// entered, and a name ending in another session's id led to that session.
