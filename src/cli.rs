@@ -97,7 +97,7 @@ pub struct Flags {
     /// Seconds a listing of today (or a date that may still change) is reused.
     #[arg(long, default_value_t = 30)]
     pub recent_ttl: u64,
-    /// Seconds a read, a directory listing or an id lookup may wait for the API before it fails with EIO.
+    /// Seconds a read or an id lookup may wait for the API, or a listing may go without a page, before EIO.
     #[arg(long, default_value_t = 30)]
     pub read_timeout: u64,
     /// Let other users in (needs user_allow_other in /etc/fuse.conf for non-root users).
