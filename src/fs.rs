@@ -526,40 +526,31 @@ impl Fs {
         if self.is_listed(&self.state(), date, now) {
             return Ok(());
         }
-        // Bounded like a read: with a hung API the client's own limits (a stall timeout per
-        // attempt, times its retries) let one `ls` block for minutes, and every other listing
-        // queued behind it on the lock below (found by tests/faults.rs). But the bound is on
-        // *silence*, not on the whole listing: every page that arrives, for this listing or for
-        // the one holding the lock, restarts the clock. A date of 20,000 recordings takes two
-        // minutes at RingCentral's 10 pages a minute, and must not fail while pages flow.
-        // Dropping the listing midway is safe: nothing is recorded until a page has arrived.
-        let mut pages = self.pages.subscribe();
-        let listing = self.list_date(date);
-        tokio::pin!(listing);
-        loop {
-            tokio::select! {
-                done = &mut listing => return done,
-                _ = pages.changed() => continue,
-                _ = tokio::time::sleep(self.config.read_timeout) => {
-                    tracing::warn!("listing {date}: no answer from the API within {:?}", self.config.read_timeout);
-                    return Err(FsError::TimedOut);
-                }
-            }
-        }
+        // Dropping the listing midway (see `bounded`) is safe: nothing is recorded until a page
+        // has arrived.
+        self.bounded(|| format!("listing {date}"), self.list_date(date)).await?
     }
 
-    /// Fails with [`FsError::TimedOut`] (EIO) when `f` waits for the API longer than
-    /// `read_timeout`.
-    async fn bounded<T>(
-        &self,
-        what: impl FnOnce() -> String,
-        f: impl std::future::Future<Output = Result<T, FsError>>,
-    ) -> Result<T, FsError> {
-        match tokio::time::timeout(self.config.read_timeout, f).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!("{}: no answer from the API within {:?}", what(), self.config.read_timeout);
-                Err(FsError::TimedOut)
+    /// Runs `f`, an operation waiting on the API, and fails with [`FsError::TimedOut`] (EIO)
+    /// after `read_timeout` in which no call-log page arrived.
+    ///
+    /// With a hung API the client's own limits (a stall timeout per attempt, times its retries)
+    /// let one `ls` block for minutes, and every other listing queued behind it on the listing
+    /// lock (found by tests/faults.rs). But the bound is on *silence*, not on the whole
+    /// operation: every page that arrives, for this operation or for the listing ahead of it,
+    /// restarts the clock. A date of 20,000 recordings takes two minutes at RingCentral's 10
+    /// pages a minute, and must not fail while pages flow.
+    async fn bounded<T>(&self, what: impl FnOnce() -> String, f: impl std::future::Future<Output = T>) -> Result<T, FsError> {
+        let mut pages = self.pages.subscribe();
+        tokio::pin!(f);
+        loop {
+            tokio::select! {
+                done = &mut f => return Ok(done),
+                _ = pages.changed() => continue,
+                _ = tokio::time::sleep(self.config.read_timeout) => {
+                    tracing::warn!("{}: no answer from the API within {:?}", what(), self.config.read_timeout);
+                    return Err(FsError::TimedOut);
+                }
             }
         }
     }
@@ -733,14 +724,14 @@ impl Fs {
             .checked_sub(jiff::SignedDuration::try_from(self.config.retention).unwrap_or_default())
             .unwrap_or(Timestamp::MIN);
         let find = self.log.find_session(scope, session_id, since, Priority::Interactive);
-        let records = match self.bounded(|| format!("looking up session {session_id}"), async { Ok(find.await) }).await? {
+        let records = match self.bounded(|| format!("looking up session {session_id}"), find).await? {
             Ok(r) => r,
             Err(e) if e.is_not_found() => Vec::new(),
             Err(e) if self.config.scope == ScopeChoice::Auto && scope == Scope::Account && e.is_forbidden() => {
                 tracing::info!("this user may not read the account call log ({e}); using the extension call log");
                 self.state().scope = Some(Scope::Extension);
                 let find = self.log.find_session(Scope::Extension, session_id, since, Priority::Interactive);
-                self.bounded(|| format!("looking up session {session_id}"), async { Ok(find.await) })
+                self.bounded(|| format!("looking up session {session_id}"), find)
                     .await?
                     .map_err(|e| FsError::Api(e.to_string()))?
             }
@@ -783,7 +774,7 @@ impl Fs {
         }
         // Approach 3's fallback: ask the API where the recording lives.
         let meta = self.log.recording_meta(id, Priority::Interactive);
-        match self.bounded(|| format!("looking up recording {id}"), async { Ok(meta.await) }).await? {
+        match self.bounded(|| format!("looking up recording {id}"), meta).await? {
             Ok(meta) => {
                 if let Some(kind) = meta.content_type.as_deref().and_then(AudioKind::from_content_type) {
                     self.state().kinds.insert(id.to_string(), kind);

@@ -741,14 +741,11 @@ fn hostile_and_odd_records_stay_inside_their_directories() {
 
     // The odd date: every name safe and reachable, every session directory too.
     let odir = m.p(&odd_day.to_string());
-    let names: Vec<String> = std::fs::read_dir(&odir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names = names_in(&odir).unwrap();
     check_names(&odir, &names);
     for n in &names {
         let sdir = odir.join(n);
-        let inner: Vec<String> = std::fs::read_dir(&sdir)
-            .unwrap_or_else(|e| panic!("{n:?}: {e}"))
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let inner = names_in(&sdir).unwrap_or_else(|e| panic!("{n:?}: {e}"));
         check_names(&sdir, &inner);
         assert!(inner.contains(&"call.json".to_string()));
     }
@@ -824,6 +821,17 @@ fn call(session: &str, start: Timestamp, duration_s: u32, name: Option<&str>, re
     }
 }
 
+/// A small settled account plus `n` five-second calls with `name` on `day` (sessions `6…`,
+/// recordings `9…`), spread evenly over the day.
+fn crowded_config(day: jiff::civil::Date, n: u32, name: &str) -> Config {
+    let spacing = (86_000 / i64::from(n.max(1))).max(1);
+    let mut cfg = settled_config(20, 4);
+    cfg.extra_calls = (0..n)
+        .map(|i| call(&format!("6{i:09}"), at(midnight(day), 60 + i64::from(i) * spacing), 5, Some(name), Some(&format!("9{i:07}"))))
+        .collect();
+    cfg
+}
+
 /// Regression: each lookup in a date built the names of all its sessions, so `ls -l` of a date
 /// with 10,000 sessions took minutes (300 lookups took 19 s in a debug build). Also: the
 /// 10,000 records come over 11 pages that overlap (duplicates across pages), and each session
@@ -831,16 +839,12 @@ fn call(session: &str, start: Timestamp, duration_s: u32, name: Option<&str>, re
 #[test]
 fn ls_l_of_a_date_with_10000_sessions_is_not_quadratic() {
     let crowded = days_ago(2);
-    let extra: Vec<_> = (0..10_000u32)
-        .map(|i| call(&format!("6{i:09}"), at(midnight(crowded), 60 + i64::from(i) * 8), 5, Some("Crowd"), Some(&format!("9{i:07}"))))
-        .collect();
-    let mut cfg = settled_config(20, 4);
-    cfg.extra_calls = extra;
+    let cfg = crowded_config(crowded, 10_000, "Crowd");
     let m = mount(fault_stack(cfg, &Tune::default()));
     // Pages overlap: the last 37 records of each page come again at the top of the next.
     m.emu().set_faults(Faults { page_overlap: 37, ..Faults::default() });
     let dir = m.p(&crowded.to_string());
-    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names = names_in(&dir).unwrap();
     let unique: BTreeSet<_> = names.iter().collect();
     assert_eq!(unique.len(), names.len(), "duplicate directory names");
     assert_eq!(names.iter().filter(|n| n.contains(" Crowd 6")).count(), 10_000, "10,000 sessions listed once each");
@@ -863,23 +867,16 @@ fn ls_l_of_a_date_with_10000_sessions_is_not_quadratic() {
 #[test]
 fn a_date_listed_slower_than_the_read_timeout_succeeds_while_pages_flow() {
     let crowded = days_ago(2);
-    let extra: Vec<_> = (0..4500u32)
-        .map(|i| call(&format!("5{i:09}"), at(midnight(crowded), 60 + i64::from(i) * 16), 5, Some("Queue"), Some(&format!("8{i:07}"))))
-        .collect();
-    let mut cfg = settled_config(20, 4);
-    cfg.extra_calls = extra;
+    let mut cfg = crowded_config(crowded, 4500, "Queue");
     // One Heavy request a second: five pages take about five seconds.
     cfg.rate = RateLimits { window: Duration::from_secs(1), penalty: Duration::from_secs(2), heavy: 1, ..RateLimits::unlimited() };
     let tune = Tune { read_timeout: Duration::from_secs(2), ..Tune::default() };
     let m = mount(fault_stack(cfg, &tune));
     let dir = m.p(&crowded.to_string());
     let t = Instant::now();
-    let names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("listing failed after {:?}: {e}", t.elapsed()))
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names = names_in(&dir).unwrap_or_else(|e| panic!("listing failed after {:?}: {e}", t.elapsed()));
     let took = t.elapsed();
-    assert_eq!(names.iter().filter(|n| n.contains(" Queue 5")).count(), 4500);
+    assert_eq!(names.iter().filter(|n| n.contains(" Queue 6")).count(), 4500);
     let s = m.emu().stats();
     assert!(took > tune.read_timeout, "the listing must outlast the read timeout for this test to mean anything: {took:?}");
     assert_eq!(s.throttled, 0, "{s:?}");
@@ -903,13 +900,10 @@ fn a_session_directory_with_an_odd_session_id_can_be_entered() {
     ];
     let m = mount(fault_stack(cfg, &Tune::default()));
     let dir = m.p(&day.to_string());
-    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names = names_in(&dir).unwrap();
     for (who, rec) in [("Plain", "81000001"), ("Spaced", "81000002"), ("Slashed", "81000003")] {
         let name = names.iter().find(|n| n.contains(who)).unwrap_or_else(|| panic!("{who} listed: {names:?}"));
-        let inner: Vec<String> = std::fs::read_dir(dir.join(name))
-            .unwrap_or_else(|e| panic!("{name:?} cannot be entered: {e}"))
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let inner = names_in(&dir.join(name)).unwrap_or_else(|e| panic!("{name:?} cannot be entered: {e}"));
         assert!(inner.iter().any(|n| n.ends_with(&format!(" {rec}.mp3"))), "{name:?} holds {rec}: {inner:?}");
         assert_eq!(inner.len(), 2, "{name:?}: {inner:?}");
     }
@@ -930,16 +924,8 @@ fn a_recording_id_ending_in_another_id_opens_its_own_bytes() {
     ];
     let m = mount(fault_stack(cfg, &Tune::default()));
     let dir = m.p(&day.to_string());
-    let session = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .find(|n| n.contains("Spaced"))
-        .expect("the session is listed");
-    let file = std::fs::read_dir(dir.join(&session))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .find(|n| n.ends_with(".mp3"))
-        .expect("its recording is listed");
+    let session = names_in(&dir).unwrap().into_iter().find(|n| n.contains("Spaced")).expect("the session is listed");
+    let file = names_in(&dir.join(&session)).unwrap().into_iter().find(|n| n.ends_with(".mp3")).expect("its recording is listed");
     let got = std::fs::read(dir.join(&session).join(&file)).unwrap();
     let own = m.emu().recording_bytes("9 81000011").unwrap();
     let other = m.emu().recording_bytes("81000011").unwrap();

@@ -129,10 +129,11 @@ impl Pacers {
 
     /// Learns from the `X-Rate-Limit-*` headers of a response (with `status`) to a request sent
     /// in `group`. When the service names another group, that group learns instead.
-    /// Learns from a response's rate headers. A 429 holds the group it names (or `group`) for
-    /// `Retry-After` ([`DEFAULT_RETRY_AFTER`] when absent) *here*, before the caller reads the
-    /// body or releases its permit: any later moment leaves a gap in which a waiter is granted
-    /// and sends during the penalty, which restarts it on RingCentral. Returns the hold.
+    ///
+    /// A 429 holds that group for `Retry-After` ([`DEFAULT_RETRY_AFTER`] when absent) *here*,
+    /// before the caller reads the body or releases its permit: any later moment leaves a gap in
+    /// which a waiter is granted and sends during the penalty, which restarts it on RingCentral.
+    /// Returns the hold.
     pub fn observe(&self, group: RateGroup, status: u16, headers: &HeaderMap) -> Option<Duration> {
         let named = header_str(headers, "x-rate-limit-group").and_then(RateGroup::from_name);
         let pacer = self.get(named.unwrap_or(group));

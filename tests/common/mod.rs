@@ -141,6 +141,11 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The names in `dir`, in `read_dir` order, or the error of listing it.
+pub fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name().into_string().unwrap())).collect()
+}
+
 pub fn have(tool: &str) -> bool {
     std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
 }
