@@ -37,6 +37,24 @@ pub(crate) enum Codec {
     Wav,
 }
 
+impl Codec {
+    /// The file extension of this format.
+    pub(crate) fn extension(self) -> &'static str {
+        match self {
+            Codec::Mp3 => "mp3",
+            Codec::Wav => "wav",
+        }
+    }
+
+    /// The content type the current service sends (see `State::content_type` for `audio/x-wav`).
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Codec::Mp3 => "audio/mpeg",
+            Codec::Wav => "audio/wav",
+        }
+    }
+}
+
 /// Everything needed to produce the bytes of one recording.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AudioSpec {

@@ -259,9 +259,8 @@ impl State {
 
     fn content_type(&self, codec: Codec) -> &'static str {
         match codec {
-            Codec::Mp3 => "audio/mpeg",
             Codec::Wav if self.cfg.media.x_wav => "audio/x-wav",
-            Codec::Wav => "audio/wav",
+            c => c.content_type(),
         }
     }
 
@@ -1534,11 +1533,7 @@ impl State {
             .filter(|c| self.fetchable_ms(c) <= now)
             .filter_map(|c| {
                 let r = c.recording.as_ref()?;
-                let ext = match r.audio.codec {
-                    Codec::Mp3 => "mp3",
-                    Codec::Wav => "wav",
-                };
-                Some((r.id.clone(), ext, r.audio.len(), c.start_ms))
+                Some((r.id.clone(), r.audio.codec.extension(), r.audio.len(), c.start_ms))
             })
             .collect();
         v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -1580,11 +1575,7 @@ async fn files_get(AxState(st): AxState<Shared>, method: axum::http::Method, Pat
     let plain_404 = || (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "not found\n").into_response();
     let Some((id, ext)) = name.rsplit_once('.') else { return plain_404() };
     let Some((audio, _, fetchable, _)) = st.recording(id).filter(|r| r.2 <= now_ms()) else { return plain_404() };
-    let want = match audio.codec {
-        Codec::Mp3 => "mp3",
-        Codec::Wav => "wav",
-    };
-    if ext != want {
+    if ext != audio.codec.extension() {
         return plain_404();
     }
     let len = audio.len();
@@ -1595,13 +1586,9 @@ async fn files_get(AxState(st): AxState<Shared>, method: axum::http::Method, Pat
             return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response();
         }
     };
-    let content_type = match audio.codec {
-        Codec::Mp3 => "audio/mpeg",
-        Codec::Wav => "audio/wav",
-    };
     let mut builder = Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_TYPE, audio.codec.content_type())
         .header(header::CONTENT_LENGTH, end - start)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::LAST_MODIFIED, http_date(fetchable));
