@@ -421,12 +421,11 @@ impl Fs {
         }
     }
 
-    /// The size of a recording: exact once any response told it, else an estimate from its
-    /// duration (documented; reads are never cut or padded by it, see [`Attr::attr_ttl`]).
+    /// The size of a recording: exact once a response stated it or a body ended at the content's
+    /// end, else an estimate from its duration, published with a zero attribute TTL and opened
+    /// with direct I/O so that the kernel never cuts or pads reads by it. The bytes received so
+    /// far are never published: a lower bound taken for the size truncates the file for good.
     fn recording_size(&self, st: &State, rec: &KnownRecording) -> (u64, bool) {
-        if let Some(Known { size: Some(size), complete: true, .. }) = self.media.known(&rec.id) {
-            return (size, true);
-        }
         if let Some(Known { size: Some(size), .. }) = self.media.known(&rec.id) {
             return (size, true);
         }
@@ -1051,10 +1050,8 @@ fn media_error(id: &str, e: MediaError) -> FsError {
             FsError::TimedOut
         }
         MediaError::NotAvailable(m) => FsError::NotYet(format!("{id}: {m}")),
-        MediaError::Failed(m) => {
-            tracing::warn!("recording {id}: {m}");
-            FsError::Media(format!("recording {id}: {m}"))
-        }
+        // The media layer logged the cause once, when the download failed.
+        MediaError::Failed(m) | MediaError::Transient(m) => FsError::Media(format!("recording {id}: {m}")),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use crate::api::{ApiError, CallRecord, Client, MediaStream, Priority, RecordingMeta, Scope};
+use crate::api::{ApiError, BodyEnd, CallRecord, Client, MediaStream, Priority, RecordingMeta, Scope};
 use crate::fs::{CallLog, Page};
 use crate::media::{BoxFuture, MediaBody, MediaError, MediaSource, RecordingKey};
 
@@ -52,8 +52,16 @@ impl ApiMedia {
     }
 }
 
+/// 404 means not (yet) there; what another request may not repeat is transient (the media
+/// layer retries it within its budget); the rest is final.
 fn media_error(e: ApiError) -> MediaError {
-    if e.is_not_found() { MediaError::NotAvailable(e.to_string()) } else { MediaError::Failed(e.to_string()) }
+    if e.is_not_found() {
+        MediaError::NotAvailable(e.to_string())
+    } else if e.is_transient() {
+        MediaError::Transient(e.to_string())
+    } else {
+        MediaError::Failed(e.to_string())
+    }
 }
 
 impl MediaSource for ApiMedia {
@@ -74,6 +82,12 @@ impl MediaBody for Body {
     }
     fn total_len(&self) -> Option<u64> {
         self.0.total_len()
+    }
+    fn end(&self) -> BodyEnd {
+        self.0.end()
+    }
+    fn validator(&self) -> Option<&str> {
+        self.0.validator()
     }
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<bytes::Bytes>, MediaError>> {
         Box::pin(async move { self.0.next_chunk().await.map_err(media_error) })

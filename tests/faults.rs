@@ -92,7 +92,7 @@ impl Figures {
         let c = client.map(|c| c.stats()).unwrap_or_default();
         eprintln!(
             "[faults] {name}: faults injected {} (429s sent {}), reads checked {}, bytes compared {}, \
-             errors returned {} (EIO {}, EAGAIN {}); client retries {}, resumes {}, logins {}, refreshes {}, \
+             errors returned {} (EIO {}, EAGAIN {}); client retries {}, logins {}, refreshes {}, \
              429s seen {}; requests {:?}; penalty violations {}, Retry-After violations {}",
             s.faults_injected,
             s.throttled,
@@ -102,7 +102,6 @@ impl Figures {
             self.eio.load(Ordering::Relaxed),
             self.eagain.load(Ordering::Relaxed),
             c.retries,
-            c.resumes,
             c.logins,
             c.refreshes,
             c.throttled,

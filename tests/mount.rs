@@ -377,3 +377,36 @@ fn a_new_call_appears_in_today_without_a_remount() {
     assert_eq!(got, m.emu().recording_bytes(&id).unwrap());
     assert!(Timestamp::now().duration_since(start).as_secs() < 40);
 }
+
+/// Regression: a media host that answers chunked (no Content-Length), ignores Range and says
+/// `audio/x-wav`. A `stat` taken while a recording streams, then reads to the end, must give the
+/// whole recording, and `st_size` must be exact once it has been read.
+#[test]
+fn chunked_range_ignored_media_is_never_truncated() {
+    use ringfs::emulator::{AudioFormat, MediaBehaviour};
+    let mut cfg = quick_config(30, 3);
+    cfg.format = AudioFormat::Wav;
+    cfg.media = MediaBehaviour { omit_content_length: true, ignore_range: true, x_wav: true, ..MediaBehaviour::default() };
+    cfg.faults.max_bytes_per_sec = Some(4 << 20);
+    let m = mount(stack(cfg, |_| {}));
+    let files = recordings_under(m.path());
+    assert!(files.len() >= 5, "{files:?}");
+    for rel in &files {
+        let path = m.p(&rel.to_string_lossy());
+        let id = recording_id_of(rel);
+        let truth = m.emu().recording_bytes(&id).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let mut head = vec![0u8; 70_000.min(truth.len())];
+        f.read_exact(&mut head).unwrap_or_else(|e| panic!("{rel:?} ({} bytes): {e}", truth.len()));
+        // A stat while the download is running: must not publish a lower bound as the size.
+        let _ = std::fs::metadata(&path).unwrap();
+        let mut rest = Vec::new();
+        f.read_to_end(&mut rest).unwrap();
+        head.extend_from_slice(&rest);
+        assert_eq!(head.len(), truth.len(), "{rel:?}: length through the mount");
+        assert!(head == truth, "{rel:?}: bytes differ");
+        drop(f);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), truth.len() as u64, "{rel:?}: st_size once read");
+        assert_eq!(std::fs::read(&path).unwrap(), truth, "{rel:?}: second read");
+    }
+}

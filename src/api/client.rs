@@ -49,7 +49,7 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Limit on waiting for response headers and for each body chunk.
     pub stall_timeout: Duration,
-    /// Retries per request (and consecutive resume attempts per download) before giving up.
+    /// Retries per API request before giving up (media requests are bounded by the media layer).
     pub max_retries: u32,
     /// First backoff delay for 5xx and transport errors; doubles per retry.
     pub backoff_base: Duration,
@@ -78,7 +78,7 @@ impl ClientConfig {
 pub struct ClientStats {
     /// Requests sent, by rate group name (`Heavy`, `Auth`, ...). Retries included.
     pub requests_by_group: std::collections::BTreeMap<String, u64>,
-    /// Requests that were retries (of any cause, including media resumes' requests).
+    /// Requests that were retries (of any cause).
     pub retries: u64,
     /// 429 answers received.
     pub throttled: u64,
@@ -88,8 +88,6 @@ pub struct ClientStats {
     pub logins: u64,
     /// Refresh-token grants performed.
     pub refreshes: u64,
-    /// Media downloads resumed after a drop or stall.
-    pub resumes: u64,
     /// Call-log records skipped as broken.
     pub records_skipped: u64,
 }
@@ -109,7 +107,6 @@ struct Counters {
     unauthorized: AtomicU64,
     logins: AtomicU64,
     refreshes: AtomicU64,
-    resumes: AtomicU64,
     records_skipped: AtomicU64,
 }
 
@@ -139,6 +136,9 @@ pub(crate) struct Req {
     pub range_from: Option<u64>,
     /// Non-2xx statuses handed back as `Ok(response)` instead of an error (416 for media).
     pub passthrough: &'static [u16],
+    /// Retry 5xx, 429, transport errors and timeouts here. Media requests say no: the media
+    /// layer counts every request made for a recording and owns their one retry budget.
+    pub retry_transient: bool,
     /// What this is, for errors and logs ("GET call-log"). Never contains secrets.
     pub context: String,
 }
@@ -154,6 +154,7 @@ impl Req {
             group,
             range_from: None,
             passthrough: &[],
+            retry_transient: true,
             context: context.into(),
         }
     }
@@ -256,10 +257,6 @@ impl Client {
                 jitter: AtomicU64::new(seed),
             }),
         })
-    }
-
-    pub(crate) fn config(&self) -> &ClientConfig {
-        &self.inner.cfg
     }
 
     fn server(&self) -> &str {
@@ -441,13 +438,8 @@ impl Client {
             unauthorized: get(&c.unauthorized),
             logins: get(&c.logins),
             refreshes: get(&c.refreshes),
-            resumes: get(&c.resumes),
             records_skipped: get(&c.records_skipped),
         }
-    }
-
-    pub(crate) fn count_resume(&self) {
-        bump(&self.inner.counters.resumes);
     }
 
     fn call_log_url(&self, scope: Scope) -> String {
@@ -576,6 +568,7 @@ impl Client {
             group: RateGroup::Auth,
             range_from: None,
             passthrough: &[],
+            retry_transient: true,
             context: context.to_owned(),
         }
     }
@@ -753,7 +746,7 @@ impl Client {
             };
             // The answer (or the failure) is in: the slot starts ageing now, not after the backoff.
             drop(permit);
-            if retries >= cfg.max_retries {
+            if retries >= cfg.max_retries || !req.retry_transient {
                 return Err(err);
             }
             let wait = match (&err, wait) {
@@ -779,10 +772,6 @@ impl Client {
             Ok(Some(Err(e))) => Err(ApiError::Transport { context: context.to_owned(), source: e }),
             Ok(Some(Ok(b))) => Ok(Some(b)),
         }
-    }
-
-    pub(crate) fn backoff_for(&self, retry: u32) -> Duration {
-        self.backoff(retry)
     }
 }
 
@@ -855,7 +844,7 @@ mod tests {
     #[test]
     fn debug_shows_no_secrets() {
         let c = client("http://127.0.0.1:1", None);
-        let d = format!("{c:?} {:?}", c.config());
+        let d = format!("{c:?} {:?}", c.inner.cfg);
         assert!(!d.contains("s3cr3t") && !d.contains("j3wt"), "{d}");
     }
 

@@ -49,13 +49,22 @@ pub enum ApiError {
         /// What was wrong with the body.
         detail: String,
     },
-    /// A resumed download does not belong to the same content (length or range mismatch), or the
-    /// server sent more bytes than it announced.
-    #[error("{context}: content changed while resuming: {detail}")]
+    /// A media response contradicts itself or the request: a range that does not start where
+    /// asked, a length that does not match its range, more bytes than announced.
+    #[error("{context}: inconsistent media response: {detail}")]
     ContentMismatch {
         /// What the client was doing.
         context: String,
         /// The mismatch.
+        detail: String,
+    },
+    /// A body ended cleanly before the length its headers announced (a server that closed
+    /// early): another request may well get the rest.
+    #[error("{context}: {detail}")]
+    Truncated {
+        /// What the client was doing.
+        context: String,
+        /// Where it ended.
         detail: String,
     },
     /// Missing or unusable credentials (names the setting, never its value).
@@ -120,7 +129,7 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Service { status, .. } => *status == 429 || *status >= 500,
-            ApiError::Transport { .. } | ApiError::Timeout { .. } => true,
+            ApiError::Transport { .. } | ApiError::Timeout { .. } | ApiError::Truncated { .. } => true,
             _ => false,
         }
     }

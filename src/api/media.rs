@@ -1,23 +1,30 @@
-//! Streaming a recording's content: one GET, bytes handed on as they arrive, resumed on drops.
+//! One media response: a recording's content from an offset, exactly as the server sent it.
 //!
-//! A [`MediaStream`] is one streaming download of a `contentUri`, optionally from a start
-//! offset (`Range: bytes=N-`). What the server tells is kept: `Content-Type` (MP3 or WAV is an
-//! account setting only this header reveals) and the total length (`Content-Range` of a 206, or
-//! `Content-Length` of a 200).
+//! A [`MediaStream`] is one `GET contentUri` (with `Range: bytes=N-` when the offset is past 0)
+//! and its body. It never reconnects: resuming after a drop, and bounding how many requests a
+//! read may spend on it, is the media layer's job (`crate::media`), the one place that sees all
+//! the requests made for a recording. What this type does is read the answer right, because
+//! the media host's headers are not documented and servers differ:
 //!
-//! When the connection drops or stalls, the next [`MediaStream::next_chunk`] reconnects with
-//! `Range` from [`MediaStream::position`] (a new Heavy request through the pacer). The resumed
-//! answer must belong to the same content: same total length and content type when both are
-//! known, and a `Content-Range` that starts where we asked. A server that ignores `Range`
-//! (200) is handled by skipping the bytes already delivered. A 416 whose `Content-Range`
-//! (`bytes */N`) says the content is exactly `position` long means we were already at the end.
-//! Without a known length, a clean end of body is the end of the content.
+//! - **The length is exact only when stated**: `Content-Length` of a 200, the total of a
+//!   `Content-Range` (`bytes a-b/N` or `bytes */N`). A body without a length (chunked) ends at a
+//!   clean end of the transfer and nowhere else; a dropped connection is an error, never an end.
+//! - **A 200 to a ranged request** (the server ignored `Range`) carries the whole content from
+//!   byte 0: the bytes before the offset are skipped, so the caller still gets bytes from the
+//!   offset it asked for. If that body ends cleanly before the offset, the content is shorter
+//!   than the offset and its length is now known.
+//! - **A 206 may stop short of the end** (a server that caps ranges, or `bytes a-b/*` with the
+//!   total untold): its clean end ends the response, not the content ([`BodyEnd::At`]).
+//! - **416** with `bytes */N` tells the length; a bare 416 only says nothing exists at the
+//!   offset ([`BodyEnd::PastEnd`]). Either answers with an empty body.
+//! - A body that delivers more than its headers announced, or ends cleanly before it, is an
+//!   error (`ContentMismatch`), so no byte that is not the recording's is ever handed out.
 
 use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
 
 use super::client::{Client, Req};
 use super::pacer::RateGroup;
@@ -25,44 +32,55 @@ use super::{ApiError, Priority};
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
-/// One streaming download (see the module docs).
+/// What a clean end of a response body means for the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The body runs to the end of the content: a clean end is the recording's end.
+    Content,
+    /// The body ends at this content offset (a 206's range); the content may go on after it.
+    At(u64),
+    /// Nothing exists at or after the requested offset (a 416 that did not tell the length).
+    PastEnd,
+}
+
+/// One media response (see the module docs).
 pub struct MediaStream {
     client: Client,
-    uri: String,
-    prio: Priority,
     context: String,
     content_type: Option<String>,
+    /// The content's exact length: stated by the server, or learned at a clean end of a body
+    /// that started at byte 0.
     total_len: Option<u64>,
-    etag: Option<String>,
-    /// Offset of the next byte handed out.
+    end: BodyEnd,
+    validator: Option<String>,
+    /// Content offset of the next byte the body delivers (skipped bytes included).
+    body_pos: u64,
+    /// Content offset of the next byte handed out (the offset asked for, then onwards).
     position: u64,
-    /// The body in flight; `None` after a drop (the next call resumes).
+    /// The body; `None` once it ended or failed (a failure is final).
     body: Option<Body>,
-    /// Bytes at the start of `body` that were already delivered (server ignored `Range`).
-    skip: u64,
-    /// The content ended (known by a clean end without a length, or by a 416 at the end).
-    eof: bool,
-    /// Failures since the last byte received.
-    failures: u32,
 }
 
 impl std::fmt::Debug for MediaStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MediaStream")
-            .field("uri", &self.uri)
+            .field("context", &self.context)
             .field("content_type", &self.content_type)
             .field("total_len", &self.total_len)
+            .field("end", &self.end)
             .field("position", &self.position)
             .finish_non_exhaustive()
     }
 }
 
-/// What a response said about the content.
+/// What the headers of a 2xx or 416 answer said.
 #[derive(Debug, PartialEq, Eq)]
 struct Answer {
-    /// First byte of the body, as an offset in the content.
+    /// Content offset of the body's first byte.
     start: u64,
+    /// The content's length, when stated.
     total: Option<u64>,
+    end: BodyEnd,
 }
 
 /// A `Content-Range`: the byte range `(first, last)` if given, and the total length if known.
@@ -90,51 +108,85 @@ fn header(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Interprets a 200/206 answer to a request for bytes from `asked`.
+/// Interprets the status and headers of an answer to a request for bytes from `asked`.
 fn interpret(status: u16, headers: &HeaderMap, asked: u64) -> Result<Answer, String> {
-    if status == 206 {
-        let cr = header(headers, CONTENT_RANGE).ok_or("206 without Content-Range")?;
-        let (range, total) = parse_content_range(cr).ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
-        let (a, b) = range.ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
-        if a > asked || b < a {
-            return Err(format!("asked for bytes from {asked}, got Content-Range {cr:?}"));
+    match status {
+        206 => {
+            let cr = header(headers, CONTENT_RANGE).ok_or("206 without Content-Range")?;
+            let (range, total) = parse_content_range(cr).ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
+            let (a, b) = range.ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
+            if a > asked || b < a || b < asked {
+                return Err(format!("asked for bytes from {asked}, got Content-Range {cr:?}"));
+            }
+            if total.is_some_and(|t| b >= t) {
+                return Err(format!("Content-Range {cr:?} beyond its total"));
+            }
+            if let Some(len) = header(headers, CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
+                && len != b - a + 1
+            {
+                return Err(format!("Content-Length {len} does not match Content-Range {cr:?}"));
+            }
+            let end = if total == Some(b + 1) { BodyEnd::Content } else { BodyEnd::At(b + 1) };
+            Ok(Answer { start: a, total, end })
         }
-        if let Some(t) = total
-            && b >= t
-        {
-            return Err(format!("Content-Range {cr:?} beyond its total"));
+        416 => {
+            let total = header(headers, CONTENT_RANGE).and_then(parse_content_range).and_then(|(_, t)| t);
+            match total {
+                Some(t) if t <= asked => Ok(Answer { start: asked, total: Some(t), end: BodyEnd::Content }),
+                Some(t) => Err(format!("416 for bytes from {asked}, but the content is {t} bytes long")),
+                None => Ok(Answer { start: asked, total: None, end: BodyEnd::PastEnd }),
+            }
         }
-        Ok(Answer { start: a, total })
-    } else {
-        // A full answer: Range was not asked for, or was ignored.
-        let total = header(headers, CONTENT_LENGTH).and_then(|v| v.trim().parse().ok());
-        Ok(Answer { start: 0, total })
+        _ => {
+            // The whole content: Range was not asked for, or was ignored.
+            let total = header(headers, CONTENT_LENGTH).and_then(|v| v.trim().parse().ok());
+            Ok(Answer { start: 0, total, end: BodyEnd::Content })
+        }
     }
 }
 
 fn media_type(h: &HeaderMap) -> Option<String> {
-    header(h, CONTENT_TYPE).map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).filter(|v| !v.is_empty())
+    header(h, CONTENT_TYPE)
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
 }
 
 impl MediaStream {
+    /// Sends one request for the content from `offset` and reads its headers. Transient failures
+    /// are returned, not retried: the caller owns the retry budget.
     pub(crate) async fn open(client: Client, uri: String, offset: u64, prio: Priority) -> Result<MediaStream, ApiError> {
         let context = format!("GET media {}", short_uri(&uri));
-        let mut s = MediaStream {
-            client,
-            uri,
-            prio,
-            context,
-            content_type: None,
-            total_len: None,
-            etag: None,
-            position: offset,
-            body: None,
-            skip: 0,
-            eof: false,
-            failures: 0,
+        let mut req = Req::get(uri, RateGroup::Heavy, context.clone());
+        req.range_from = (offset > 0).then_some(offset);
+        req.passthrough = &[416];
+        req.retry_transient = false;
+        let resp = client.execute(&req, prio).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers();
+        let answer =
+            interpret(status, headers, offset).map_err(|detail| ApiError::ContentMismatch { context: context.clone(), detail })?;
+        // A 416's headers describe its error body, not the recording.
+        let content_type = if status == 416 { None } else { media_type(headers) };
+        let validator = if status == 416 {
+            None
+        } else {
+            header(headers, ETAG).or_else(|| header(headers, LAST_MODIFIED)).map(str::to_owned)
         };
-        s.connect(true).await?;
-        Ok(s)
+        if answer.start < offset {
+            tracing::debug!(context = %context, offset, from = answer.start, "server ignored Range; skipping to the offset");
+        }
+        let body = if status == 416 { None } else { Some(Box::pin(resp.bytes_stream()) as Body) };
+        Ok(MediaStream {
+            client,
+            context,
+            content_type,
+            total_len: answer.total,
+            end: answer.end,
+            validator,
+            body_pos: answer.start,
+            position: offset,
+            body,
+        })
     }
 
     /// `audio/mpeg`, `audio/wav`, `audio/x-wav` or whatever the server said (lowercase, no
@@ -143,9 +195,21 @@ impl MediaStream {
         self.content_type.as_deref()
     }
 
-    /// The whole content's length, when the server told it.
+    /// The whole content's exact length: as the server stated it, or as learned when a body that
+    /// ran from byte 0 ended cleanly. `None` while unknown.
     pub fn total_len(&self) -> Option<u64> {
         self.total_len
+    }
+
+    /// What a clean end of this body means.
+    pub fn end(&self) -> BodyEnd {
+        self.end
+    }
+
+    /// `ETag` (or `Last-Modified`) of the response: a different one on a later response means
+    /// the content is not the same.
+    pub fn validator(&self) -> Option<&str> {
+        self.validator.as_deref()
     }
 
     /// Offset of the next byte [`MediaStream::next_chunk`] returns.
@@ -153,127 +217,64 @@ impl MediaStream {
         self.position
     }
 
-    /// The next bytes, `None` at the end. Resumes dropped or stalled connections internally.
+    /// The next bytes of the content, `None` at a clean end of the body (see [`BodyEnd`] for
+    /// what that end means). An error (drop, stall, mismatch) is final for this response.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
         loop {
-            if self.eof || self.total_len.is_some_and(|t| self.position >= t) {
-                self.body = None;
-                return Ok(None);
-            }
-            if self.body.is_none() {
-                if self.failures > self.client.config().max_retries {
-                    return Err(ApiError::Timeout { context: self.context.clone(), what: "resuming the download" });
+            let Some(body) = self.body.as_mut() else { return Ok(None) };
+            match self.client.next_body_chunk(body, &self.context).await {
+                Err(e) => {
+                    self.body = None;
+                    return Err(e);
                 }
-                if self.failures > 1 {
-                    tokio::time::sleep(self.client.backoff_for(self.failures - 2)).await;
-                }
-                self.client.count_resume();
-                tracing::debug!(context = %self.context, position = self.position, "resuming download");
-                self.connect(false).await?;
-                continue;
-            }
-            let body = self.body.as_mut().expect("checked above");
-            let chunk = self.client.next_body_chunk(body, &self.context).await;
-            match chunk {
                 Ok(Some(mut b)) => {
-                    if self.skip > 0 {
-                        let n = self.skip.min(b.len() as u64);
-                        b = b.slice(n as usize..);
-                        self.skip -= n;
-                        if b.is_empty() {
-                            continue;
-                        }
-                    }
-                    if let Some(t) = self.total_len
-                        && self.position + b.len() as u64 > t
+                    let first = self.body_pos;
+                    self.body_pos += b.len() as u64;
+                    let limit = match self.end {
+                        BodyEnd::At(e) => Some(e),
+                        _ => self.total_len,
+                    };
+                    if let Some(limit) = limit
+                        && self.body_pos > limit
                     {
                         self.body = None;
-                        return Err(ApiError::ContentMismatch {
-                            context: self.context.clone(),
-                            detail: format!("more bytes than the announced {t}"),
-                        });
+                        return Err(self.mismatch(format!("more bytes than the announced {limit}")));
                     }
-                    self.position += b.len() as u64;
-                    self.failures = 0;
+                    if self.body_pos <= self.position {
+                        continue;
+                    }
+                    if first < self.position {
+                        b = b.slice((self.position - first) as usize..);
+                    }
+                    self.position = self.body_pos;
                     return Ok(Some(b));
                 }
-                Ok(None) if self.total_len.is_none() => {
-                    self.body = None;
-                    self.eof = true;
-                    return Ok(None);
-                }
                 Ok(None) => {
-                    self.failures += 1;
                     self.body = None;
-                    tracing::debug!(context = %self.context, position = self.position, "body ended early");
-                }
-                Err(e) => {
-                    self.failures += 1;
-                    self.body = None;
-                    tracing::debug!(context = %self.context, position = self.position, "download interrupted: {e}");
-                    if self.failures > self.client.config().max_retries {
-                        return Err(e);
+                    let expected = match self.end {
+                        BodyEnd::At(e) => Some(e),
+                        _ => self.total_len,
+                    };
+                    match expected {
+                        Some(e) if self.body_pos < e => {
+                            return Err(ApiError::Truncated {
+                                context: self.context.clone(),
+                                detail: format!("body ended at byte {} of {e}", self.body_pos),
+                            });
+                        }
+                        Some(_) => {}
+                        // No length: this clean end is the content's end (the body ran from byte
+                        // 0, skipped bytes included), even before the offset asked for.
+                        None => self.total_len = Some(self.body_pos),
                     }
+                    return Ok(None);
                 }
             }
         }
     }
 
-    /// Sends the GET (with `Range` from `position` when > 0) and installs the body.
-    async fn connect(&mut self, first: bool) -> Result<(), ApiError> {
-        let mut req = Req::get(self.uri.clone(), RateGroup::Heavy, self.context.clone());
-        req.range_from = (self.position > 0).then_some(self.position);
-        req.passthrough = &[416];
-        let resp = self.client.execute(&req, self.prio).await?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        if status == 416 {
-            let total = header(&headers, CONTENT_RANGE).and_then(parse_content_range).and_then(|(_, t)| t);
-            if total == Some(self.position) && self.total_len.is_none_or(|t| t == self.position) {
-                self.total_len = Some(self.position);
-                self.content_type = self.content_type.take().or_else(|| media_type(&headers));
-                self.eof = true;
-                return Ok(());
-            }
-            let body = resp.bytes().await.unwrap_or_default();
-            return Err(ApiError::from_body(416, &body, self.context.clone()));
-        }
-        let answer = interpret(status, &headers, self.position)
-            .map_err(|detail| ApiError::ContentMismatch { context: self.context.clone(), detail })?;
-        let ctype = media_type(&headers);
-        let etag = header(&headers, ETAG).map(str::to_owned);
-        if !first {
-            let mismatch = match (self.total_len, answer.total) {
-                (Some(a), Some(b)) if a != b => Some(format!("total length was {a}, now {b}")),
-                _ => match (&self.content_type, &ctype) {
-                    (Some(a), Some(b)) if a != b => Some(format!("content type was {a}, now {b}")),
-                    _ => match (&self.etag, &etag) {
-                        (Some(a), Some(b)) if a != b => Some("ETag changed".to_owned()),
-                        _ => None,
-                    },
-                },
-            };
-            if let Some(detail) = mismatch {
-                return Err(ApiError::ContentMismatch { context: self.context.clone(), detail });
-            }
-        }
-        if let Some(t) = answer.total
-            && self.position > t
-        {
-            return Err(ApiError::ContentMismatch {
-                context: self.context.clone(),
-                detail: format!("offset {} is beyond the content's {t} bytes", self.position),
-            });
-        }
-        self.content_type = self.content_type.take().or(ctype);
-        self.total_len = self.total_len.or(answer.total);
-        self.etag = self.etag.take().or(etag);
-        self.skip = self.position - answer.start;
-        if self.skip > 0 {
-            tracing::debug!(context = %self.context, skip = self.skip, "server ignored Range; skipping");
-        }
-        self.body = Some(Box::pin(resp.bytes_stream()));
-        Ok(())
+    fn mismatch(&self, detail: String) -> ApiError {
+        ApiError::ContentMismatch { context: self.context.clone(), detail }
     }
 }
 
@@ -307,20 +308,31 @@ mod tests {
     #[test]
     fn interprets_answers() {
         let a = interpret(206, &h(&[(CONTENT_RANGE, "bytes 100-999/1000")]), 100).unwrap();
-        assert_eq!(a, Answer { start: 100, total: Some(1000) });
-        // Unknown total.
+        assert_eq!(a, Answer { start: 100, total: Some(1000), end: BodyEnd::Content });
+        // A capped range: the response ends before the content does.
+        let a = interpret(206, &h(&[(CONTENT_RANGE, "bytes 100-199/1000")]), 100).unwrap();
+        assert_eq!(a, Answer { start: 100, total: Some(1000), end: BodyEnd::At(200) });
+        // Unknown total: the end of the range is all that is known.
         let a = interpret(206, &h(&[(CONTENT_RANGE, "bytes 100-199/*")]), 100).unwrap();
-        assert_eq!(a.total, None);
-        // Starting earlier than asked is fine (we skip); later is not.
+        assert_eq!(a, Answer { start: 100, total: None, end: BodyEnd::At(200) });
+        // Starting earlier than asked is fine (we skip); later, or ending before it, is not.
         assert_eq!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 50-999/1000")]), 100).unwrap().start, 50);
         assert!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 150-999/1000")]), 100).is_err());
+        assert!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 0-50/1000")]), 100).is_err());
         assert!(interpret(206, &h(&[]), 100).is_err());
         assert!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 0-1000/1000")]), 0).is_err());
+        assert!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 0-9/1000"), (CONTENT_LENGTH, "11")]), 0).is_err());
         // 200: Range ignored; the length is the total; start at 0.
         let a = interpret(200, &h(&[(CONTENT_LENGTH, "1000")]), 100).unwrap();
-        assert_eq!(a, Answer { start: 0, total: Some(1000) });
+        assert_eq!(a, Answer { start: 0, total: Some(1000), end: BodyEnd::Content });
         let a = interpret(200, &h(&[]), 0).unwrap();
-        assert_eq!(a, Answer { start: 0, total: None });
+        assert_eq!(a, Answer { start: 0, total: None, end: BodyEnd::Content });
+        // 416: with the length, or only "nothing here".
+        let a = interpret(416, &h(&[(CONTENT_RANGE, "bytes */1000")]), 1000).unwrap();
+        assert_eq!(a, Answer { start: 1000, total: Some(1000), end: BodyEnd::Content });
+        let a = interpret(416, &h(&[]), 1000).unwrap();
+        assert_eq!(a, Answer { start: 1000, total: None, end: BodyEnd::PastEnd });
+        assert!(interpret(416, &h(&[(CONTENT_RANGE, "bytes */2000")]), 1000).is_err());
     }
 
     #[test]

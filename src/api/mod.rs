@@ -24,7 +24,7 @@ mod records;
 pub use client::{Client, ClientConfig, ClientStats};
 pub use credentials::Credentials;
 pub use error::ApiError;
-pub use media::MediaStream;
+pub use media::{BodyEnd, MediaStream};
 pub use records::{CallRecord, Party, RecordingMeta, RecordingRef};
 
 /// A `reqwest` client builder with TLS ready: rustls with the *ring* crypto provider.

@@ -3,9 +3,11 @@
 //!
 //! Content is a deterministic function of (seed, offset) ([`byte_at`]), so recordings of any size
 //! cost no memory and every byte a reader gets can be checked. Faults are injected per request:
-//! open latency, slow or held bodies, bodies that end early (a dropped stream the body could not
-//! resume), bodies that fail mid-way, failing opens, and responses without Content-Length. Every
-//! request is logged with its offset, so tests can count requests exactly.
+//! open latency, slow or held bodies, bodies that end early, bodies that fail mid-way, failing
+//! opens, and, through [`FakeSource::with_replies`], any answer a media host may give to each
+//! request (length stated or not, Range honoured, ignored or cut short, a bare 416, a drop at a
+//! byte, 5xx, 404), which is what the model-based tests draw from. Every request is logged with
+//! its offset, so tests can count requests exactly.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{BoxFuture, MediaBody, MediaError, MediaSource, RecordingKey};
+use super::{BodyEnd, BoxFuture, MediaBody, MediaError, MediaSource, RecordingKey};
 use crate::api::Priority;
 
 /// The byte at `offset` of a fake recording made from `seed`.
@@ -26,8 +28,18 @@ pub fn byte_at(seed: u64, offset: u64) -> u8 {
 
 /// The bytes `[offset, offset + len)` of a fake recording made from `seed`.
 pub fn expected(seed: u64, offset: u64, len: u64) -> Vec<u8> {
-    (offset..offset + len).map(|o| byte_at(seed, o)).collect()
+    let mut out = Vec::with_capacity(len as usize);
+    let mut o = offset;
+    while o < offset + len {
+        out.push(byte_at(seed, o));
+        o += 1;
+    }
+    out
 }
+
+/// Recordings up to this size are generated once and served as slices (tests read the same
+/// bytes many times); larger ones are generated piece by piece and cost no memory.
+const MATERIALIZE_MAX: u64 = 16 << 20;
 
 /// One recording the fake serves.
 #[derive(Clone, Debug)]
@@ -56,9 +68,51 @@ pub enum Fault {
     OpenError(MediaError),
     /// The body fails with this error once it has delivered this many bytes.
     ErrorAfter(u64, MediaError),
-    /// The body ends (EOF) once it has delivered this many bytes, whatever its length.
+    /// The body ends cleanly once it has delivered this many bytes, whatever its length (a
+    /// server that closes early: an error when the length was stated, undetectable otherwise).
     EndAfter(u64),
 }
+
+/// How a response answers a request with a Range (`offset > 0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FakeRange {
+    /// 206 from the offset to the end.
+    Honour,
+    /// 200 with the whole content from byte 0 (the source skips to the offset, as the HTTP
+    /// adapter does: the bytes before it cost transfer, and a drop there brings nothing new).
+    Ignore,
+    /// 206 of at most this many bytes: the response ends before the content does.
+    Capped(u64),
+}
+
+/// One answer of the media host, chosen per request by [`FakeSource::with_replies`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// 404: not (yet) there.
+    NotFound,
+    /// 5xx, 429 or a refused connection: a transient failure before any body.
+    Unavailable,
+    /// A body.
+    Body {
+        /// The response states the content's length (else it is learned at the clean end).
+        length: bool,
+        range: FakeRange,
+        /// At or past the end: a bare 416 (no length told) instead of one with `bytes */N`.
+        bare_416: bool,
+        /// The connection drops when the body reaches this content offset.
+        drop_at: Option<u64>,
+    },
+}
+
+impl Reply {
+    /// The plain answer: length stated, Range honoured, no drop.
+    pub fn plain() -> Reply {
+        Reply::Body { length: true, range: FakeRange::Honour, bare_416: false, drop_at: None }
+    }
+}
+
+/// Chooses the answer to request number `n` (0-based, per recording) for `(id, offset)`.
+pub type Replies = Arc<dyn Fn(&str, u64, usize) -> Reply + Send + Sync>;
 
 #[derive(Default)]
 struct Counters {
@@ -68,9 +122,12 @@ struct Counters {
 
 #[derive(Default)]
 struct FakeState {
-    recordings: HashMap<String, FakeRecording>,
+    /// Each recording, with its content when small enough to keep (see [`MATERIALIZE_MAX`]).
+    recordings: HashMap<String, (FakeRecording, Option<Bytes>)>,
     opens: Vec<(String, u64)>,
     faults: VecDeque<Fault>,
+    /// Requests so far per recording.
+    requests: HashMap<String, usize>,
 }
 
 /// The fake source. See the module docs.
@@ -82,6 +139,7 @@ pub struct FakeSource {
     open_latency: Duration,
     piece: usize,
     piece_delay: Duration,
+    replies: Option<Replies>,
 }
 
 impl Default for FakeSource {
@@ -100,7 +158,14 @@ impl FakeSource {
             open_latency: Duration::ZERO,
             piece: 4096,
             piece_delay: Duration::ZERO,
+            replies: None,
         }
+    }
+
+    /// Answers every request as `replies` chooses (pushed faults still come first).
+    pub fn with_replies(mut self, replies: Replies) -> Self {
+        self.replies = Some(replies);
+        self
     }
 
     /// Each request waits this long before its response headers.
@@ -123,7 +188,8 @@ impl FakeSource {
 
     /// Serves `rec` under `id`.
     pub fn add(&self, id: &str, rec: FakeRecording) {
-        self.state.lock().unwrap().recordings.insert(id.to_string(), rec);
+        let content = (rec.len <= MATERIALIZE_MAX).then(|| Bytes::from(expected(rec.seed, 0, rec.len)));
+        self.state.lock().unwrap().recordings.insert(id.to_string(), (rec, content));
     }
 
     /// Applies `fault` to a future request (the first request without a fault yet).
@@ -161,11 +227,14 @@ impl MediaSource for FakeSource {
     ) -> BoxFuture<'_, Result<Box<dyn MediaBody>, MediaError>> {
         let id = key.id.clone();
         Box::pin(async move {
-            let (rec, fault) = {
+            let (rec, fault, n) = {
                 let mut st = self.state.lock().unwrap();
                 st.opens.push((id.clone(), offset));
+                let n = st.requests.entry(id.clone()).or_default();
+                let this = *n;
+                *n += 1;
                 let rec = st.recordings.get(&id).cloned();
-                (rec, st.faults.pop_front())
+                (rec, st.faults.pop_front(), this)
             };
             if !self.open_latency.is_zero() {
                 tokio::time::sleep(self.open_latency).await;
@@ -173,19 +242,53 @@ impl MediaSource for FakeSource {
             if let Some(Fault::OpenError(e)) = fault {
                 return Err(e);
             }
-            let Some(rec) = rec else {
+            let Some((rec, content)) = rec else {
                 return Err(MediaError::NotAvailable(format!("recording {id}: no such recording")));
             };
+            let reply = match &self.replies {
+                Some(f) if fault.is_none() => f(&id, offset, n),
+                _ => Reply::Body { length: rec.send_length, range: FakeRange::Honour, bare_416: false, drop_at: None },
+            };
+            let (length, range, bare_416, drop_at) = match reply {
+                Reply::NotFound => return Err(MediaError::NotAvailable(format!("recording {id}: 404"))),
+                Reply::Unavailable => return Err(MediaError::Transient(format!("recording {id}: 503"))),
+                Reply::Body { length, range, bare_416, drop_at } => (length, range, bare_416, drop_at),
+            };
             let (fail_after, end_after) = match fault {
-                Some(Fault::ErrorAfter(n, e)) => (Some((n, e)), None),
-                Some(Fault::EndAfter(n)) => (None, Some(n)),
+                Some(Fault::ErrorAfter(n, e)) => (Some((offset + n, e)), None),
+                Some(Fault::EndAfter(n)) => (None, Some(offset + n)),
                 _ => (None, None),
+            };
+            let fail_after = fail_after.or(drop_at.map(|at| (at, MediaError::Transient(format!("recording {id}: dropped at {at}")))));
+            // What the headers say, as the HTTP adapter reports it.
+            let ranged = offset > 0;
+            let past_end = offset >= rec.len && ranged && range != FakeRange::Ignore;
+            let (body_start, stop, total, end) = if past_end {
+                if bare_416 {
+                    (offset, offset, None, BodyEnd::PastEnd)
+                } else {
+                    (offset, offset, Some(rec.len), BodyEnd::Content)
+                }
+            } else {
+                match range {
+                    FakeRange::Capped(cap) if ranged => {
+                        let stop = (offset + cap.max(1)).min(rec.len);
+                        let end = if stop == rec.len && length { BodyEnd::Content } else { BodyEnd::At(stop) };
+                        (offset, stop, length.then_some(rec.len), end)
+                    }
+                    FakeRange::Ignore if ranged => (0, rec.len, length.then_some(rec.len), BodyEnd::Content),
+                    _ => (offset, rec.len, length.then_some(rec.len), BodyEnd::Content),
+                }
             };
             self.counters.live_bodies.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(FakeBody {
-                pos: offset.min(rec.len),
-                start: offset,
+                pos: body_start,
+                from: offset,
+                stop,
+                total,
+                end,
                 rec,
+                content,
                 counters: self.counters.clone(),
                 limit: self.limit.subscribe(),
                 piece: self.piece,
@@ -199,13 +302,22 @@ impl MediaSource for FakeSource {
 
 struct FakeBody {
     rec: FakeRecording,
-    start: u64,
+    content: Option<Bytes>,
+    /// Content offset of the next byte the body sends (bytes before `from` are skipped).
     pos: u64,
+    /// The offset asked for.
+    from: u64,
+    /// Where this body ends cleanly.
+    stop: u64,
+    total: Option<u64>,
+    end: BodyEnd,
     counters: Arc<Counters>,
     limit: watch::Receiver<u64>,
     piece: usize,
     piece_delay: Duration,
+    /// Content offset at which the body fails, and with what.
     fail_after: Option<(u64, MediaError)>,
+    /// Content offset at which the body ends cleanly, early.
     end_after: Option<u64>,
 }
 
@@ -221,44 +333,64 @@ impl MediaBody for FakeBody {
     }
 
     fn total_len(&self) -> Option<u64> {
-        self.rec.send_length.then_some(self.rec.len)
+        self.total
+    }
+
+    fn end(&self) -> BodyEnd {
+        self.end
+    }
+
+    fn validator(&self) -> Option<&str> {
+        None
     }
 
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, MediaError>> {
         Box::pin(async move {
-            let sent = self.pos.saturating_sub(self.start);
-            if let Some((n, e)) = &self.fail_after {
-                if sent >= *n {
+            loop {
+                if let Some((at, e)) = &self.fail_after
+                    && self.pos >= *at
+                {
                     return Err(e.clone());
                 }
-            }
-            if self.end_after.is_some_and(|n| sent >= n) || self.pos >= self.rec.len {
-                return Ok(None);
-            }
-            loop {
-                let limit = *self.limit.borrow_and_update();
-                if limit > self.pos {
-                    break;
+                if self.end_after.is_some_and(|n| self.pos >= n) || self.pos >= self.stop {
+                    if self.end == BodyEnd::Content && self.total.is_none() {
+                        // Learned at the clean end, as the HTTP adapter does.
+                        self.total = Some(self.pos);
+                    }
+                    return Ok(None);
                 }
-                if self.limit.changed().await.is_err() {
-                    return Err(MediaError::Failed("fake source dropped".into()));
+                loop {
+                    let limit = *self.limit.borrow_and_update();
+                    if limit > self.pos {
+                        break;
+                    }
+                    if self.limit.changed().await.is_err() {
+                        return Err(MediaError::Failed("fake source dropped".into()));
+                    }
                 }
+                if !self.piece_delay.is_zero() {
+                    tokio::time::sleep(self.piece_delay).await;
+                }
+                let limit = *self.limit.borrow();
+                let mut end = (self.pos + self.piece as u64).min(self.stop).min(limit.max(self.pos + 1));
+                if let Some((n, _)) = &self.fail_after {
+                    end = end.min(*n).max(self.pos + 1);
+                }
+                if let Some(n) = self.end_after {
+                    end = end.min(n).max(self.pos + 1);
+                }
+                let start = self.pos;
+                self.pos = end;
+                self.counters.bytes_sent.fetch_add(end - start, Ordering::SeqCst);
+                if end <= self.from {
+                    continue; // skipped: before the offset asked for
+                }
+                let from = start.max(self.from);
+                return Ok(Some(match &self.content {
+                    Some(c) => c.slice(from as usize..end as usize),
+                    None => Bytes::from(expected(self.rec.seed, from, end - from)),
+                }));
             }
-            if !self.piece_delay.is_zero() {
-                tokio::time::sleep(self.piece_delay).await;
-            }
-            let limit = *self.limit.borrow();
-            let mut end = (self.pos + self.piece as u64).min(self.rec.len).min(limit.max(self.pos + 1));
-            if let Some((n, _)) = &self.fail_after {
-                end = end.min(self.start + n).max(self.pos + 1);
-            }
-            if let Some(n) = self.end_after {
-                end = end.min(self.start + n).max(self.pos + 1);
-            }
-            let data = expected(self.rec.seed, self.pos, end - self.pos);
-            self.counters.bytes_sent.fetch_add(end - self.pos, Ordering::SeqCst);
-            self.pos = end;
-            Ok(Some(Bytes::from(data)))
         })
     }
 }

@@ -5,7 +5,7 @@
 //! file at once, and media requests are the scarcest part of the API budget. So each recording costs
 //! one streaming request, every reader of it is served from that stream as bytes arrive, bytes stay
 //! in memory (within a global budget) for re-reads, and memory stays bounded however many files are
-//! open. The layer knows nothing of FUSE or HTTP: it reads from a [`MediaSource`] (the lead's adapter
+//! open. The layer knows nothing of FUSE or HTTP: it reads from a [`MediaSource`] (an adapter
 //! over the API client in production, [`fake::FakeSource`] in tests) and answers byte ranges.
 //!
 //! # Algorithm
@@ -28,6 +28,7 @@
 //!
 //! **A read of `[X, X+n)`** loops, under `read_timeout` (then [`MediaError::TimedOut`]):
 //! 1. clamp the range to the known size (exact, or an upper bound learned from a Range past EOF);
+//!    fail at once while the recording cools down after a failure and no byte is present;
 //! 2. copy what is present, from LRU entries and download buffers. The first read of an entry
 //!    does not refresh it, a second one does: a chunk read once by a sequential reader is the
 //!    least likely to be wanted again, while chunks streamed ahead of slower readers are not read
@@ -36,8 +37,8 @@
 //!    what was streamed ahead for a reader stays until it is read (see `Inner::evict`), and a
 //!    recording played twice is refreshed and kept;
 //! 3. if the range is complete, return it (the first pass completing is a cache hit);
-//! 4. else, if the download it waited on failed, return that error: the read is over, and the
-//!    *next* read starts afresh (so an error is never retried in a loop);
+//! 4. else, if the download it waited on failed, return that error: the read is over (the
+//!    download already spent its retries), and the recording cools down (see the budget below);
 //! 5. else, if a download will reach `X` soon (`pos <= X <= pos + far_seek`), register with it as
 //!    a reader (`reader_pos = max(reader_pos, X+n)`, `last_read = now`) and sleep until it signals
 //!    progress. The task signals after every piece of body, so a reader wakes as soon as `X`
@@ -49,21 +50,43 @@
 //! Reads that are served from memory also register with the download whose range covers them
 //! (`start <= X <= pos + far_seek`), so the download knows how far its readers are.
 //!
-//! **A download task**: open, learn size and content type from the headers, wake the waiters; then
-//! loop:
+//! **A download task** sends requests (each one [`MediaSource::open`]) and pulls their bodies:
+//! - after the headers it checks that the response belongs to the same content as every earlier
+//!   one (same stated length, content type and validator; a length learned at a clean end
+//!   counts too) and learns what it says; a mismatch fails the download, so bytes of two
+//!   different contents are never mixed;
 //! - *backpressure*: when `pos >= reader_pos + readahead` it stops polling the body (the transport's
 //!   flow control pushes back to the server). While paused it stops for good if every reader closed
 //!   the file, or if no read came for `idle_timeout` (dropping the body drops the connection); else
 //!   it sleeps until a reader moves on or the idle deadline;
 //! - pull a piece, append it, move full chunks to the LRU, evict, wake readers;
-//! - it ends at EOF (the size is then exact even without Content-Length), on a body error (its
-//!   waiters get the error), when the next chunk is already cached or covered by another download of
-//!   the same recording (two streams never fetch the same bytes twice), or when stopped (idle,
-//!   closed, replaced). On every end its buffer goes to the LRU as a partial entry, so a later read
-//!   resumes with one Range request.
+//! - a clean end of the body means what the response said ([`BodyEnd`]): the content's end (the
+//!   size is then exact even without Content-Length), the end of a partial range (one more
+//!   request continues from there), or nothing at the offset (an upper bound on the size);
+//! - a drop (a body error after new bytes) resumes at once with a Range request from `pos`; a
+//!   request that brings no new byte (5xx, 429, transport error, a drop before any byte) is a
+//!   *strike* and the next waits a backoff. See **The request budget**;
+//! - it also ends when the next chunk is already cached or covered by another download of the
+//!   same recording (two streams never fetch the same bytes twice), when stopped (idle, closed,
+//!   replaced), or before a retry nobody is waiting for any more. On every end its buffer goes
+//!   to the LRU as a partial entry, so a later read resumes with one Range request.
 //!
-//! Hence: a complete sequential read spends exactly one request; a re-read within the budget spends
-//! none; a near seek is served by the stream, a far one spends one Range request.
+//! **The request budget.** Every request made for a recording is made here, and bounded here:
+//! the media source sends each request once and never retries. Per recording, requests that
+//! bring no new byte may happen [`MAX_STRIKES`] times, and a drop after new bytes buys one more
+//! request (at most [`MAX_DROPS`] of them); the count starts again once a download ends
+//! without failing. Past the bound the download fails with one log line naming the recording
+//! and the cause, and its waiters get the error (EIO). A failure that ends a download
+//! (the budget spent, a 404, a refusal, a mismatch) also starts a *cool-down*: for a second,
+//! doubling with each failure in a row up to a minute, reads and opens of that recording fail at
+//! once with the same error instead of spending again, so a program that retries in a loop
+//! cannot turn one broken recording into a stream of requests. A read never waits longer than
+//! `read_timeout`, and a download does not retry once nobody has asked for its bytes within
+//! `read_timeout`: the requests stop with the reader.
+//!
+//! Hence: a complete sequential read spends exactly one request (when nothing drops and the server
+//! does not cut ranges short); a re-read within the budget spends none; a near seek is served by
+//! the stream, a far one spends one Range request.
 //!
 //! **Memory**: the byte total counts the LRU *and* the download buffers, and eviction keeps it
 //! within `cache_bytes`, so memory is at most `max(cache_bytes, buffers)`. Buffers are less than
@@ -96,7 +119,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-pub use crate::api::Priority;
+pub use crate::api::{BodyEnd, Priority};
 
 /// A boxed, sendable future (the traits are object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -111,6 +134,24 @@ pub const MAX_STARTS: u32 = 3;
 
 /// Failures remembered per recording so that the readers that waited on a download get its error.
 const MAX_FAILURES_KEPT: usize = 16;
+
+/// Requests for one recording that may bring no new byte before its download fails (see the
+/// request budget in the module docs).
+pub const MAX_STRIKES: u32 = 3;
+
+/// Drops after new bytes that one recording's downloads survive before they fail; each one is
+/// paid for by the request that resumes it.
+pub const MAX_DROPS: u32 = 32;
+
+/// First cool-down after a failure; it doubles with each failure in a row, up to [`COOL_DOWN_MAX`].
+const COOL_DOWN_FIRST: Duration = Duration::from_secs(1);
+const COOL_DOWN_MAX: Duration = Duration::from_secs(60);
+
+/// Backoff before the request after the `n`th strike: 250 ms, doubling, at most 4 s. (The
+/// rate-limit pacer adds any hold a 429 or `Retry-After` asked for.)
+fn strike_backoff(n: u32) -> Duration {
+    Duration::from_millis(250).saturating_mul(1 << n.saturating_sub(1).min(4))
+}
 
 /// Which recording. The cache is keyed by `id` only: the URI (with its tokens) may change between
 /// listings, the recording never does.
@@ -128,7 +169,12 @@ pub enum MediaError {
     /// The service said the recording is not (yet) fetchable (404).
     #[error("recording not available: {0}")]
     NotAvailable(String),
-    /// Any other failure (service error, transport, truncated body).
+    /// A failure another request may not have: a drop, a stall, 5xx, 429, a transport error.
+    /// The media layer retries these within its budget.
+    #[error("media request interrupted: {0}")]
+    Transient(String),
+    /// A failure that another request would repeat (a refusal, a response that does not belong
+    /// to the recording), or the request budget spent.
     #[error("media request failed: {0}")]
     Failed(String),
     /// A read or open waited longer than `read_timeout`.
@@ -140,19 +186,24 @@ pub enum MediaError {
 pub trait MediaBody: Send {
     /// Content type of the response, if it said one.
     fn content_type(&self) -> Option<&str>;
-    /// Total length of the whole recording (not of the range): Content-Length of a 200, the total
-    /// of the Content-Range of a 206 or 416. `None` when the response did not tell.
+    /// Exact length of the whole recording (not of the range): Content-Length of a 200, the total
+    /// of the Content-Range of a 206 or 416, or, after a clean end of a body that ran to the end
+    /// of the content, where it ended. `None` while unknown.
     fn total_len(&self) -> Option<u64>;
+    /// What a clean end of this body means.
+    fn end(&self) -> BodyEnd;
+    /// `ETag` or `Last-Modified`: a response with another one is not the same content.
+    fn validator(&self) -> Option<&str>;
     /// The next bytes, in order, starting at the offset given to [`MediaSource::open`]; `Ok(None)`
-    /// at the end. The body resumes dropped connections itself; an error is final for this body.
+    /// at a clean end (see [`MediaBody::end`]). A body never resumes: an error is final for it.
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, MediaError>>;
 }
 
-/// Where media comes from. One call = one request.
+/// Where media comes from. One call = one request, never retried by the source.
 pub trait MediaSource: Send + Sync + 'static {
     /// Requests the recording from `offset` (`offset > 0`: a Range request) and returns once the
-    /// response headers are in. At or past the end it must return a body that ends at once (an
-    /// HTTP adapter maps 416 to that), telling the total length if the response did.
+    /// response headers are in. At or past the end it returns a body that ends at once (an HTTP
+    /// adapter maps 416 to that), telling the total length if the response did.
     fn open(
         &self,
         key: &RecordingKey,
@@ -192,14 +243,13 @@ impl Default for MediaConfig {
 }
 
 /// What is known of a recording from the responses so far.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Known {
-    /// Exact size when `complete`; otherwise the most bytes seen so far (a lower bound), if any.
+    /// The exact size, once a response stated it or a body ended cleanly at the content's end.
+    /// Never a lower bound: a size published to the kernel is the size.
     pub size: Option<u64>,
     /// Content type the media host answered.
     pub content_type: Option<String>,
-    /// `size` is exact.
-    pub complete: bool,
 }
 
 /// Counters of the media layer.
@@ -207,6 +257,10 @@ pub struct Known {
 pub struct MediaStats {
     /// Requests issued to the source.
     pub opens: u64,
+    /// Requests that resumed a download after a drop or continued a partial range.
+    pub resumes: u64,
+    /// Downloads that failed for good (budget spent, refused, mismatch); each logged once.
+    pub failures: u64,
     /// Reads answered entirely from memory at once.
     pub cache_hits: u64,
     /// Reads that had to wait for a download.
@@ -256,8 +310,21 @@ struct Rec {
     /// Latest key seen (its URI is used for new requests).
     key: RecordingKey,
     known: Option<Known>,
+    /// The validator (`ETag`) responses carried, to tell a changed content.
+    validator: Option<String>,
     /// No byte at or past this offset exists (a Range past the end ended at once, length unknown).
     size_upper: Option<u64>,
+    /// Bytes up to here are known to exist (delivered by some response): a lower bound, never
+    /// published as the size.
+    seen: u64,
+    /// Requests that brought no new byte, and drops after new bytes, since the last download
+    /// ended without failing (the request budget).
+    strikes: u32,
+    drops: u32,
+    /// After a failure that ended a download: until when reads fail at once, with what, and how
+    /// many failures in a row led here.
+    cool_down: Option<(Instant, MediaError)>,
+    failures_in_a_row: u32,
     /// Open handles (open minus close).
     readers: u32,
     /// The last reader closed: paused downloads stop at once instead of after `idle_timeout`.
@@ -312,7 +379,13 @@ impl Rec {
             id: Arc::from(key.id.as_str()),
             key: key.clone(),
             known: None,
+            validator: None,
             size_upper: None,
+            seen: 0,
+            strikes: 0,
+            drops: 0,
+            cool_down: None,
+            failures_in_a_row: 0,
             readers: 0,
             closed: false,
             downloads: Vec::new(),
@@ -323,7 +396,7 @@ impl Rec {
     }
 
     fn exact_size(&self) -> Option<u64> {
-        self.known.as_ref().filter(|k| k.complete).and_then(|k| k.size)
+        self.known.as_ref().and_then(|k| k.size)
     }
 
     /// No byte at or past this offset exists.
@@ -338,29 +411,60 @@ impl Rec {
         self.failures.iter().find(|(id, _)| *id == download).map(|(_, e)| e.clone())
     }
 
-    fn learn(&mut self, total: Option<u64>, content_type: Option<&str>) {
-        let prev = self.known.take();
-        let mut k = prev.unwrap_or(Known { size: None, content_type: None, complete: false });
-        if let Some(total) = total {
-            if k.complete && k.size != Some(total) {
-                tracing::warn!(recording = %self.id, old = ?k.size, new = total, "recording size changed");
+    /// Checks a response's headers against what earlier responses said. `Err` means the response
+    /// is not the same content: its bytes must not be mixed with what is cached.
+    fn check(&self, total: Option<u64>, content_type: Option<&str>, validator: Option<&str>) -> Result<(), String> {
+        if let (Some(a), Some(b)) = (self.exact_size(), total)
+            && a != b
+        {
+            return Err(format!("length was {a}, this response says {b}"));
+        }
+        if let Some(t) = total {
+            if t < self.seen {
+                return Err(format!("{} bytes were received, this response says the length is {t}", self.seen));
             }
-            k.size = Some(total);
-            k.complete = true;
+            if self.size_upper.is_some_and(|u| t > u) {
+                return Err(format!("an earlier response ended at {}, this one says the length is {t}", self.size_upper.unwrap_or(0)));
+            }
         }
-        if let Some(ct) = content_type {
-            k.content_type = Some(ct.to_string());
+        if let (Some(a), Some(b)) = (self.known.as_ref().and_then(|k| k.content_type.as_deref()), content_type)
+            && a != b
+        {
+            return Err(format!("content type was {a}, this response says {b}"));
         }
-        self.known = Some(k);
+        if let (Some(a), Some(b)) = (self.validator.as_deref(), validator)
+            && a != b
+        {
+            return Err("the validator (ETag) changed".to_string());
+        }
+        Ok(())
     }
 
-    /// Raises the lower bound of an unknown size.
-    fn saw(&mut self, pos: u64) {
-        if let Some(k) = self.known.as_mut() {
-            if !k.complete && k.size.is_none_or(|s| s < pos) {
-                k.size = Some(pos);
-            }
+    /// Takes in what a response said (after [`Rec::check`]).
+    fn learn(&mut self, total: Option<u64>, content_type: Option<&str>, validator: Option<&str>) {
+        let k = self.known.get_or_insert_with(Known::default);
+        if total.is_some() {
+            k.size = total;
         }
+        if let Some(ct) = content_type {
+            k.content_type.get_or_insert_with(|| ct.to_string());
+        }
+        if let Some(v) = validator {
+            self.validator.get_or_insert_with(|| v.to_string());
+        }
+    }
+
+    /// Nothing exists at or past `at`. With bytes known up to `at`, that is the exact size.
+    fn bound(&mut self, at: u64) {
+        self.size_upper = Some(self.size_upper.map_or(at, |u| u.min(at)));
+        if self.seen >= at && self.exact_size().is_none() {
+            self.known.get_or_insert_with(Known::default).size = Some(at);
+        }
+    }
+
+    /// The failure reads get at once while cooling down, if it is still in force.
+    fn cooling(&self, now: Instant) -> Option<MediaError> {
+        self.cool_down.as_ref().filter(|(until, _)| *until > now).map(|(_, e)| e.clone())
     }
 }
 
@@ -376,7 +480,11 @@ impl Inner {
         }
         let rec = self.recs.get_mut(key.id.as_str()).expect("inserted above");
         if rec.key.content_uri != key.content_uri {
+            // A new place to fetch from (the call log's contentUri after the manual URL failed,
+            // say): what failed at the old one says nothing about it.
             rec.key = key.clone();
+            rec.cool_down = None;
+            rec.strikes = 0;
         }
         rec
     }
@@ -449,17 +557,39 @@ impl Inner {
     }
 
     /// Ends a download: its buffer goes to the LRU as a (partial) entry, its task is aborted, its
-    /// waiters are woken (and get `Failed`'s error).
+    /// waiters are woken (and get `Failed`'s error). A failure starts the recording's cool-down;
+    /// any other end, once no download of the recording is left, starts its budget afresh.
     fn end_download(&mut self, id: &Arc<str>, download: u64, why: End, cs: usize, budget: u64) {
         let Some(rec) = self.recs.get_mut(id) else { return };
         let Some(i) = rec.downloads.iter().position(|d| d.id == download) else { return };
         let d = rec.downloads.swap_remove(i);
         tracing::debug!(recording = %id, download, start = d.start, pos = d.pos, why = ?why, "download ended");
-        if let End::Failed(e) = why {
-            rec.failures.push_back((download, e));
-            if rec.failures.len() > MAX_FAILURES_KEPT {
-                rec.failures.pop_front();
+        match why {
+            End::Failed(e) => {
+                rec.failures_in_a_row += 1;
+                let pause = COOL_DOWN_FIRST.saturating_mul(1 << (rec.failures_in_a_row - 1).min(6)).min(COOL_DOWN_MAX);
+                rec.cool_down = Some((Instant::now() + pause, e.clone()));
+                rec.strikes = 0;
+                rec.drops = 0;
+                rec.failures.push_back((download, e));
+                if rec.failures.len() > MAX_FAILURES_KEPT {
+                    rec.failures.pop_front();
+                }
+                self.stats.failures += 1;
             }
+            End::Eof => {
+                rec.failures_in_a_row = 0;
+                rec.cool_down = None;
+                if rec.downloads.is_empty() {
+                    rec.strikes = 0;
+                    rec.drops = 0;
+                }
+            }
+            _ if rec.downloads.is_empty() => {
+                rec.strikes = 0;
+                rec.drops = 0;
+            }
+            _ => {}
         }
         if let Some(abort) = &d.abort {
             abort.abort();
@@ -525,7 +655,6 @@ impl Shared {
             }
         }
         g.next_download += 1;
-        g.stats.opens += 1;
         let download = g.next_download;
         let rec = g.recs.get_mut(id).expect("caller made the rec");
         tracing::debug!(recording = %id, download, start, "download starts");
@@ -623,6 +752,7 @@ impl Media {
                 let waited_alive = waited.is_some_and(|w| rec.downloads.iter().any(|d| d.id == w));
                 let any_headers = rec.downloads.iter().any(|d| d.headers);
                 let first = rec.downloads.first().map(|d| d.id);
+                let cooling = rec.cooling(Instant::now());
                 // First byte from 0 that is not in the cache.
                 let mut missing = 0;
                 loop {
@@ -644,7 +774,7 @@ impl Media {
                     Step::Done(k.clone())
                 } else if let Some(e) = failure {
                     Step::Fail(e)
-                } else if let (Some(k), true) = (&known, any_headers || known.as_ref().is_some_and(|k| k.complete)) {
+                } else if let (Some(k), true) = (&known, any_headers || known.as_ref().is_some_and(|k| k.size.is_some())) {
                     // Headers already told what there is to know. No download starts here: a
                     // reopened file is often served from the kernel's page cache, or not read
                     // at all (a file manager's stat-and-close), and a request spent on it would
@@ -652,6 +782,8 @@ impl Media {
                     Step::Done(k.clone())
                 } else if let (true, Some(k)) = (waited.is_some() && !waited_alive, &known) {
                     Step::Done(k.clone())
+                } else if let (None, Some(e)) = (waited, cooling) {
+                    Step::Fail(e)
                 } else if let Some(d) = first {
                     waited = Some(d);
                     Step::Wait
@@ -754,6 +886,9 @@ impl Media {
                     moved.notify_waiters();
                     waited = Some(d.id);
                     Step::Wait
+                } else if let Some(e) = rec.cooling(Instant::now()) {
+                    g.stats.cache_misses += 1;
+                    Step::Fail(e)
                 } else if starts >= MAX_STARTS {
                     g.stats.cache_misses += 1;
                     Step::Fail(MediaError::Failed(format!(
@@ -807,7 +942,15 @@ enum Next {
     Stop,
 }
 
-/// The task of one download; see the module docs.
+/// What a download does after a failed request or a broken body.
+enum Retry {
+    /// Send the next request after this pause.
+    After(Duration),
+    /// The download has ended (failed for good, or nobody waits for it any more).
+    Ended,
+}
+
+/// The task of one download; see the module docs. Each turn of the outer loop is one request.
 #[allow(clippy::too_many_arguments)]
 async fn download_task(
     sh: Arc<Shared>,
@@ -821,138 +964,252 @@ async fn download_task(
 ) {
     let cs = sh.cs();
     let budget = sh.config.cache_bytes;
-    let opened = sh.source.open(&key, start, prio).await;
-    let mut body = match opened {
-        Ok(body) => body,
-        Err(e) => {
-            tracing::debug!(recording = %id, download, error = %e, "media request failed");
-            sh.lock().end_download(&id, download, End::Failed(e), cs, budget);
-            return;
-        }
-    };
-    {
-        let mut g = sh.lock();
-        let Some(rec) = g.recs.get_mut(&id) else { return };
-        let Some(d) = rec.downloads.iter_mut().find(|d| d.id == download) else { return };
-        d.headers = true;
-        rec.learn(body.total_len(), body.content_type());
-        data.notify_waiters();
-    }
+    let mut at = start;
+    let mut first = true;
     loop {
-        let notified = moved.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let next = {
+        {
             let mut g = sh.lock();
-            let Some(rec) = g.recs.get_mut(&id) else { return };
-            let closed = rec.closed;
-            let Some(d) = rec.downloads.iter_mut().find(|d| d.id == download) else { return };
-            if d.pos < d.reader_pos.saturating_add(sh.config.readahead) {
-                Next::Pull
-            } else if closed {
-                g.end_download(&id, download, End::Closed, cs, budget);
-                Next::Stop
-            } else if d.last_read + sh.config.idle_timeout <= Instant::now() {
-                g.end_download(&id, download, End::Idle, cs, budget);
-                Next::Stop
-            } else {
-                Next::Pause(d.last_read + sh.config.idle_timeout)
+            g.stats.opens += 1;
+            if !first {
+                g.stats.resumes += 1;
+            }
+        }
+        first = false;
+        let opened = sh.source.open(&key, at, prio).await;
+        let mut body = match opened {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::debug!(recording = %id, download, at, error = %e, "media request failed");
+                match sh.after_failure(&id, download, e, false) {
+                    Retry::After(pause) => {
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                    Retry::Ended => return,
+                }
             }
         };
-        match next {
-            Next::Stop => return,
-            Next::Pause(deadline) => {
-                tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
-                continue;
-            }
-            Next::Pull => {}
-        }
-        let piece = body.next_chunk().await;
-        let mut g = sh.lock();
-        let g = &mut *g;
-        let Some(rec) = g.recs.get_mut(&id) else { return };
-        if !rec.downloads.iter().any(|d| d.id == download) {
-            return;
-        }
-        let piece = match piece {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                let d = rec.downloads.iter().find(|d| d.id == download).expect("checked");
-                let (pos, dstart) = (d.pos, d.start);
-                let end = match rec.exact_size() {
-                    Some(total) if pos < total => End::Failed(MediaError::Failed(format!(
-                        "recording {id}: body ended at byte {pos} of {total}"
-                    ))),
-                    Some(_) => End::Eof,
-                    None if pos > dstart || dstart == 0 => {
-                        rec.learn(Some(pos), None);
-                        End::Eof
-                    }
-                    None => {
-                        // A Range at or past the end, length unknown: only an upper bound.
-                        rec.size_upper = Some(rec.size_upper.map_or(pos, |u| u.min(pos)));
-                        End::Eof
-                    }
-                };
-                g.end_download(&id, download, end, cs, budget);
+        {
+            let mut g = sh.lock();
+            let Some(rec) = g.recs.get_mut(&id) else { return };
+            if !rec.downloads.iter().any(|d| d.id == download) {
                 return;
             }
-            Err(e) => {
-                tracing::debug!(recording = %id, download, error = %e, "media body failed");
+            if let Err(detail) = rec.check(body.total_len(), body.content_type(), body.validator()) {
+                let e = MediaError::Failed(format!("recording {id}: the media host's answers disagree: {detail}"));
+                tracing::warn!("{e}");
                 g.end_download(&id, download, End::Failed(e), cs, budget);
                 return;
             }
-        };
-        let total = rec.exact_size();
-        let rid = rec.id.clone();
-        let d = rec.downloads.iter_mut().find(|d| d.id == download).expect("checked");
-        if total.is_some_and(|t| d.pos + piece.len() as u64 > t) {
-            let e = MediaError::Failed(format!("recording {id}: body longer than its length"));
-            g.end_download(&id, download, End::Failed(e), cs, budget);
-            return;
+            rec.learn(body.total_len(), body.content_type(), body.validator());
+            let d = rec.downloads.iter_mut().find(|d| d.id == download).expect("checked");
+            d.headers = true;
+            data.notify_waiters();
         }
-        let mut rest = piece;
-        let mut full = Vec::new();
-        while !rest.is_empty() {
-            let take = (cs - d.buf.len()).min(rest.len());
-            d.buf.extend_from_slice(&rest[..take]);
-            rest = rest.slice(take..);
-            d.pos += take as u64;
-            g.buffered_bytes += take as u64;
-            if d.buf.len() == cs || total == Some(d.pos) {
-                let chunk = d.buf.split().freeze();
-                g.buffered_bytes -= chunk.len() as u64;
-                full.push(((rid.clone(), d.buf_start / cs as u64), chunk));
-                d.buf_start = d.pos;
-                d.buf = BytesMut::with_capacity(cs);
+        // Pull this response's body until it ends, breaks or is no longer wanted.
+        let mut progressed = false;
+        let broke = loop {
+            let notified = moved.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut g = sh.lock();
+                let Some(rec) = g.recs.get_mut(&id) else { return };
+                let closed = rec.closed;
+                let Some(d) = rec.downloads.iter_mut().find(|d| d.id == download) else { return };
+                if d.pos < d.reader_pos.saturating_add(sh.config.readahead) {
+                    Next::Pull
+                } else if closed {
+                    g.end_download(&id, download, End::Closed, cs, budget);
+                    Next::Stop
+                } else if d.last_read + sh.config.idle_timeout <= Instant::now() {
+                    g.end_download(&id, download, End::Idle, cs, budget);
+                    Next::Stop
+                } else {
+                    Next::Pause(d.last_read + sh.config.idle_timeout)
+                }
+            };
+            match next {
+                Next::Stop => return,
+                Next::Pause(deadline) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                    continue;
+                }
+                Next::Pull => {}
             }
-        }
-        let (pos, at_boundary) = (d.pos, d.buf.is_empty());
-        rec.saw(pos);
-        for (k, chunk) in full {
-            g.insert(k, chunk);
-        }
-        g.evict(budget);
-        data.notify_waiters();
-        if total == Some(pos) {
-            g.end_download(&id, download, End::Eof, cs, budget);
-            return;
-        }
-        if at_boundary {
-            // Merge: never fetch bytes that are cached or that another stream is fetching.
-            let next_cached = g
-                .cache
-                .peek(&(rid.clone(), pos / cs as u64))
-                .is_some_and(|e| chunk_complete(e.data.len(), pos / cs as u64, cs, total));
-            let covered = g.recs[&id].downloads.iter().any(|o| o.id != download && o.start <= pos && pos <= o.pos);
-            if next_cached || covered {
-                g.end_download(&id, download, End::Merged, cs, budget);
+            let piece = body.next_chunk().await;
+            let mut g = sh.lock();
+            let g = &mut *g;
+            let Some(rec) = g.recs.get_mut(&id) else { return };
+            let Some(d) = rec.downloads.iter().find(|d| d.id == download) else { return };
+            let pos = d.pos;
+            let piece = match piece {
+                Ok(Some(p)) => p,
+                Ok(None) => match body.end() {
+                    BodyEnd::Content if body.total_len().is_some_and(|t| t > pos) => {
+                        // Ended before its stated length: a server that closed early.
+                        break Some(MediaError::Transient(format!("recording {id}: body ended at byte {pos}")));
+                    }
+                    BodyEnd::Content => {
+                        // The content ends here, or where the response now says it does (a
+                        // whole body that ended before the offset asked for).
+                        let total = body.total_len().unwrap_or(pos);
+                        let end = if total < pos && total < rec.seen {
+                            End::Failed(MediaError::Failed(format!(
+                                "recording {id}: a response ended at byte {total}, but {} bytes were received before",
+                                rec.seen
+                            )))
+                        } else if rec.exact_size().is_some_and(|s| s != total) {
+                            End::Failed(MediaError::Failed(format!(
+                                "recording {id}: a response ended at byte {total}, the length is {}",
+                                rec.exact_size().unwrap_or(0)
+                            )))
+                        } else {
+                            rec.learn(Some(total), None, None);
+                            End::Eof
+                        };
+                        if let End::Failed(e) = &end {
+                            tracing::warn!("{e}");
+                        }
+                        g.end_download(&id, download, end, cs, budget);
+                        return;
+                    }
+                    BodyEnd::PastEnd => {
+                        rec.bound(pos);
+                        g.end_download(&id, download, End::Eof, cs, budget);
+                        return;
+                    }
+                    // A partial range ended where it said it would: one more request goes on.
+                    BodyEnd::At(_) => break None,
+                },
+                Err(e) => {
+                    tracing::debug!(recording = %id, download, pos, error = %e, "media body broke");
+                    break Some(e);
+                }
+            };
+            let total = rec.exact_size();
+            let rid = rec.id.clone();
+            let d = rec.downloads.iter_mut().find(|d| d.id == download).expect("checked");
+            if total.is_some_and(|t| d.pos + piece.len() as u64 > t) {
+                let e = MediaError::Failed(format!("recording {id}: body longer than its length"));
+                tracing::warn!("{e}");
+                g.end_download(&id, download, End::Failed(e), cs, budget);
                 return;
             }
+            progressed = true;
+            let mut rest = piece;
+            let mut full = Vec::new();
+            while !rest.is_empty() {
+                let take = (cs - d.buf.len()).min(rest.len());
+                d.buf.extend_from_slice(&rest[..take]);
+                rest = rest.slice(take..);
+                d.pos += take as u64;
+                g.buffered_bytes += take as u64;
+                if d.buf.len() == cs || total == Some(d.pos) {
+                    let chunk = d.buf.split().freeze();
+                    g.buffered_bytes -= chunk.len() as u64;
+                    full.push(((rid.clone(), d.buf_start / cs as u64), chunk));
+                    d.buf_start = d.pos;
+                    d.buf = BytesMut::with_capacity(cs);
+                }
+            }
+            let (pos, at_boundary) = (d.pos, d.buf.is_empty());
+            rec.seen = rec.seen.max(pos);
+            for (k, chunk) in full {
+                g.insert(k, chunk);
+            }
+            g.evict(budget);
+            data.notify_waiters();
+            if total == Some(pos) {
+                g.end_download(&id, download, End::Eof, cs, budget);
+                return;
+            }
+            if at_boundary {
+                // Merge: never fetch bytes that are cached or that another stream is fetching.
+                let next_cached = g
+                    .cache
+                    .peek(&(rid.clone(), pos / cs as u64))
+                    .is_some_and(|e| chunk_complete(e.data.len(), pos / cs as u64, cs, total));
+                let covered = g.recs[&id].downloads.iter().any(|o| o.id != download && o.start <= pos && pos <= o.pos);
+                if next_cached || covered {
+                    g.end_download(&id, download, End::Merged, cs, budget);
+                    return;
+                }
+            }
+        };
+        drop(body);
+        at = {
+            let g = sh.lock();
+            let Some(d) = g.recs.get(&id).and_then(|r| r.downloads.iter().find(|d| d.id == download)) else { return };
+            d.pos
+        };
+        match broke {
+            // The end of a partial range: not a failure; the next request continues from `at`.
+            None if progressed => continue,
+            None => {
+                let e = MediaError::Failed(format!("recording {id}: a partial response at byte {at} brought no byte"));
+                sh.after_failure(&id, download, e, false);
+                return;
+            }
+            Some(e) => match sh.after_failure(&id, download, e, progressed) {
+                Retry::After(pause) => tokio::time::sleep(pause).await,
+                Retry::Ended => return,
+            },
         }
+    }
+}
+
+impl Shared {
+    /// Decides, under the lock, what a download does after a request failed (`progressed`: its
+    /// body brought new bytes before it broke). Ends the download when the failure is final, the
+    /// budget is spent, or nobody waits for it; otherwise counts the request against the budget.
+    fn after_failure(&self, id: &Arc<str>, download: u64, e: MediaError, progressed: bool) -> Retry {
+        let cs = self.cs();
+        let budget = self.config.cache_bytes;
+        let mut g = self.lock();
+        let Some(rec) = g.recs.get_mut(id) else { return Retry::Ended };
+        let Some(d) = rec.downloads.iter().find(|d| d.id == download) else { return Retry::Ended };
+        let wanted = d.last_read + self.config.read_timeout > Instant::now();
+        let pos = d.pos;
+        let end = match e {
+            MediaError::Transient(cause) => {
+                if progressed {
+                    rec.drops += 1;
+                } else {
+                    rec.strikes += 1;
+                }
+                if rec.strikes >= MAX_STRIKES || rec.drops > MAX_DROPS {
+                    let e = MediaError::Failed(format!(
+                        "recording {id}: gave up at byte {pos} after {} requests without new bytes and {} drops; last: {cause}",
+                        rec.strikes, rec.drops
+                    ));
+                    tracing::warn!("{e}");
+                    End::Failed(e)
+                } else if !wanted {
+                    // The reader gave up (its read timed out) or went away: stop spending.
+                    tracing::debug!(recording = %id, download, pos, "nobody waits; not retrying");
+                    End::Idle
+                } else if progressed {
+                    tracing::debug!(recording = %id, download, pos, "resuming after a drop: {cause}");
+                    return Retry::After(Duration::ZERO);
+                } else {
+                    let pause = strike_backoff(rec.strikes);
+                    tracing::debug!(recording = %id, download, pos, "retrying in {pause:?}: {cause}");
+                    return Retry::After(pause);
+                }
+            }
+            // Not there (yet): the open that asked says so (EAGAIN for a listed recording).
+            e @ MediaError::NotAvailable(_) => End::Failed(e),
+            e @ (MediaError::Failed(_) | MediaError::TimedOut) => {
+                tracing::warn!("recording {id}: {e}");
+                End::Failed(e)
+            }
+        };
+        g.end_download(id, download, end, cs, budget);
+        Retry::Ended
     }
 }
 

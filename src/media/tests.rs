@@ -1,5 +1,5 @@
-//! Unit tests of the media layer against the fake source. Each test names the behaviour of issue 4
-//! it pins down; request counts come from the fake's log of (id, offset).
+//! Unit tests of the media layer against the fake source. Each test names the behaviour it pins
+//! down; request counts come from the fake's log of (id, offset).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +72,7 @@ async fn sequential_read_spends_exactly_one_request() {
     let (fake, media) = setup(FakeSource::new(), &[("a", FakeRecording::new(300_000, 1))], cfg());
     let k = key("a");
     let known = media.open(&k, Priority::Interactive).await.unwrap();
-    assert_eq!(known, Known { size: Some(300_000), content_type: Some("audio/mpeg".into()), complete: true });
+    assert_eq!(known, Known { size: Some(300_000), content_type: Some("audio/mpeg".into()) });
     let got = read_from(&media, &k, 0, 5000).await;
     assert!(got == expected(1, 0, 300_000), "content differs");
     media.close(&k);
@@ -241,47 +241,84 @@ async fn closing_the_last_reader_stops_a_paused_download() {
 }
 
 #[tokio::test]
-async fn body_error_fails_waiting_readers_and_the_next_read_restarts() {
+async fn a_drop_resumes_within_the_read_where_the_body_stopped() {
     let (fake, media) = setup(FakeSource::new(), &[("a", FakeRecording::new(300_000, 11))], cfg());
     let k = key("a");
     // The read at 30 000 starts a download at its chunk (16 384) that breaks 10 000 bytes in,
-    // before reaching the reader.
-    fake.push_fault(Fault::ErrorAfter(10_000, MediaError::Failed("connection reset".into())));
-    let err = media.read(&k, 30_000, 1000, Priority::Interactive).await.unwrap_err();
-    assert_eq!(err, MediaError::Failed("connection reset".into()));
-    let cs = CS as u64;
-    assert_eq!(opens_of(&fake), vec![cs]);
-    // The next read starts one new download where the failed one stopped (bytes kept).
+    // before reaching the reader: the download resumes with one Range request from there.
+    fake.push_fault(Fault::ErrorAfter(10_000, MediaError::Transient("connection reset".into())));
     let got = media.read(&k, 30_000, 1000, Priority::Interactive).await.unwrap();
     assert!(got[..] == expected(11, 30_000, 1000)[..]);
+    let cs = CS as u64;
     assert_eq!(opens_of(&fake), vec![cs, cs + 10_000]);
     assert!(read_from(&media, &k, cs, 8192).await == expected(11, cs, 300_000 - cs));
     assert_eq!(opens_of(&fake), vec![cs, cs + 10_000], "no byte fetched twice");
+    assert_eq!(media.stats().resumes, 1);
 }
 
-#[tokio::test]
-async fn failing_requests_are_not_retried_in_a_loop() {
+#[tokio::test(start_paused = true)]
+async fn a_final_error_fails_the_read_and_cools_down_before_the_next_request() {
+    let (fake, media) = setup(FakeSource::new(), &[("a", FakeRecording::new(300_000, 11))], cfg());
+    let k = key("a");
+    fake.push_fault(Fault::ErrorAfter(10_000, MediaError::Failed("refused".into())));
+    let err = media.read(&k, 30_000, 1000, Priority::Interactive).await.unwrap_err();
+    assert_eq!(err, MediaError::Failed("refused".into()));
+    let cs = CS as u64;
+    assert_eq!(opens_of(&fake), vec![cs]);
+    // At once again: the same error, no request.
+    assert_eq!(media.read(&k, 30_000, 1000, Priority::Interactive).await.unwrap_err(), err);
+    assert_eq!(media.open(&k, Priority::Interactive).await, Ok(Known { size: Some(300_000), content_type: Some("audio/mpeg".into()) }),
+        "the size is known: open needs no request");
+    assert_eq!(opens_of(&fake), vec![cs]);
+    // After the cool-down, one request resumes where the failed one stopped (bytes kept).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let got = media.read(&k, 30_000, 1000, Priority::Interactive).await.unwrap();
+    assert!(got[..] == expected(11, 30_000, 1000)[..]);
+    assert_eq!(opens_of(&fake), vec![cs, cs + 10_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_within_the_budget_and_no_further() {
     let (fake, media) = setup(FakeSource::new(), &[("a", FakeRecording::new(50_000, 12))], cfg());
     let k = key("a");
-    for _ in 0..2 {
-        fake.push_fault(Fault::OpenError(MediaError::Failed("503".into())));
+    // Two failures, then an answer: one read, three requests.
+    for _ in 0..MAX_STRIKES - 1 {
+        fake.push_fault(Fault::OpenError(MediaError::Transient("503".into())));
     }
-    assert_eq!(media.read(&k, 0, 100, Priority::Interactive).await, Err(MediaError::Failed("503".into())));
-    assert_eq!(opens_of(&fake).len(), 1);
-    assert!(media.open(&k, Priority::Interactive).await.is_err());
-    assert_eq!(opens_of(&fake).len(), 2);
     let got = media.read(&k, 0, 100, Priority::Interactive).await.unwrap();
     assert!(got[..] == expected(12, 0, 100)[..]);
-    assert_eq!(opens_of(&fake).len(), 3);
+    assert_eq!(opens_of(&fake).len(), MAX_STRIKES as usize);
+
+    // Failing for ever: the read fails after MAX_STRIKES requests, and the next ones wait for
+    // the cool-down (1 s, then 2 s, ...) instead of spending.
+    let (fake, media) = setup(FakeSource::new(), &[("b", FakeRecording::new(50_000, 12))], cfg());
+    let k = key("b");
+    for _ in 0..100 {
+        fake.push_fault(Fault::OpenError(MediaError::Transient("503".into())));
+    }
+    let t0 = tokio::time::Instant::now();
+    let err = media.read(&k, 0, 100, Priority::Interactive).await.unwrap_err();
+    assert!(matches!(&err, MediaError::Failed(m) if m.contains("gave up") && m.contains("503")), "{err:?}");
+    assert_eq!(opens_of(&fake).len(), MAX_STRIKES as usize);
+    let mut errors = 1;
+    while t0.elapsed() < Duration::from_secs(10) {
+        assert!(media.read(&k, 0, 100, Priority::Interactive).await.is_err());
+        errors += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ten seconds of a reader retrying every 100 ms: cool-downs of 1 + 2 + 4 s allow three more
+    // episodes of MAX_STRIKES requests at most.
+    let spent = opens_of(&fake).len();
+    assert!(spent <= 4 * MAX_STRIKES as usize, "{errors} failed reads spent {spent} requests");
+    assert!(errors > 50);
+    assert_eq!(media.stats().failures as usize, spent / MAX_STRIKES as usize);
 }
 
 #[tokio::test]
-async fn body_ending_before_its_length_is_an_error_then_resumes() {
+async fn body_ending_before_its_length_resumes_from_where_it_ended() {
     let (fake, media) = setup(FakeSource::new(), &[("a", FakeRecording::new(100_000, 13))], cfg());
     let k = key("a");
     fake.push_fault(Fault::EndAfter(10_000));
-    let err = media.read(&k, 0, 50_000, Priority::Interactive).await.unwrap_err();
-    assert!(matches!(err, MediaError::Failed(ref m) if m.contains("ended at byte 10000")), "{err:?}");
     assert!(read_from(&media, &k, 0, 50_000).await == expected(13, 0, 100_000));
     assert_eq!(opens_of(&fake), vec![0, 10_000]);
 }
@@ -292,12 +329,12 @@ async fn unknown_length_learns_the_exact_size_at_eof() {
     let (fake, media) = setup(FakeSource::new(), &[("a", rec)], cfg());
     let k = key("a");
     let known = media.open(&k, Priority::Interactive).await.unwrap();
-    assert!(!known.complete, "{known:?}");
+    assert_eq!(known.size, None, "{known:?}");
     assert_eq!(known.content_type.as_deref(), Some("audio/mpeg"));
     assert!(read_from(&media, &k, 0, 7000).await == expected(14, 0, 300_000));
     assert_eq!(
         media.known("a"),
-        Some(Known { size: Some(300_000), content_type: Some("audio/mpeg".into()), complete: true })
+        Some(Known { size: Some(300_000), content_type: Some("audio/mpeg".into()) })
     );
     assert_eq!(media.read(&k, 299_990, 100, Priority::Interactive).await.unwrap().len(), 10);
     assert!(media.read(&k, 300_000, 100, Priority::Interactive).await.unwrap().is_empty());
@@ -313,7 +350,7 @@ async fn unknown_length_read_past_eof_is_empty() {
     assert!(media.read(&k, 305_000, 100, Priority::Interactive).await.unwrap().is_empty());
     assert!(media.read(&k, 900_000, 100, Priority::Interactive).await.unwrap().is_empty());
     assert_eq!(opens_of(&fake), vec![294_912]);
-    assert_eq!(media.known("a").map(|k| (k.size, k.complete)), Some((Some(300_000), true)));
+    assert_eq!(media.known("a").and_then(|k| k.size), Some(300_000));
 }
 
 #[tokio::test]
