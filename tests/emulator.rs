@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use ringfs::emulator::{AudioFormat, CallInfo, Config, Emulator, Faults, MediaBehaviour, RateLimits, Stats};
+use ringfs::emulator::{
+    AudioFormat, CallInfo, Config, Emulator, Faults, MediaBehaviour, MediaQuirks, PastEnd, RangeMode, RateLimits, Stats,
+};
 use serde_json::Value;
 
 const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -623,7 +625,7 @@ async fn stats_count_requests_and_serve_as_json() {
 async fn media_behaviour_settings() {
     let emu = start(Config {
         format: AudioFormat::Wav,
-        media: MediaBehaviour { omit_content_length: true, ignore_range: true, x_wav: true },
+        media: MediaBehaviour { omit_content_length: true, ignore_range: true, x_wav: true, ..MediaBehaviour::default() },
         ..config()
     })
     .await;
@@ -734,4 +736,527 @@ async fn plain_file_listing_for_http_peers() {
     assert!(s.by_group.is_empty(), "{:?}", s.by_group);
     assert_eq!(s.bytes_served, whole.len() as u64 + 100);
     emu.shutdown().await;
+}
+
+// ----- per-recording media quirks -----
+
+/// The seed call's recording (35 s; fetchable from the start).
+const SEED_REC: &str = "44444444";
+
+fn content_url(emu: &Emulator, id: &str) -> String {
+    format!("{}/restapi/v1.0/account/~/recording/{id}/content", emu.media_url())
+}
+
+/// An account whose seed recording is served with quirks `q` (the others with none), and a token.
+async fn quirky(format: AudioFormat, q: MediaQuirks) -> (Emulator, String) {
+    let media = MediaBehaviour { per_recording: [(SEED_REC.to_string(), q)].into(), ..MediaBehaviour::default() };
+    let emu = start(Config { format, media, ..config() }).await;
+    let token = access(&login(&emu).await);
+    (emu, token)
+}
+
+async fn fetch(emu: &Emulator, id: &str, token: &str, range: Option<String>) -> reqwest::Response {
+    let mut req = http().get(content_url(emu, id)).bearer_auth(token);
+    if let Some(range) = range {
+        req = req.header("Range", range);
+    }
+    req.send().await.expect("media request")
+}
+
+/// A header's value as text ("" when absent).
+fn hdr<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers().get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+/// The body as far as it came, and whether it broke off.
+async fn body_until_error(mut r: reqwest::Response) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    loop {
+        match r.chunk().await {
+            Ok(Some(c)) => got.extend_from_slice(&c),
+            Ok(None) => return (got, false),
+            Err(_) => return (got, true),
+        }
+    }
+}
+
+/// A 200 with the whole recording: `Content-Length` unless chunked, `Accept-Ranges` unless the
+/// range is ignored.
+async fn assert_whole(r: reqwest::Response, bytes: &[u8], q: &MediaQuirks) {
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "content-length"), if q.chunked { String::new() } else { bytes.len().to_string() });
+    assert_eq!(hdr(&r, "transfer-encoding"), if q.chunked { "chunked" } else { "" });
+    assert_eq!(hdr(&r, "accept-ranges"), if q.range == RangeMode::Ignore { "" } else { "bytes" });
+    assert!(!r.headers().contains_key("content-range"));
+    assert!(r.bytes().await.unwrap() == bytes, "the whole recording");
+}
+
+/// A 206 with bytes `start..end` of the recording and `Content-Range: bytes start-(end-1)/total`.
+async fn assert_part(r: reqwest::Response, bytes: &[u8], (start, end): (usize, usize), total: &str, q: &MediaQuirks) {
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(hdr(&r, "content-range"), format!("bytes {start}-{}/{total}", end - 1));
+    assert_eq!(hdr(&r, "content-length"), if q.chunked { String::new() } else { (end - start).to_string() });
+    assert_eq!(hdr(&r, "transfer-encoding"), if q.chunked { "chunked" } else { "" });
+    assert_eq!(hdr(&r, "accept-ranges"), "bytes");
+    assert!(r.bytes().await.unwrap() == bytes[start..end], "bytes {start}..{end}");
+}
+
+#[tokio::test]
+async fn quirk_chunked_bodies_have_no_content_length() {
+    let q = MediaQuirks { chunked: true, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q.clone()).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    assert_whole(fetch(&emu, SEED_REC, &token, None).await, &bytes, &q).await;
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=1000-".into())).await;
+    assert_eq!(hdr(&r, "content-type"), "audio/mpeg");
+    assert_part(r, &bytes, (1000, bytes.len()), &bytes.len().to_string(), &q).await;
+    // Other recordings keep the default: Content-Length.
+    let other = emu.calls().into_iter().find(|c| c.recording_id.as_deref().is_some_and(|id| id != SEED_REC) && c.fetchable_at < jiff::Timestamp::now()).unwrap();
+    let r = fetch(&emu, other.recording_id.as_deref().unwrap(), &token, None).await;
+    assert_eq!(hdr(&r, "content-length"), other.recording_len.unwrap().to_string());
+}
+
+#[tokio::test]
+async fn quirk_range_honoured() {
+    let q = MediaQuirks { range: RangeMode::Honour, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q.clone()).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    let len = bytes.len();
+    assert_whole(fetch(&emu, SEED_REC, &token, None).await, &bytes, &q).await;
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=5000-".into())).await;
+    assert_part(r, &bytes, (5000, len), &len.to_string(), &q).await;
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=10-19".into())).await;
+    assert_part(r, &bytes, (10, 20), &len.to_string(), &q).await;
+}
+
+#[tokio::test]
+async fn quirk_range_ignored() {
+    // Past the end too: a server that ignores Range answers the whole body whatever past_end says.
+    let q = MediaQuirks { range: RangeMode::Ignore, past_end: PastEnd::Bare416, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q.clone()).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    assert_whole(fetch(&emu, SEED_REC, &token, None).await, &bytes, &q).await;
+    assert_whole(fetch(&emu, SEED_REC, &token, Some("bytes=5000-".into())).await, &bytes, &q).await;
+    assert_whole(fetch(&emu, SEED_REC, &token, Some(format!("bytes={}-", bytes.len()))).await, &bytes, &q).await;
+}
+
+#[tokio::test]
+async fn quirk_range_with_unknown_total() {
+    let q = MediaQuirks { range: RangeMode::UnknownTotal, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q.clone()).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    let len = bytes.len();
+    assert_whole(fetch(&emu, SEED_REC, &token, None).await, &bytes, &q).await;
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=5000-".into())).await;
+    assert_part(r, &bytes, (5000, len), "*", &q).await;
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=10-19".into())).await;
+    assert_part(r, &bytes, (10, 20), "*", &q).await;
+}
+
+#[tokio::test]
+async fn quirk_range_capped() {
+    let q = MediaQuirks { range: RangeMode::Capped(64 * 1024), ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q.clone()).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    let len = bytes.len();
+    assert!(len > 2 * 65_536 + 5000);
+    // No Range: still the whole body.
+    assert_whole(fetch(&emu, SEED_REC, &token, None).await, &bytes, &q).await;
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=5000-".into())).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(hdr(&r, "content-range"), format!("bytes 5000-{}/{len}", 5000 + 65_536 - 1));
+    assert_eq!(hdr(&r, "content-length"), "65536");
+    assert_eq!(hdr(&r, "accept-ranges"), "bytes");
+    assert!(r.bytes().await.unwrap() == emu.recording_range(SEED_REC, 5000, 65_536).unwrap());
+    // A piece within the cap, and the tail, are answered as asked.
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=100-199".into())).await;
+    assert_part(r, &bytes, (100, 200), &len.to_string(), &q).await;
+    let r = fetch(&emu, SEED_REC, &token, Some(format!("bytes={}-", len - 10))).await;
+    assert_part(r, &bytes, (len - 10, len), &len.to_string(), &q).await;
+}
+
+#[tokio::test]
+async fn quirk_past_end_416_with_content_range() {
+    let q = MediaQuirks { past_end: PastEnd::RangeNotSatisfiable, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q).await;
+    let len = emu.recording_bytes(SEED_REC).unwrap().len();
+    let r = fetch(&emu, SEED_REC, &token, Some(format!("bytes={len}-"))).await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(hdr(&r, "content-range"), format!("bytes */{len}"));
+    assert_eq!(error_code(&r.json().await.unwrap()), "CMN-107");
+}
+
+#[tokio::test]
+async fn quirk_past_end_bare_416() {
+    // With an unknown total as well: the client learns nothing about the size.
+    let q = MediaQuirks { past_end: PastEnd::Bare416, range: RangeMode::UnknownTotal, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q).await;
+    let len = emu.recording_bytes(SEED_REC).unwrap().len();
+    for range in [format!("bytes={len}-"), format!("bytes={}-", len + 1000)] {
+        let r = fetch(&emu, SEED_REC, &token, Some(range)).await;
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert!(!r.headers().contains_key("content-range"));
+        assert_eq!(error_code(&r.json().await.unwrap()), "CMN-107");
+    }
+}
+
+#[tokio::test]
+async fn quirk_past_end_whole_body() {
+    let q = MediaQuirks { past_end: PastEnd::WholeBody, chunked: true, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q.clone()).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    assert_whole(fetch(&emu, SEED_REC, &token, Some(format!("bytes={}-", bytes.len()))).await, &bytes, &q).await;
+    // Within the body, ranges are still honoured.
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=0-9".into())).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(r.bytes().await.unwrap() == bytes[..10]);
+}
+
+#[tokio::test]
+async fn quirk_x_wav_for_wav_recordings_only() {
+    let q = MediaQuirks { x_wav: true, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Wav, q.clone()).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    let r = fetch(&emu, SEED_REC, &token, None).await;
+    assert_eq!(hdr(&r, "content-type"), "audio/x-wav");
+    assert_whole(r, &bytes, &q).await;
+    let (_, meta) = get_json(&format!("{}/restapi/v1.0/account/~/recording/{SEED_REC}", emu.api_url()), &token).await;
+    assert_eq!(meta["contentType"], "audio/x-wav", "the metadata says the same");
+    let calls = emu.calls();
+    assert_eq!(calls.iter().find(|c| c.recording_id.as_deref() == Some(SEED_REC)).unwrap().content_type, Some("audio/x-wav"));
+    // Another WAV recording keeps audio/wav.
+    let other = calls.iter().find(|c| c.recording_id.as_deref().is_some_and(|id| id != SEED_REC) && c.fetchable_at < jiff::Timestamp::now()).unwrap();
+    assert_eq!(other.content_type, Some("audio/wav"));
+    let r = fetch(&emu, other.recording_id.as_deref().unwrap(), &token, Some("bytes=0-3".into())).await;
+    assert_eq!(hdr(&r, "content-type"), "audio/wav");
+
+    // MP3 stays audio/mpeg.
+    let (emu, token) = quirky(AudioFormat::Mp3, q).await;
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=0-3".into())).await;
+    assert_eq!(hdr(&r, "content-type"), "audio/mpeg");
+}
+
+#[tokio::test]
+async fn quirk_drop_at_cuts_once_per_offset() {
+    let q = MediaQuirks { drop_at: vec![1000], ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    // A range past the offset does not cross it and leaves it armed.
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=2000-".into())).await;
+    assert!(r.bytes().await.unwrap() == bytes[2000..]);
+    // With Content-Length: the headers promise the whole body, 1000 bytes come, then the break.
+    let r = fetch(&emu, SEED_REC, &token, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "content-length"), bytes.len().to_string());
+    let (got, broke) = body_until_error(r).await;
+    assert!(broke, "the body breaks off");
+    assert!(got == bytes[..1000], "exactly the bytes before the offset: {}", got.len());
+    // The offset has fired: the same request succeeds.
+    assert!(fetch(&emu, SEED_REC, &token, None).await.bytes().await.unwrap() == bytes);
+    assert_eq!(emu.stats().faults_injected, 1);
+
+    // Chunked, two offsets, resumed with Range each time.
+    emu.set_media_quirks(SEED_REC, MediaQuirks { chunked: true, drop_at: vec![50_000, 1000], ..MediaQuirks::default() });
+    let mut have = Vec::new();
+    for (from, to) in [(0, 1000), (1000, 50_000)] {
+        let r = fetch(&emu, SEED_REC, &token, Some(format!("bytes={from}-"))).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert!(!r.headers().contains_key("content-length"));
+        let (got, broke) = body_until_error(r).await;
+        assert!(broke, "cut at {to}");
+        assert!(got == bytes[from..to], "{from}..{to}: got {}", got.len());
+        have.extend(got);
+    }
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=50000-".into())).await;
+    let (got, broke) = body_until_error(r).await;
+    assert!(!broke);
+    have.extend(got);
+    assert!(have == bytes);
+    assert!(fetch(&emu, SEED_REC, &token, Some("bytes=0-".into())).await.bytes().await.unwrap() == bytes);
+    assert_eq!(emu.stats().faults_injected, 3);
+}
+
+#[tokio::test]
+async fn quirk_bytes_per_sec_caps_one_recording() {
+    let q = MediaQuirks { bytes_per_sec: Some(100_000), ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    let t = std::time::Instant::now();
+    assert!(fetch(&emu, SEED_REC, &token, None).await.bytes().await.unwrap() == bytes);
+    let expected = Duration::from_millis(bytes.len() as u64 * 1000 / 100_000);
+    assert!(t.elapsed() >= expected * 3 / 4, "{:?} for {} bytes", t.elapsed(), bytes.len());
+}
+
+#[tokio::test]
+async fn quirk_errors_first_then_content() {
+    let q = MediaQuirks { errors_first: 4, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    let r = fetch(&emu, SEED_REC, &token, None).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(hdr(&r, "retry-after"), "1");
+    assert_eq!(hdr(&r, "x-rate-limit-group"), "heavy");
+    assert_eq!(error_code(&r.json().await.unwrap()), "CMN-201");
+    for want in [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE] {
+        assert_eq!(fetch(&emu, SEED_REC, &token, Some("bytes=0-".into())).await.status(), want);
+    }
+    let r = fetch(&emu, SEED_REC, &token, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.unwrap() == bytes);
+    assert_eq!(emu.stats().faults_injected, 4);
+}
+
+#[tokio::test]
+async fn quirk_not_found_first_then_content() {
+    let q = MediaQuirks { not_found_first: 2, errors_first: 1, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    // A refused request does not reach the quirks and is not counted among the first ones.
+    assert_eq!(http().get(content_url(&emu, SEED_REC)).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    for _ in 0..2 {
+        let r = fetch(&emu, SEED_REC, &token, None).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(error_code(&r.json().await.unwrap()), "CMN-102");
+    }
+    assert_eq!(fetch(&emu, SEED_REC, &token, None).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let r = fetch(&emu, SEED_REC, &token, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.unwrap() == bytes);
+    // The metadata is not held back.
+    let (status, _) = get_json(&format!("{}/restapi/v1.0/account/~/recording/{SEED_REC}", emu.api_url()), &token).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[test]
+fn media_quirks_draw_is_deterministic_and_varied() {
+    let ids: Vec<String> = (0..200).map(|i| format!("{}", 70_000_000 + 37 * i)).collect();
+    let draws: Vec<MediaQuirks> = ids.iter().map(|id| MediaQuirks::draw(11, id, 500_000)).collect();
+    assert_eq!(draws, ids.iter().map(|id| MediaQuirks::draw(11, id, 500_000)).collect::<Vec<_>>());
+    assert_ne!(draws, ids.iter().map(|id| MediaQuirks::draw(12, id, 500_000)).collect::<Vec<_>>(), "the seed matters");
+    let any = |f: &dyn Fn(&MediaQuirks) -> bool| draws.iter().any(f);
+    assert!(any(&|q| q.range == RangeMode::Honour));
+    assert!(any(&|q| q.range == RangeMode::Ignore));
+    assert!(any(&|q| q.range == RangeMode::UnknownTotal));
+    assert!(any(&|q| matches!(q.range, RangeMode::Capped(_))));
+    assert!(any(&|q| q.past_end == PastEnd::RangeNotSatisfiable));
+    assert!(any(&|q| q.past_end == PastEnd::Bare416));
+    assert!(any(&|q| q.past_end == PastEnd::WholeBody));
+    assert!(any(&|q| q.chunked) && any(&|q| !q.chunked));
+    assert!(any(&|q| q.x_wav) && any(&|q| !q.x_wav));
+    assert!(any(&|q| q.drop_at.is_empty()) && any(&|q| q.drop_at.len() == 1) && any(&|q| q.drop_at.len() == 2));
+    assert!(any(&|q| q.bytes_per_sec.is_some()) && any(&|q| q.bytes_per_sec.is_none()));
+    assert!(any(&|q| q.errors_first == 0) && any(&|q| q.errors_first == 2));
+    assert!(any(&|q| q.not_found_first == 0) && any(&|q| q.not_found_first == 1));
+    assert!(draws.iter().all(|q| q.drop_at.iter().all(|&d| 0 < d && d < 500_000)));
+    // The offsets depend on the length; nothing else does.
+    let short = MediaQuirks::draw(11, &ids[0], 1);
+    assert!(short.drop_at.is_empty());
+    assert_eq!(MediaQuirks { drop_at: Vec::new(), ..draws[0].clone() }, short);
+}
+
+#[tokio::test]
+async fn media_quirks_in_force_whichever_way_set() {
+    let pinned = MediaQuirks { errors_first: 1, ..MediaQuirks::default() };
+    let media = MediaBehaviour {
+        omit_content_length: true,
+        mixed: Some(5),
+        per_recording: [(SEED_REC.to_string(), pinned.clone())].into(),
+        ..MediaBehaviour::default()
+    };
+    let emu = start(Config { media, ..config() }).await;
+    let token = access(&login(&emu).await);
+    assert_eq!(emu.media_quirks(SEED_REC), pinned, "per_recording wins over the mix");
+    let now = jiff::Timestamp::now();
+    let mut checked = 0;
+    for c in emu.calls().iter().filter(|c| c.recording_id.is_some() && c.recording_id.as_deref() != Some(SEED_REC)) {
+        let id = c.recording_id.as_deref().unwrap();
+        let q = emu.media_quirks(id);
+        assert_eq!(q, MediaQuirks::draw(5, id, c.recording_len.unwrap()), "{id}: drawn, the flags ignored");
+        // What the media host sends follows the drawn quirks.
+        if checked < 6 && q.not_found_first == 0 && q.errors_first == 0 && c.fetchable_at < now {
+            let r = fetch(&emu, id, &token, Some("bytes=0-".into())).await;
+            assert_eq!(r.headers().contains_key("content-length"), !q.chunked, "{id}: {q:?}");
+            assert_eq!(r.headers().contains_key("accept-ranges"), q.range != RangeMode::Ignore, "{id}: {q:?}");
+            let want = if q.range == RangeMode::Ignore { StatusCode::OK } else { StatusCode::PARTIAL_CONTENT };
+            assert_eq!(r.status(), want, "{id}: {q:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+    // A runtime change wins over everything.
+    let runtime = MediaQuirks { chunked: true, range: RangeMode::UnknownTotal, ..MediaQuirks::default() };
+    emu.set_media_quirks(SEED_REC, runtime.clone());
+    assert_eq!(emu.media_quirks(SEED_REC), runtime);
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=0-".into())).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "errors_first no longer applies");
+    assert!(hdr(&r, "content-range").ends_with("/*"));
+}
+
+/// Downloads a recording whole as a careful client must: 404 and 5xx are retried; a cut body is
+/// resumed with `Range` from what came; a 200 is the whole body from 0 (a range ignored); a 206 is
+/// appended whatever its size; the size comes from `Content-Range` `/N`, a 200's
+/// `Content-Length`, a 200 that ends, or a 416 after the last byte. Returns the bytes and the
+/// number of requests.
+async fn careful_download(emu: &Emulator, id: &str, token: &str) -> (Vec<u8>, u64) {
+    let mut have: Vec<u8> = Vec::new();
+    let mut total: Option<u64> = None;
+    let mut requests = 0;
+    while total != Some(have.len() as u64) {
+        requests += 1;
+        assert!(requests < 100, "{id}: no end after {requests} requests");
+        let range = (!have.is_empty()).then(|| format!("bytes={}-", have.len()));
+        let r = fetch(emu, id, token, range).await;
+        match r.status() {
+            StatusCode::NOT_FOUND => {}
+            s if s.is_server_error() => {}
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let told = hdr(&r, "content-range").strip_prefix("bytes */").map(|n| n.parse::<u64>().unwrap());
+                assert!(told.is_none_or(|n| n == have.len() as u64), "{id}: asked at the end");
+                total = Some(have.len() as u64);
+            }
+            StatusCode::OK => {
+                total = r.headers().get("content-length").map(|v| v.to_str().unwrap().parse().unwrap());
+                let (got, broke) = body_until_error(r).await;
+                if !broke {
+                    total = Some(got.len() as u64);
+                }
+                have = got;
+            }
+            StatusCode::PARTIAL_CONTENT => {
+                let cr = hdr(&r, "content-range").strip_prefix("bytes ").unwrap().to_string();
+                let (span, of) = cr.split_once('/').unwrap();
+                assert_eq!(span.split_once('-').unwrap().0.parse::<usize>().unwrap(), have.len(), "{id}: {cr}");
+                if of != "*" {
+                    total = Some(of.parse().unwrap());
+                }
+                have.extend(body_until_error(r).await.0);
+            }
+            s => panic!("{id}: unexpected {s}"),
+        }
+    }
+    (have, requests)
+}
+
+#[tokio::test]
+async fn a_careful_client_recovers_every_drawn_mix() {
+    let emu = start(Config { format: AudioFormat::Mixed, media: MediaBehaviour { mixed: Some(3), ..MediaBehaviour::default() }, ..config() }).await;
+    let token = access(&login(&emu).await);
+    let now = jiff::Timestamp::now();
+    let calls: Vec<CallInfo> =
+        emu.calls().into_iter().filter(|c| c.recording_id.is_some() && c.fetchable_at < now && c.duration_s < 200).take(30).collect();
+    assert_eq!(calls.len(), 30);
+    let quirks: Vec<MediaQuirks> = calls.iter().map(|c| emu.media_quirks(c.recording_id.as_deref().unwrap())).collect();
+    // The sample is varied enough to mean something.
+    assert!(quirks.iter().any(|q| !q.drop_at.is_empty()) && quirks.iter().any(|q| q.errors_first > 0));
+    assert!(quirks.iter().any(|q| q.not_found_first > 0) && quirks.iter().any(|q| matches!(q.range, RangeMode::Capped(_))));
+    assert!(quirks.iter().any(|q| q.range == RangeMode::Ignore) && quirks.iter().any(|q| q.range == RangeMode::UnknownTotal));
+    for (c, q) in calls.iter().zip(&quirks) {
+        let id = c.recording_id.as_deref().unwrap();
+        let (bytes, requests) = careful_download(&emu, id, &token).await;
+        assert!(bytes == emu.recording_bytes(id).unwrap(), "{id}: {q:?}");
+        // One request per refusal and cut, one per capped piece (a cut adds one), one to find the
+        // end when the total is not told.
+        let len = c.recording_len.unwrap();
+        let pieces = match q.range {
+            RangeMode::Capped(cap) => len.div_ceil(cap).max(1) + q.drop_at.len() as u64,
+            _ => 1,
+        };
+        let bound = u64::from(q.not_found_first + q.errors_first) + q.drop_at.len() as u64 + pieces + 1;
+        assert!(requests <= bound, "{id}: {requests} requests for {q:?}");
+        assert_eq!(emu.stats().media_of(id), requests);
+    }
+}
+
+#[tokio::test]
+async fn media_requests_are_counted_per_recording() {
+    let q = MediaQuirks { errors_first: 1, ..MediaQuirks::default() };
+    let (emu, token) = quirky(AudioFormat::Mp3, q).await;
+    let len = emu.recording_bytes(SEED_REC).unwrap().len();
+    assert_eq!(http().get(content_url(&emu, SEED_REC)).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(fetch(&emu, SEED_REC, &token, None).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(fetch(&emu, SEED_REC, &token, Some(format!("bytes={len}-"))).await.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(fetch(&emu, SEED_REC, &token, None).await.status(), StatusCode::OK);
+    assert_eq!(fetch(&emu, "999", &token, None).await.status(), StatusCode::NOT_FOUND);
+    get(&format!("{}/restapi/v1.0/account/~/recording/{SEED_REC}", emu.api_url()), &token).await;
+    let s = emu.stats();
+    assert_eq!(s.media_by_recording, [(SEED_REC.to_string(), 4), ("999".to_string(), 1)].into());
+    assert_eq!(s.media_of(SEED_REC), 4);
+    assert_eq!(s.media(), 5);
+    let served: Stats = http().get(format!("{}/__emulator/stats", emu.api_url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(served, s);
+    // Stats from before the field still parse.
+    let old: Stats = serde_json::from_str(r#"{"by_endpoint":{},"by_group":{},"throttled":0,"penalty_violations":0,"retry_after_violations":0,"bytes_served":0,"faults_injected":0}"#).unwrap();
+    assert!(old.media_by_recording.is_empty());
+    // Throttled requests count too.
+    let emu = start(Config { rate: RateLimits { heavy: 1, ..RateLimits::default() }, ..config() }).await;
+    let token = access(&login(&emu).await);
+    assert_eq!(fetch(&emu, SEED_REC, &token, Some("bytes=0-0".into())).await.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(fetch(&emu, SEED_REC, &token, Some("bytes=0-0".into())).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(emu.stats().media_of(SEED_REC), 2);
+    emu.reset_stats();
+    assert!(emu.stats().media_by_recording.is_empty());
+}
+
+/// Kills the emulator process when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn emulator_binary_takes_media_mix() {
+    const BIN: &str = env!("CARGO_BIN_EXE_ringfs-emulator");
+    let help = std::process::Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--media-mix <SEED>"));
+    let bad = std::process::Command::new(BIN).args(["--media-mix", "many"]).output().unwrap();
+    assert!(!bad.status.success());
+
+    // A seed whose draw for the seed recording is told apart from no mix by the first answers.
+    let truth = start(Config::default()).await;
+    let bytes = truth.recording_bytes(SEED_REC).unwrap();
+    let len = bytes.len() as u64;
+    let seed = (1..)
+        .find(|&s| {
+            let q = MediaQuirks::draw(s, SEED_REC, len);
+            q.not_found_first == 1 && q.errors_first == 1 && q.chunked && q.range == RangeMode::Honour
+        })
+        .unwrap();
+    let mut child = Child(
+        std::process::Command::new(BIN)
+            .args(["--media-mix", &seed.to_string(), "--unlimited"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()));
+    let api = lines.next().unwrap().unwrap();
+    let media = lines.next().unwrap().unwrap();
+    let c = Config::default();
+    let tokens: Value = http()
+        .post(format!("{api}/restapi/oauth/token"))
+        .basic_auth(&c.client_id, Some(&c.client_secret))
+        .form(&[("grant_type", JWT_GRANT), ("assertion", c.jwt.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{media}/restapi/v1.0/account/~/recording/{SEED_REC}/content");
+    let mut statuses = Vec::new();
+    let r = loop {
+        let r = get(&url, &access(&tokens)).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == StatusCode::OK || statuses.len() > 5 {
+            break r;
+        }
+    };
+    assert_eq!(statuses, [404, 503, 200]);
+    assert!(!r.headers().contains_key("content-length"));
+    assert_eq!(hdr(&r, "accept-ranges"), "bytes");
 }

@@ -108,6 +108,12 @@ struct Args {
     /// Media: answer audio/x-wav instead of audio/wav.
     #[arg(long)]
     x_wav: bool,
+    /// Media: every recording draws its own mix of quirks from SEED (chunked or not, Range
+    /// honoured, ignored, capped or without a total, 416 with or without Content-Range or a whole
+    /// body, audio/x-wav, cuts at fixed offsets, a speed cap, a 404 and 5xx before the content);
+    /// the three media flags above are then ignored.
+    #[arg(long, value_name = "SEED")]
+    media_mix: Option<u64>,
     /// Fault: cut media connections after N body bytes.
     #[arg(long, value_name = "N")]
     drop_after_bytes: Option<u64>,
@@ -178,6 +184,8 @@ impl Args {
                 omit_content_length: self.omit_content_length,
                 ignore_range: self.ignore_range,
                 x_wav: self.x_wav,
+                mixed: self.media_mix,
+                ..MediaBehaviour::default()
             },
             faults: Faults {
                 drop_after_bytes: self.drop_after_bytes,

@@ -5,12 +5,14 @@
 //! expire and die when replaced, the Heavy group allows 10 requests a minute and a request sent
 //! during a penalty restarts it, records appear only some time after a call ends and recordings
 //! only after that. Where the real service is undocumented (Content-Length, Range support,
-//! `audio/x-wav`), [`MediaBehaviour`] makes each answer a setting.
+//! `audio/x-wav`, cut and refused downloads), [`MediaBehaviour`] makes each answer a setting, for
+//! the whole account or per recording ([`MediaQuirks`]), so that tests can mix them.
 //!
 //! # Layout
 //! - [`data`]: the calls of the account, deterministic from the seed (metadata only).
 //! - [`audio`]: recording bytes generated on demand from `(key, offset)`; nothing is stored.
 //! - [`server`]: the HTTP side: auth, call log, recordings, rate limits, faults, accounting.
+//! - [`quirks`]: the media host's behaviour per recording, and what it has seen of each.
 //!
 //! Start it in-process with [`Emulator::start`] (tests) or [`run`] with listeners you bound
 //! yourself (the `ringfs-emulator` binary). Both hosts listen on loopback ports; `contentUri`s in
@@ -18,7 +20,10 @@
 
 mod audio;
 mod data;
+mod quirks;
 mod server;
+
+pub use quirks::{MediaQuirks, PastEnd, RangeMode};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -91,6 +96,10 @@ impl RateLimits {
 }
 
 /// How the media host answers where the real service's behaviour is undocumented.
+///
+/// Each recording is served with one [`MediaQuirks`]: [`Emulator::set_media_quirks`] if called
+/// for it, else `per_recording`, else one drawn from `mixed`, else the three flags (which stand
+/// for `chunked`, [`RangeMode::Ignore`] and `x_wav`). [`Emulator::media_quirks`] tells which.
 #[derive(Clone, Debug, Default)]
 pub struct MediaBehaviour {
     /// Send bodies chunked, without `Content-Length`.
@@ -99,6 +108,11 @@ pub struct MediaBehaviour {
     pub ignore_range: bool,
     /// Say `audio/x-wav` instead of `audio/wav` (older services did).
     pub x_wav: bool,
+    /// Every recording draws its own `MediaQuirks` from this seed (see [`MediaQuirks::draw`]);
+    /// the flags above are then ignored.
+    pub mixed: Option<u64>,
+    /// Quirks for particular recording ids; wins over `mixed` and the flags.
+    pub per_recording: std::collections::HashMap<String, MediaQuirks>,
 }
 
 /// Fault injection; [`Emulator::set_faults`] changes it while running.
@@ -240,8 +254,12 @@ pub struct Stats {
     pub retry_after_violations: u64,
     /// Media body bytes sent.
     pub bytes_served: u64,
-    /// Injected faults (5xx, forced 429, malformed JSON, dropped or refused connections).
+    /// Injected faults (5xx, forced 429, malformed JSON, dropped or refused connections),
+    /// including the 5xx and cuts of [`MediaQuirks`] (not their 404s).
     pub faults_injected: u64,
+    /// Media content requests per recording id, every answer counted (401, 404, 416, 429, 5xx too).
+    #[serde(default)]
+    pub media_by_recording: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -256,6 +274,10 @@ impl Stats {
     /// Media (recording content) requests.
     pub fn media(&self) -> u64 {
         self.endpoint("recording-content")
+    }
+    /// Media content requests for one recording (0 when none).
+    pub fn media_of(&self, recording_id: &str) -> u64 {
+        self.media_by_recording.get(recording_id).copied().unwrap_or(0)
     }
 }
 
@@ -279,7 +301,7 @@ pub struct CallInfo {
     /// The extension whose call log holds the record.
     pub extension_id: String,
     pub recording_id: Option<String>,
-    /// `audio/mpeg` or `audio/wav` (`audio/x-wav` with [`MediaBehaviour::x_wav`]).
+    /// `audio/mpeg` or `audio/wav` (`audio/x-wav` when the recording's [`MediaQuirks::x_wav`] is set).
     pub content_type: Option<&'static str>,
     /// Size in bytes of the recording content.
     pub recording_len: Option<u64>,
@@ -338,6 +360,18 @@ impl Emulator {
     /// Replaces the fault settings; takes effect for the next request.
     pub fn set_faults(&self, faults: Faults) {
         self.state.set_faults(faults);
+    }
+
+    /// The media quirks in force for a recording, whichever way they were set (see
+    /// [`MediaBehaviour`]); for an unknown id, those of a 0-byte recording.
+    pub fn media_quirks(&self, recording_id: &str) -> MediaQuirks {
+        self.state.media_quirks(recording_id)
+    }
+
+    /// Sets a recording's media quirks while running; they win over the configuration, and the
+    /// recording's request count (`not_found_first`, `errors_first`) and fired drops start afresh.
+    pub fn set_media_quirks(&self, recording_id: &str, q: MediaQuirks) {
+        self.state.set_media_quirks(recording_id, q);
     }
 
     /// Every call of the account, including live calls that have started so far.
