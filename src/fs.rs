@@ -27,6 +27,7 @@
 //! are listed again after `recent_ttl`; older dates never change and are kept.
 
 mod index;
+mod plan;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -43,6 +44,7 @@ use crate::catalog::{self, AudioKind, Window};
 use crate::media::{BoxFuture, Known, Media, MediaError, RecordingKey};
 
 pub use index::{Index, KnownRecording, Session};
+use plan::PagePlan;
 
 /// One page of the call log.
 #[derive(Debug, Clone, Default)]
@@ -300,9 +302,6 @@ pub struct Fs {
 
 /// Largest number of ids kept in the negative cache before it is cleared.
 const NEGATIVE_CAP: usize = 10_000;
-/// A span reaches forward while it is expected to hold fewer records than this (half a page, so
-/// a wrong density estimate still leaves the asked date on the first page most of the time).
-const FORWARD_BUDGET: f64 = 500.0;
 
 impl Fs {
     pub fn new(log: Arc<dyn CallLog>, media: Arc<Media>, config: FsConfig) -> Fs {
@@ -569,62 +568,15 @@ impl Fs {
         }
     }
 
-    /// Chooses the next request for listing `date`: continue the open cursor when `date` is the
-    /// next date it would reach, or start a span ending at `date`.
+    /// Chooses the next request for listing `date` ([`plan::plan_page`]), with the clocks
+    /// applied here: a cursor over dates that may still change is continued only within
+    /// `recent_ttl` of its last page, or its next pages would miss calls that appeared since.
     fn plan(&self, st: &State, date: Date, now: Timestamp) -> PagePlan {
         let w = &self.config.window;
-        let (date_start, date_end) = w.date_range(date);
-        if let Some(c) = &st.index.cursor {
-            let fresh = c.created.elapsed() < self.config.recent_ttl || !self.is_recent(w.date_of(c.oldest), now);
-            // The cursor covers `date` if `date` lies in its span at or below its oldest record,
-            // and every date between is already listed (so nothing is skipped).
-            let reaches = c.from <= date_start && date <= w.date_of(c.oldest);
-            if fresh && reaches {
-                let mut between_listed = true;
-                let mut d = date;
-                while let Ok(next) = d.tomorrow() {
-                    if next >= w.date_of(c.oldest) {
-                        break;
-                    }
-                    if !self.is_listed(st, next, now) {
-                        between_listed = false;
-                        break;
-                    }
-                    d = next;
-                }
-                if between_listed {
-                    return PagePlan { from: c.from, to: c.to, next: Some(c.next.clone()) };
-                }
-            }
-        }
-        // A new span: back from `date` over unlisted dates in the window...
-        let (window_first, window_last) = w.bounds(now);
-        let mut first = date;
-        while let Ok(prev) = first.yesterday() {
-            if prev < window_first || self.is_listed(st, prev, now) {
-                break;
-            }
-            first = prev;
-        }
-        // ...and forward while the expected count stays small.
-        let mut last = date;
-        if let Some(density) = st.density {
-            let mut expected = density * (date_end.duration_since(w.date_range(first).0).as_secs_f64());
-            while let Ok(next) = last.tomorrow() {
-                if next > window_last || self.is_listed(st, next, now) {
-                    break;
-                }
-                let (s, e) = w.date_range(next);
-                expected += density * e.duration_since(s).as_secs_f64();
-                if expected > FORWARD_BUDGET {
-                    break;
-                }
-                last = next;
-            }
-        }
-        let from = w.date_range(first).0;
-        let to = w.date_range(last).1.min(now);
-        PagePlan { from, to, next: None }
+        let cursor = st.index.cursor.as_ref().filter(|c| {
+            c.created.elapsed() < self.config.recent_ttl || !self.is_recent(w.date_of(c.oldest), now)
+        });
+        plan::plan_page(date, |d| self.is_listed(st, d, now), w, st.density, cursor, now)
     }
 
     async fn run_page(&self, plan: PagePlan) -> Result<(), FsError> {
@@ -1027,12 +979,6 @@ impl Fs {
             self.media.close(&key);
         }
     }
-}
-
-struct PagePlan {
-    from: Timestamp,
-    to: Timestamp,
-    next: Option<String>,
 }
 
 /// `HH-MM-SS ...`, how every session directory's name starts.

@@ -2,8 +2,9 @@
 //! and a real FUSE mount that is always unmounted, even when a test fails.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ringfs::api::{Client, ClientConfig, Credentials};
@@ -81,6 +82,24 @@ impl Mounted {
     pub fn emu(&self) -> &Emulator {
         &self.stack.emu
     }
+}
+
+/// Whether this process can mount FUSE file systems: root, and `/dev/fuse` present. Tests that
+/// mount return early when it cannot, so `cargo test` elsewhere (a container, an unprivileged
+/// user) runs everything else; the reason is printed once per test binary.
+pub fn can_mount() -> bool {
+    static CAN: OnceLock<bool> = OnceLock::new();
+    *CAN.get_or_init(|| {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let fuse = Path::new("/dev/fuse").exists();
+        if !(root && fuse) {
+            // Past the test harness's capture (which takes only `print!`/`eprint!`), so the
+            // reason shows in a normal run.
+            let _ = writeln!(std::io::stderr(), "skipped: needs root and /dev/fuse (the tests that mount return early)");
+        }
+        root && fuse
+    })
 }
 
 pub fn mount(stack: Stack) -> Mounted {

@@ -1,0 +1,896 @@
+//! The filesystem core without a kernel: [`Fs`] driven directly, over a scripted call log
+//! ([`scripted::ScriptedLog`], optionally behind the failure-injecting [`faulty::Faulty`]) and
+//! the media layer over [`FakeSource`]. Every test counts the call-log queries it causes, so
+//! the costs the module docs of `ringfs::fs` promise are asserted here in milliseconds, and the
+//! timeouts run under paused tokio time.
+//!
+//! Each test prints its figures (`[core] ...`); `cargo test --test core -- --nocapture` shows
+//! them.
+
+// The helpers only this binary uses live beside it (`tests/core/`), not in `tests/common/`,
+// which every test binary compiles.
+#[path = "core/faulty.rs"]
+mod faulty;
+#[path = "core/scripted.rs"]
+mod scripted;
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp, ToSpan};
+use ringfs::api::Scope;
+use ringfs::catalog::Window;
+use ringfs::fs::{Attr, DirEntry, Fs, FsConfig, FsError, Kind, ScopeChoice};
+use ringfs::media::fake::{FakeRecording, FakeSource, expected};
+use ringfs::media::{Media, MediaConfig};
+
+use faulty::{Faulty, Outcome};
+use scripted::{Call, PAGE, QueryKind, ScriptedLog, calls_back_from};
+
+const ROOT: u64 = 1;
+/// Dates the test window shows (today and the nine before).
+const DAYS: u32 = 10;
+
+// ------------------------------------------------------------------ harness
+
+/// One core over a scripted log and a fake media host.
+struct Core {
+    fs: Fs,
+    /// The scripted log: the queries that reached it.
+    log: Arc<ScriptedLog>,
+    /// The wrapper in front of it: every call, with the outcome it got.
+    faults: Arc<Faulty>,
+    media: Arc<FakeSource>,
+}
+
+fn core(log: ScriptedLog, tune: impl FnOnce(&mut FsConfig)) -> Core {
+    let log = Arc::new(log);
+    let faults = Arc::new(Faulty::new(log.clone()));
+    let media = Arc::new(FakeSource::new());
+    let mut config = FsConfig::new(Window::last_days(DAYS, TimeZone::UTC));
+    tune(&mut config);
+    let fs = Fs::new(
+        faults.clone(),
+        Media::new(media.clone(), MediaConfig::default()),
+        config,
+    );
+    Core {
+        fs,
+        log,
+        faults,
+        media,
+    }
+}
+
+impl Core {
+    /// Looks `path` up from the root, one component at a time (`""` is the root).
+    async fn lookup(&self, path: &str) -> Result<Attr, FsError> {
+        let mut attr = self.fs.getattr(ROOT).await?;
+        for name in path.split('/').filter(|n| !n.is_empty()) {
+            attr = self.fs.lookup(attr.ino, OsStr::new(name)).await?;
+        }
+        Ok(attr)
+    }
+
+    /// The entries of the directory at `path`.
+    async fn list(&self, path: &str) -> Result<Vec<DirEntry>, FsError> {
+        let attr = self.lookup(path).await?;
+        self.fs.opendir(attr.ino).await
+    }
+
+    /// Call-log pages answered so far.
+    fn pages(&self) -> usize {
+        self.log.pages().len()
+    }
+
+    /// Calls of any kind that reached the wrapper, failed or not.
+    fn calls(&self) -> usize {
+        self.faults.seen().len()
+    }
+
+    /// The whole content of the file at `path`, read through `open`/`read`/`release` in pieces
+    /// of `piece` bytes.
+    async fn read_all(&self, path: &str, piece: u32) -> Result<Vec<u8>, FsError> {
+        let attr = self.lookup(path).await?;
+        let opened = self.fs.open(attr.ino, false).await?;
+        let mut out = Vec::new();
+        let result = loop {
+            match self
+                .fs
+                .read(attr.ino, opened.fh, out.len() as u64, piece)
+                .await
+            {
+                Ok(b) if b.is_empty() => break Ok(out),
+                Ok(b) => out.extend_from_slice(&b),
+                Err(e) => break Err(e),
+            }
+        };
+        self.fs.release(opened.fh);
+        result
+    }
+}
+
+fn names(entries: &[DirEntry]) -> Vec<String> {
+    entries.iter().map(|e| e.name.clone()).collect()
+}
+
+fn today() -> Date {
+    Timestamp::now().to_zoned_datetime(TimeZone::UTC).date()
+}
+
+fn days_ago(n: i64) -> Date {
+    today().checked_sub(n.days()).unwrap()
+}
+
+fn midnight(d: Date) -> Timestamp {
+    d.to_zoned_datetime(TimeZone::UTC).unwrap().timestamp()
+}
+
+fn at(d: Date, hms: &str) -> Timestamp {
+    let t: jiff::civil::Time = hms.parse().unwrap();
+    d.to_datetime(t)
+        .to_zoned_datetime(TimeZone::UTC)
+        .unwrap()
+        .timestamp()
+}
+
+/// A few calls on every past date of the window but `except`, so queries have neighbours.
+fn background(except: Date) -> Vec<Call> {
+    let mut out = Vec::new();
+    for n in 1..i64::from(DAYS) {
+        let d = days_ago(n);
+        if d != except {
+            let base = at(d, "12:00:00");
+            out.extend(calls_back_from(
+                base,
+                5,
+                600,
+                9_000_000_000 + n as u64 * 100,
+                90_000_000 + n as u64 * 100,
+            ));
+        }
+    }
+    out
+}
+
+/// `n` calls on date `d`, one every `step` seconds back from 23:59:00.
+fn crowded(d: Date, n: usize, step: i64) -> Vec<Call> {
+    assert!(n as i64 * step < 86_400, "the calls fit in the date");
+    calls_back_from(at(d, "23:59:00"), n, step, 6_000_000_000, 60_000_000)
+}
+
+fn errno(r: &Result<impl Sized, FsError>) -> Option<i32> {
+    r.as_ref().err().map(FsError::to_errno)
+}
+
+// ------------------------------------------------------------------ listing costs
+
+#[tokio::test]
+async fn a_date_of_2500_recordings_costs_3_pages() {
+    let d = days_ago(3);
+    let mut calls = crowded(d, 2500, 30);
+    calls.extend(background(d));
+    let c = core(ScriptedLog::new(&calls), |_| {});
+    let listed = c.list(&d.to_string()).await.unwrap();
+    assert_eq!(listed.len(), 2500);
+    let pages = c.log.pages();
+    let continued: Vec<bool> = pages.iter().map(|q| q.next.is_some()).collect();
+    assert_eq!(
+        continued,
+        [false, true, true],
+        "one query, continued twice: {pages:?}"
+    );
+    assert_eq!(
+        pages[0].to,
+        Some(midnight(d.tomorrow().unwrap())),
+        "the span ends with the date"
+    );
+    // Listed: the second listing, and the dates the query covered on the way, are free.
+    c.list(&d.to_string()).await.unwrap();
+    c.list(&days_ago(4).to_string()).await.unwrap();
+    assert_eq!(c.pages(), 3);
+    eprintln!("[core] a date of 2500 recordings: {} pages", c.pages());
+}
+
+#[tokio::test]
+async fn a_full_walk_newest_first_costs_ceil_n_over_1000_pages() {
+    // N calls spread over the ten dates, the newest a minute ago.
+    let n = 4321;
+    let newest = Timestamp::now() - SignedDuration::from_secs(60);
+    let step = (i64::from(DAYS - 1) * 86_400 - 120) / n as i64;
+    let c = core(
+        ScriptedLog::new(&calls_back_from(newest, n, step, 5_000_000_000, 50_000_000)),
+        |_| {},
+    );
+    let root = c.fs.opendir(ROOT).await.unwrap();
+    let root_names = names(&root);
+    let dates: Vec<String> = (0..i64::from(DAYS))
+        .map(|i| days_ago(i).to_string())
+        .collect();
+    assert_eq!(&root_names[..dates.len()], &dates[..], "dates newest first");
+    assert_eq!(&root_names[dates.len()..], ["by-session", "by-recording"]);
+    assert_eq!(c.pages(), 0, "the root is local");
+    // What `find` or `cp -r` do: every directory in readdir order, depth first.
+    let mut recordings = 0;
+    for date in &dates {
+        for session in c.list(date).await.unwrap() {
+            let files = c.list(&format!("{date}/{}", session.name)).await.unwrap();
+            recordings += files.iter().filter(|f| f.name.ends_with(".mp3")).count();
+        }
+    }
+    assert_eq!(recordings, n);
+    let want = n.div_ceil(PAGE);
+    eprintln!(
+        "[core] a walk of {n} recordings newest first: {} pages (ceil(N/1000) = {want})",
+        c.pages()
+    );
+    assert_eq!(c.pages(), want, "{:?}", c.log.pages());
+    assert!(
+        c.log.pages()[1..].iter().all(|q| q.next.is_some()),
+        "one query, continued"
+    );
+}
+
+#[tokio::test]
+async fn a_walk_in_name_order_stays_cheap() {
+    // `ls -R` sorts by name: oldest date first, against the call log's order.
+    let n = 4321;
+    let newest = Timestamp::now() - SignedDuration::from_secs(60);
+    let step = (i64::from(DAYS - 1) * 86_400 - 120) / n as i64;
+    let c = core(
+        ScriptedLog::new(&calls_back_from(newest, n, step, 5_000_000_000, 50_000_000)),
+        |_| {},
+    );
+    let mut recordings = 0;
+    for i in (0..i64::from(DAYS)).rev() {
+        recordings += c.list(&days_ago(i).to_string()).await.unwrap().len();
+    }
+    assert_eq!(recordings, n);
+    // Each span ends with the date asked for and reaches forward over newer dates while it is
+    // expected to hold under half a page: never more than one query per date, and fewer where
+    // calls are sparse.
+    let pages = c.pages();
+    eprintln!(
+        "[core] a walk of {n} recordings oldest first: {pages} pages (newest first: {})",
+        n.div_ceil(PAGE)
+    );
+    assert!(pages <= DAYS as usize, "{pages} pages: {:?}", c.log.pages());
+    assert!(
+        c.log.pages().iter().all(|q| q.next.is_none()),
+        "every date on the first page of its query"
+    );
+}
+
+// ------------------------------------------------------------------ scope
+
+#[tokio::test]
+async fn a_403_on_the_account_call_log_switches_to_the_extension_once() {
+    let d = days_ago(5);
+    let mut calls = background(d);
+    calls.push(Call::new("1234567890", at(d, "10:00:00"), "44444444"));
+    let c = core(ScriptedLog::new(&calls), |_| {});
+    c.faults
+        .always(|q| q.scope == Some(Scope::Account), Outcome::Forbidden);
+    // A listing, a newer date (a new query), a session lookup.
+    assert_eq!(c.list(&d.to_string()).await.unwrap().len(), 1);
+    assert_eq!(c.list(&days_ago(2).to_string()).await.unwrap().len(), 5);
+    c.lookup("by-session/5").await.unwrap_err();
+    let account = c
+        .faults
+        .seen()
+        .iter()
+        .filter(|(q, _)| q.scope == Some(Scope::Account))
+        .count();
+    assert_eq!(
+        account,
+        1,
+        "the account was asked once: {:?}",
+        c.faults.seen()
+    );
+    let answered = c.log.queries();
+    assert!(
+        answered.iter().all(|q| q.scope == Some(Scope::Extension)),
+        "{answered:?}"
+    );
+    assert!(answered.iter().any(|q| q.kind == QueryKind::FindSession));
+    eprintln!(
+        "[core] 403 then the extension: {} calls, {account} to the account",
+        c.calls()
+    );
+}
+
+#[tokio::test]
+async fn a_403_on_a_session_lookup_switches_too() {
+    let d = days_ago(5);
+    let mut calls = background(d);
+    calls.push(Call::new("1234567890", at(d, "10:00:00"), "44444444"));
+    let c = core(ScriptedLog::new(&calls), |_| {});
+    c.faults
+        .always(|q| q.scope == Some(Scope::Account), Outcome::Forbidden);
+    assert_eq!(
+        c.list("by-session/1234567890").await.unwrap().len(),
+        2,
+        "the recording and call.json"
+    );
+    assert_eq!(c.list(&d.to_string()).await.unwrap().len(), 1);
+    let account = c
+        .faults
+        .seen()
+        .iter()
+        .filter(|(q, _)| q.scope == Some(Scope::Account))
+        .count();
+    assert_eq!(account, 1, "{:?}", c.faults.seen());
+    assert!(
+        c.log
+            .queries()
+            .iter()
+            .all(|q| q.scope == Some(Scope::Extension))
+    );
+}
+
+#[tokio::test]
+async fn a_fixed_account_scope_fails_on_403_instead_of_switching() {
+    let d = days_ago(5);
+    let c = core(ScriptedLog::new(&background(d)), |fc| {
+        fc.scope = ScopeChoice::Fixed(Scope::Account)
+    });
+    c.faults
+        .always(|q| q.scope == Some(Scope::Account), Outcome::Forbidden);
+    let r = c.list(&days_ago(2).to_string()).await;
+    assert_eq!(errno(&r), Some(libc::EIO), "{r:?}");
+    assert!(
+        c.log.queries().is_empty(),
+        "never the extension: {:?}",
+        c.log.queries()
+    );
+}
+
+// ------------------------------------------------------------------ failures and timeouts
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_call_log_fails_listings_after_the_read_timeout() {
+    let timeout = Duration::from_secs(5);
+    let c = core(ScriptedLog::new(&background(days_ago(0))), |fc| {
+        fc.read_timeout = timeout
+    });
+    c.faults
+        .always(|q| q.kind == QueryKind::Page, Outcome::Hang);
+    let (a, b) = (
+        c.lookup(&days_ago(2).to_string()).await.unwrap(),
+        c.lookup(&days_ago(6).to_string()).await.unwrap(),
+    );
+    let t = tokio::time::Instant::now();
+    // The second listing waits behind the first's lock, bounded all the same.
+    let (ra, rb) = tokio::join!(c.fs.opendir(a.ino), c.fs.opendir(b.ino));
+    let took = t.elapsed();
+    assert!(matches!(ra, Err(FsError::TimedOut)), "{ra:?}");
+    assert_eq!(errno(&ra), Some(libc::EIO));
+    assert_eq!(errno(&rb), Some(libc::EIO), "{rb:?}");
+    assert!(
+        took >= timeout && took < timeout + Duration::from_millis(100),
+        "{took:?}"
+    );
+    // The listing recovers once the log answers; nothing half-listed is taken for listed.
+    c.faults.clear_rules();
+    assert_eq!(c.fs.opendir(a.ino).await.unwrap().len(), 5);
+    assert_eq!(c.fs.opendir(b.ino).await.unwrap().len(), 5);
+    eprintln!(
+        "[core] hung log: two listings failed after {took:?} (read timeout {timeout:?}); {} calls",
+        c.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_page_released_before_the_read_timeout_succeeds() {
+    let timeout = Duration::from_secs(5);
+    let c = core(ScriptedLog::new(&background(days_ago(0))), |fc| {
+        fc.read_timeout = timeout
+    });
+    c.faults.script([Outcome::Hang]);
+    let a = c.lookup(&days_ago(2).to_string()).await.unwrap();
+    let t = tokio::time::Instant::now();
+    let release = async {
+        tokio::time::sleep(timeout - Duration::from_secs(1)).await;
+        c.faults.release();
+    };
+    let (r, ()) = tokio::join!(c.fs.opendir(a.ino), release);
+    assert_eq!(r.unwrap().len(), 5);
+    assert_eq!(t.elapsed(), timeout - Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_date_listed_slower_than_the_read_timeout_succeeds_while_pages_flow() {
+    let timeout = Duration::from_secs(2);
+    let d = days_ago(2);
+    let mut calls = crowded(d, 4500, 15);
+    calls.extend(background(d));
+    for (delay, ok) in [
+        (Duration::from_millis(1500), true),
+        (Duration::from_millis(2500), false),
+    ] {
+        let c = core(ScriptedLog::new(&calls), |fc| fc.read_timeout = timeout);
+        c.faults
+            .always(|q| q.kind == QueryKind::Page, Outcome::Delay(delay));
+        let t = tokio::time::Instant::now();
+        let r = c.list(&d.to_string()).await;
+        let took = t.elapsed();
+        eprintln!(
+            "[core] pages every {delay:?}, read timeout {timeout:?}: {} after {took:?}, {} pages",
+            if r.is_ok() { "listed" } else { "failed" },
+            c.pages()
+        );
+        if ok {
+            assert_eq!(r.unwrap().len(), 4500);
+            assert_eq!(c.pages(), 5);
+            assert!(
+                took > 2 * timeout,
+                "the listing outlasts the timeout: {took:?}"
+            );
+        } else {
+            assert!(
+                matches!(r, Err(FsError::TimedOut)),
+                "a page slower than the timeout fails: {r:?}"
+            );
+            assert_eq!(took, timeout);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_5xx_fails_the_listing_and_the_next_one_starts_over() {
+    let d = days_ago(3);
+    let mut calls = crowded(d, 2500, 30);
+    calls.extend(background(d));
+    let c = core(ScriptedLog::new(&calls), |_| {});
+    // The first page comes, the second fails.
+    c.faults.script([Outcome::Pass, Outcome::ServerError(503)]);
+    let r = c.list(&d.to_string()).await;
+    assert!(matches!(r, Err(FsError::Api(_))), "{r:?}");
+    assert_eq!(errno(&r), Some(libc::EIO));
+    let before = c.pages();
+    // A failed continuation drops the cursor: the retry is a new query, and completes.
+    assert_eq!(c.list(&d.to_string()).await.unwrap().len(), 2500);
+    let retry = &c.log.pages()[before..];
+    assert!(retry[0].next.is_none(), "{retry:?}");
+    assert_eq!(retry.len(), 3, "{retry:?}");
+    eprintln!(
+        "[core] 503 on page 2: {} calls, {} pages answered",
+        c.calls(),
+        c.pages()
+    );
+}
+
+// ------------------------------------------------------------------ by-session, by-recording
+
+#[tokio::test]
+async fn by_session_lookups_cost_one_query_and_unknown_ids_are_remembered() {
+    let d = days_ago(4);
+    let mut calls = background(d);
+    calls.push(Call::new("1234567890", at(d, "10:00:00"), "44444444"));
+    calls.push(Call {
+        recordings: vec![],
+        ..Call::new("2345678901", at(d, "11:00:00"), "x")
+    });
+    let c = core(ScriptedLog::new(&calls), |_| {});
+    let found = c.lookup("by-session/1234567890").await.unwrap();
+    assert_eq!(found.kind, Kind::Dir);
+    assert_eq!(c.calls(), 1);
+    let q = &c.log.queries()[0];
+    assert_eq!(
+        (q.kind, q.id.as_deref()),
+        (QueryKind::FindSession, Some("1234567890"))
+    );
+    c.lookup("by-session/1234567890").await.unwrap();
+    let files = names(&c.list("by-session/1234567890").await.unwrap());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(c.calls(), 1, "known now: free");
+    for unknown in ["99999999", "2345678901"] {
+        let before = c.calls();
+        assert!(matches!(
+            c.lookup(&format!("by-session/{unknown}")).await,
+            Err(FsError::NotFound)
+        ));
+        assert_eq!(c.calls(), before + 1, "{unknown}: one query");
+        assert!(matches!(
+            c.lookup(&format!("by-session/{unknown}")).await,
+            Err(FsError::NotFound)
+        ));
+        assert_eq!(c.calls(), before + 1, "{unknown}: remembered as absent");
+    }
+    assert!(matches!(
+        c.lookup("by-session/not a session").await,
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(c.calls(), 3, "an implausible id costs nothing");
+    // A 404 from the call log means absent too; a 5xx is not remembered, and the next lookup asks.
+    c.faults
+        .script([Outcome::NotFound, Outcome::ServerError(502)]);
+    for _ in 0..2 {
+        assert!(matches!(
+            c.lookup("by-session/77777777").await,
+            Err(FsError::NotFound)
+        ));
+    }
+    assert_eq!(c.calls(), 4);
+    let r = c.lookup("by-session/88888888").await;
+    assert_eq!(errno(&r), Some(libc::EIO), "{r:?}");
+    let r = c.lookup("by-session/88888888").await;
+    assert!(matches!(r, Err(FsError::NotFound)), "asked again: {r:?}");
+    assert_eq!(c.calls(), 6);
+    // by-session lists the sessions known so far.
+    assert_eq!(names(&c.list("by-session").await.unwrap()), ["1234567890"]);
+    assert_eq!(c.pages(), 0);
+}
+
+#[tokio::test]
+async fn by_recording_lookups_cost_one_query_and_unknown_ids_are_remembered() {
+    let d = days_ago(4);
+    let mut calls = background(d);
+    calls.push(Call::new("1234567890", at(d, "10:00:00"), "44444444"));
+    // Without a media host to build URLs from: the metadata endpoint, one request per id.
+    let c = core(ScriptedLog::new(&calls).without_media_host(), |_| {});
+    let found = c.lookup("by-recording/44444444.mp3").await.unwrap();
+    assert_eq!(found.kind, Kind::File);
+    let q = c.log.queries();
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        (q[0].kind, q[0].id.as_deref()),
+        (QueryKind::RecordingMeta, Some("44444444"))
+    );
+    assert_eq!(
+        c.lookup("by-recording/44444444.wav").await.unwrap().ino,
+        found.ino,
+        "either extension"
+    );
+    assert_eq!(c.calls(), 1);
+    for _ in 0..2 {
+        assert!(matches!(
+            c.lookup("by-recording/55555555.mp3").await,
+            Err(FsError::NotFound)
+        ));
+    }
+    assert_eq!(
+        c.calls(),
+        2,
+        "the unknown id costs one query, then is remembered"
+    );
+    for odd in [
+        "44444444.ogg",
+        "44444444",
+        "2026-01-01 10-00-00 in x 44444444.mp3",
+    ] {
+        assert!(
+            matches!(
+                c.lookup(&format!("by-recording/{odd}")).await,
+                Err(FsError::NotFound)
+            ),
+            "{odd}"
+        );
+    }
+    assert_eq!(
+        c.calls(),
+        2,
+        "names that cannot be a recording cost nothing"
+    );
+    assert_eq!(
+        names(&c.list("by-recording").await.unwrap()),
+        ["44444444.mp3"]
+    );
+    assert!(c.media.opens().is_empty());
+
+    // With a media host: the URL built from the id is opened (the download a read would use);
+    // the call log only when the media host says 404.
+    let c = core(ScriptedLog::new(&calls), |_| {});
+    c.media.add("44444444", FakeRecording::new(1000, 1));
+    c.lookup("by-recording/44444444.mp3").await.unwrap();
+    assert_eq!(c.calls(), 0);
+    assert_eq!(c.media.opens().len(), 1);
+    for _ in 0..2 {
+        assert!(matches!(
+            c.lookup("by-recording/55555555.mp3").await,
+            Err(FsError::NotFound)
+        ));
+    }
+    assert_eq!(
+        (c.calls(), c.media.opens().len()),
+        (1, 2),
+        "one media open and one query, then remembered"
+    );
+}
+
+// ------------------------------------------------------------------ names and content
+
+#[tokio::test]
+async fn session_directories_and_files_are_named_as_the_catalog_makes_them() {
+    let d = days_ago(2);
+    let inbound = Call {
+        name: Some("John Smith".into()),
+        number: Some("+14155550100".into()),
+        ..Call::new("1234567890", at(d, "14:05:12"), "44444444")
+    };
+    let outbound = Call {
+        inbound: false,
+        number: None,
+        ext: Some("205".into()),
+        ..Call::new("2345678901", at(d, "09:00:00"), "44444445")
+    };
+    // A transfer: two records of one session, each with its recording.
+    let jane = |id: &str, t: &str, rec: &str| Call {
+        id: id.into(),
+        number: Some("+16505550100".into()),
+        name: Some("Jane Doe".into()),
+        ..Call::new("3456789012", at(d, t), rec)
+    };
+    let transfer = [
+        jane("La", "16:00:00", "44444446"),
+        jane("Lb", "16:03:00", "44444447"),
+    ];
+    let unrecorded = Call {
+        recordings: vec![],
+        ..Call::new("4567890123", at(d, "10:00:00"), "x")
+    };
+    let hostile = Call {
+        name: Some("Evil/../x:\u{202e}gpj".into()),
+        ..Call::new("5678901234", at(d, "18:00:00"), "44444448")
+    };
+    let mut calls = vec![inbound.clone(), outbound, unrecorded, hostile];
+    calls.extend(transfer.clone());
+    let c = core(ScriptedLog::new(&calls), |_| {});
+    let day = d.to_string();
+    let sessions = c.list(&day).await.unwrap();
+    assert_eq!(
+        names(&sessions),
+        [
+            "09-00-00 out ext 205 2345678901",
+            "14-05-12 in +14155550100 John Smith 1234567890",
+            "16-00-00 in +16505550100 Jane Doe 3456789012",
+            "18-00-00 in +15558901234 Evil-..-x-gpj 5678901234",
+        ]
+    );
+    assert!(sessions.iter().all(|s| s.kind == Kind::Dir));
+    let dir = format!("{day}/14-05-12 in +14155550100 John Smith 1234567890");
+    assert_eq!(
+        names(&c.list(&dir).await.unwrap()),
+        [
+            format!("{day} 14-05-12 in +14155550100 John Smith 44444444.mp3"),
+            "call.json".into()
+        ]
+    );
+    let dir = format!("{day}/16-00-00 in +16505550100 Jane Doe 3456789012");
+    let files = names(&c.list(&dir).await.unwrap());
+    assert_eq!(
+        files,
+        [
+            format!("{day} 16-00-00 in +16505550100 Jane Doe 44444446.mp3"),
+            format!("{day} 16-03-00 in +16505550100 Jane Doe 44444447.mp3"),
+            "call.json".into()
+        ],
+        "each recording named after its own record"
+    );
+    // A name the kernel may still hold with the other extension finds the same file.
+    let mp3 = c.lookup(&format!("{dir}/{}", files[0])).await.unwrap();
+    let wav = c
+        .lookup(&format!("{dir}/{}", files[0].replace(".mp3", ".wav")))
+        .await
+        .unwrap();
+    assert_eq!(mp3.ino, wav.ino);
+    // Names that only look like a session of the date are refused.
+    for wrong in [
+        "14-05-12 in +14155550100 John Smith 2345678901",
+        "14-05-12 in 1234567890",
+        "10-00-00 in +15557890123 4567890123",
+    ] {
+        assert!(
+            matches!(
+                c.lookup(&format!("{day}/{wrong}")).await,
+                Err(FsError::NotFound)
+            ),
+            "{wrong}"
+        );
+    }
+    // call.json: the record as the API returned it; an array for a session of several.
+    let one: serde_json::Value = serde_json::from_slice(
+        &c.read_all(
+            &format!("{day}/14-05-12 in +14155550100 John Smith 1234567890/call.json"),
+            100,
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(one, inbound.json());
+    let json = c.read_all(&format!("{dir}/call.json"), 4096).await.unwrap();
+    let two: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(
+        two,
+        serde_json::Value::Array(transfer.iter().map(Call::json).collect())
+    );
+    assert_eq!(
+        c.lookup(&format!("{dir}/call.json")).await.unwrap().size,
+        json.len() as u64
+    );
+    assert_eq!(c.pages(), 1);
+}
+
+#[tokio::test]
+async fn reading_a_recording_returns_the_fake_bytes() {
+    let d = days_ago(2);
+    let len = 300_001; // more than one 256 KiB chunk, not a multiple of anything
+    let seed = 7;
+    let c = core(
+        ScriptedLog::new(&[Call::new("1234567890", at(d, "10:00:00"), "44444444")]),
+        |_| {},
+    );
+    c.media.add("44444444", FakeRecording::new(len, seed));
+    let session = format!("{d}/{}", c.list(&d.to_string()).await.unwrap()[0].name);
+    let file = format!("{session}/{}", c.list(&session).await.unwrap()[0].name);
+    let before = c.lookup(&file).await.unwrap();
+    assert_eq!(
+        (before.size, before.attr_ttl),
+        (60 * 4000, Duration::ZERO),
+        "an estimate from the duration, not cached"
+    );
+    assert!(c.media.opens().is_empty(), "listing and stat open nothing");
+
+    let opened = c.fs.open(before.ino, false).await.unwrap();
+    assert!(opened.keep_cache && !opened.direct_io, "{opened:?}");
+    let after = c.fs.getattr(before.ino).await.unwrap();
+    assert_eq!(after.size, len, "exact once the media host told it");
+    let mut got = Vec::new();
+    loop {
+        let b =
+            c.fs.read(before.ino, opened.fh, got.len() as u64, 65_536)
+                .await
+                .unwrap();
+        if b.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&b);
+    }
+    assert!(
+        got == expected(seed, 0, len),
+        "{} bytes, want {len}",
+        got.len()
+    );
+    let middle =
+        c.fs.read(before.ino, opened.fh, 123_456, 1000)
+            .await
+            .unwrap();
+    assert!(middle[..] == expected(seed, 123_456, 1000)[..]);
+    assert!(
+        c.fs.read(before.ino, opened.fh, len + 10, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "past the end"
+    );
+    c.fs.release(opened.fh);
+    let stale = c.fs.read(before.ino, opened.fh, 0, 100).await;
+    assert_eq!(errno(&stale), Some(libc::EBADF), "{stale:?}");
+    assert_eq!(errno(&c.fs.open(before.ino, true).await), Some(libc::EROFS));
+    let opens = c.media.opens();
+    assert_eq!(
+        opens,
+        [("44444444".to_string(), 0)],
+        "one request for a whole sequential read"
+    );
+
+    // The same recording through by-recording.
+    assert!(
+        c.read_all("by-recording/44444444.mp3", 50_000)
+            .await
+            .unwrap()
+            == expected(seed, 0, len)
+    );
+    eprintln!(
+        "[core] {len} bytes read exactly; media requests {:?}, call-log calls {}",
+        c.media.opens(),
+        c.calls()
+    );
+    assert_eq!(c.calls(), 1);
+}
+
+#[tokio::test]
+async fn desktop_probes_and_impossible_names_cost_nothing() {
+    let d = days_ago(2);
+    let c = core(
+        ScriptedLog::new(&[Call::new("1234567890", at(d, "10:00:00"), "44444444")]),
+        |_| {},
+    );
+    let day = d.to_string();
+    let probes = [
+        ".DS_Store",
+        "._2026-01-01",
+        ".Trash-0",
+        ".Trashes",
+        ".hidden",
+        "autorun.inf",
+        "desktop.ini",
+        ".xdg-volume-info",
+        "Thumbs.db",
+        ".git",
+    ];
+    for dir in ["", day.as_str(), "by-session", "by-recording"] {
+        for p in probes {
+            let r = c.lookup(&format!("{dir}/{p}")).await;
+            assert!(matches!(r, Err(FsError::NotFound)), "{dir}/{p}: {r:?}");
+        }
+    }
+    for odd in [
+        "2026-13-01",
+        "2000-01-01",
+        "1999-12-31",
+        "today",
+        &days_ago(i64::from(DAYS)).to_string(),
+    ] {
+        assert!(
+            matches!(c.lookup(odd).await, Err(FsError::NotFound)),
+            "{odd}"
+        );
+    }
+    // In a date, only `HH-MM-SS ...` can be a session: anything else is refused unlisted.
+    for odd in [
+        "folder",
+        "10-00-00",
+        "1234567890",
+        "10:00:00 in x 1234567890",
+    ] {
+        assert!(
+            matches!(
+                c.lookup(&format!("{day}/{odd}")).await,
+                Err(FsError::NotFound)
+            ),
+            "{odd}"
+        );
+    }
+    assert_eq!(c.calls(), 0, "{:?}", c.faults.seen());
+    assert!(c.media.opens().is_empty());
+    // The date lists once, and probes inside its session stay free.
+    let session = format!("{day}/{}", c.list(&day).await.unwrap()[0].name);
+    for p in probes {
+        assert!(
+            matches!(
+                c.lookup(&format!("{session}/{p}")).await,
+                Err(FsError::NotFound)
+            ),
+            "{p}"
+        );
+    }
+    assert_eq!(c.calls(), 1);
+    eprintln!(
+        "[core] probes and impossible names: {} call-log calls, the date's listing",
+        c.calls()
+    );
+}
+
+#[tokio::test]
+async fn attributes_follow_the_configuration() {
+    let c = core(ScriptedLog::new(&[]), |fc| {
+        fc.uid = 1234;
+        fc.gid = 5678;
+    });
+    let root = c.fs.getattr(ROOT).await.unwrap();
+    assert_eq!(
+        (root.kind, root.perm, root.uid, root.gid),
+        (Kind::Dir, 0o500, 1234, 5678)
+    );
+    let past = c.lookup(&days_ago(3).to_string()).await.unwrap();
+    assert_eq!(
+        past.attr_ttl,
+        c.fs.config().stable_ttl,
+        "a past date never changes"
+    );
+    let today = c.lookup(&days_ago(0).to_string()).await.unwrap();
+    assert_eq!(today.attr_ttl, Duration::from_secs(1), "today may change");
+    assert!(matches!(
+        c.fs.getattr(999_999).await,
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(errno(&c.fs.opendir(999_999).await), Some(libc::ENOENT));
+    assert_eq!(errno(&c.fs.open(ROOT, false).await), Some(libc::EISDIR));
+    assert!(c.list(&days_ago(3).to_string()).await.unwrap().is_empty());
+    assert_eq!(c.pages(), 1);
+}
