@@ -17,6 +17,9 @@
 //!   total untold): its clean end ends the response, not the content ([`BodyEnd::At`]).
 //! - **416** with `bytes */N` tells the length; a bare 416 only says nothing exists at the
 //!   offset ([`BodyEnd::PastEnd`]). Either answers with an empty body.
+//! - **A body delimited by the connection** (no length, not chunked, as HTTP/1.0 servers send)
+//!   cannot tell its end from a drop: its clean end is [`BodyEnd::Unconfirmed`], and the length
+//!   is not learned from it.
 //! - A body that delivers more than its headers announced, or ends cleanly before it, is an
 //!   error (`ContentMismatch`), so no byte that is not the recording's is ever handed out.
 
@@ -24,7 +27,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED, TRANSFER_ENCODING};
 
 use super::client::{Client, Req};
 use super::pacer::RateGroup;
@@ -41,6 +44,10 @@ pub enum BodyEnd {
     At(u64),
     /// Nothing exists at or after the requested offset (a 416 that did not tell the length).
     PastEnd,
+    /// The body had no length and was not chunked: it ended when the server closed the
+    /// connection, and a dropped connection ends it the same way. A clean end here is only a
+    /// candidate for the content's end, to be confirmed by another answer.
+    Unconfirmed,
 }
 
 /// One media response (see the module docs).
@@ -163,8 +170,12 @@ impl MediaStream {
         let resp = client.execute(&req, prio).await?;
         let status = resp.status().as_u16();
         let headers = resp.headers();
-        let answer =
+        let mut answer =
             interpret(status, headers, offset).map_err(|detail| ApiError::ContentMismatch { context: context.clone(), detail })?;
+        let chunked = header(headers, TRANSFER_ENCODING).is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if status != 416 && answer.end == BodyEnd::Content && answer.total.is_none() && !chunked {
+            answer.end = BodyEnd::Unconfirmed;
+        }
         // A 416's headers describe its error body, not the recording.
         let content_type = if status == 416 { None } else { media_type(headers) };
         let validator = if status == 416 {
@@ -195,8 +206,8 @@ impl MediaStream {
         self.content_type.as_deref()
     }
 
-    /// The whole content's exact length: as the server stated it, or as learned when a body that
-    /// ran from byte 0 ended cleanly. `None` while unknown.
+    /// The whole content's exact length: as the server stated it, or as learned when a chunked
+    /// body that ran from byte 0 ended cleanly. `None` while unknown.
     pub fn total_len(&self) -> Option<u64> {
         self.total_len
     }
@@ -263,9 +274,11 @@ impl MediaStream {
                             });
                         }
                         Some(_) => {}
-                        // No length: this clean end is the content's end (the body ran from byte
-                        // 0, skipped bytes included), even before the offset asked for.
-                        None => self.total_len = Some(self.body_pos),
+                        // No length, chunked: this clean end (the last chunk) is the content's
+                        // end (the body ran from byte 0, skipped bytes included), even before
+                        // the offset asked for. Delimited by the connection: only a candidate.
+                        None if self.end == BodyEnd::Content => self.total_len = Some(self.body_pos),
+                        None => {}
                     }
                     return Ok(None);
                 }

@@ -101,13 +101,16 @@ pub enum Reply {
         bare_416: bool,
         /// The connection drops when the body reaches this content offset.
         drop_at: Option<u64>,
+        /// Without a length: the body is delimited by its connection (not chunked), so a drop
+        /// looks like a clean end.
+        close_delimited: bool,
     },
 }
 
 impl Reply {
     /// The plain answer: length stated, Range honoured, no drop.
     pub fn plain() -> Reply {
-        Reply::Body { length: true, range: FakeRange::Honour, bare_416: false, drop_at: None }
+        Reply::Body { length: true, range: FakeRange::Honour, bare_416: false, drop_at: None, close_delimited: false }
     }
 }
 
@@ -247,19 +250,19 @@ impl MediaSource for FakeSource {
             };
             let reply = match &self.replies {
                 Some(f) if fault.is_none() => f(&id, offset, n),
-                _ => Reply::Body { length: rec.send_length, range: FakeRange::Honour, bare_416: false, drop_at: None },
+                _ => Reply::Body { length: rec.send_length, range: FakeRange::Honour, bare_416: false, drop_at: None, close_delimited: false },
             };
-            let (length, range, bare_416, drop_at) = match reply {
+            let (length, range, bare_416, drop_at, close_delimited) = match reply {
                 Reply::NotFound => return Err(MediaError::NotAvailable(format!("recording {id}: 404"))),
                 Reply::Unavailable => return Err(MediaError::Transient(format!("recording {id}: 503"))),
-                Reply::Body { length, range, bare_416, drop_at } => (length, range, bare_416, drop_at),
+                Reply::Body { length, range, bare_416, drop_at, close_delimited } => (length, range, bare_416, drop_at, close_delimited),
             };
+            let close_delimited = close_delimited && !length;
             let (fail_after, end_after) = match fault {
                 Some(Fault::ErrorAfter(n, e)) => (Some((offset + n, e)), None),
                 Some(Fault::EndAfter(n)) => (None, Some(offset + n)),
                 _ => (None, None),
             };
-            let fail_after = fail_after.or(drop_at.map(|at| (at, MediaError::Transient(format!("recording {id}: dropped at {at}")))));
             // What the headers say, as the HTTP adapter reports it.
             let ranged = offset > 0;
             let past_end = offset >= rec.len && ranged && range != FakeRange::Ignore;
@@ -279,6 +282,15 @@ impl MediaSource for FakeSource {
                     FakeRange::Ignore if ranged => (0, rec.len, length.then_some(rec.len), BodyEnd::Content),
                     _ => (offset, rec.len, length.then_some(rec.len), BodyEnd::Content),
                 }
+            };
+            // Only a body whose end nothing announces is delimited by its connection.
+            let close_delimited = close_delimited && end == BodyEnd::Content && !past_end;
+            let end = if close_delimited { BodyEnd::Unconfirmed } else { end };
+            // A drop is an error, but where the connection delimits the body it is an end.
+            let (fail_after, end_after) = match drop_at {
+                Some(at) if close_delimited => (fail_after, end_after.or(Some(at))),
+                Some(at) => (fail_after.or(Some((at, MediaError::Transient(format!("recording {id}: dropped at {at}"))))), end_after),
+                None => (fail_after, end_after),
             };
             self.counters.live_bodies.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(FakeBody {

@@ -62,7 +62,9 @@
 //! - pull a piece, append it, move full chunks to the LRU, evict, wake readers;
 //! - a clean end of the body means what the response said ([`BodyEnd`]): the content's end (the
 //!   size is then exact even without Content-Length), the end of a partial range (one more
-//!   request continues from there), or nothing at the offset (an upper bound on the size);
+//!   request continues from there), nothing at the offset (an upper bound on the size), or a
+//!   connection closed without a length, which a drop looks like too: one more request confirms
+//!   the end (it ends there again, or answers 416) or shows a drop (it goes on);
 //! - a drop (a body error after new bytes) resumes at once with a Range request from `pos`; a
 //!   request that brings no new byte (5xx, 429, transport error, a drop before any byte) is a
 //!   *strike* and the next waits a backoff. See **The request budget**;
@@ -317,6 +319,8 @@ struct Rec {
     /// Bytes up to here are known to exist (delivered by some response): a lower bound, never
     /// published as the size.
     seen: u64,
+    /// Where a body delimited by its connection ended, until a second answer confirms it.
+    candidate_end: Option<u64>,
     /// Requests that brought no new byte, and drops after new bytes, since the last download
     /// ended without failing (the request budget).
     strikes: u32,
@@ -382,6 +386,7 @@ impl Rec {
             validator: None,
             size_upper: None,
             seen: 0,
+            candidate_end: None,
             strikes: 0,
             drops: 0,
             cool_down: None,
@@ -975,7 +980,16 @@ async fn download_task(
             }
         }
         first = false;
-        let opened = sh.source.open(&key, at, prio).await;
+        // A request waits for the rate-limit pacer and then for its headers; if its reader gives
+        // up meanwhile (its read timed out), the request is withdrawn instead of spent.
+        let opened = tokio::select! {
+            opened = sh.source.open(&key, at, prio) => opened,
+            () = sh.unwanted(&id, download) => {
+                tracing::debug!(recording = %id, download, at, "nobody waits any more; request withdrawn");
+                sh.lock().end_download(&id, download, End::Idle, cs, budget);
+                return;
+            }
+        };
         let mut body = match opened {
             Ok(body) => body,
             Err(e) => {
@@ -1082,6 +1096,23 @@ async fn download_task(
                         g.end_download(&id, download, End::Eof, cs, budget);
                         return;
                     }
+                    // The connection closed with no length told: the content's end, or a drop.
+                    // A second answer ending at the same byte (or a 416 there) confirms it; one
+                    // that goes on shows it was a drop. One request per such end.
+                    BodyEnd::Unconfirmed if rec.candidate_end == Some(pos) => {
+                        rec.bound(pos);
+                        g.end_download(&id, download, End::Eof, cs, budget);
+                        return;
+                    }
+                    BodyEnd::Unconfirmed => {
+                        tracing::debug!(recording = %id, download, pos, "connection closed without a length; confirming the end");
+                        rec.candidate_end = Some(pos);
+                        break None;
+                    }
+                    // A partial range that ended before its end: a drop.
+                    BodyEnd::At(e) if pos < e => {
+                        break Some(MediaError::Transient(format!("recording {id}: range ended at byte {pos} of {e}")));
+                    }
                     // A partial range ended where it said it would: one more request goes on.
                     BodyEnd::At(_) => break None,
                 },
@@ -1147,8 +1178,9 @@ async fn download_task(
             d.pos
         };
         match broke {
-            // The end of a partial range: not a failure; the next request continues from `at`.
-            None if progressed => continue,
+            // The end of a partial range, or an end to confirm: not a failure; the next request
+            // continues from `at`.
+            None if progressed || awaits_confirmation(&sh, &id, at) => continue,
             None => {
                 let e = MediaError::Failed(format!("recording {id}: a partial response at byte {at} brought no byte"));
                 sh.after_failure(&id, download, e, false);
@@ -1162,7 +1194,30 @@ async fn download_task(
     }
 }
 
+/// Whether `at` is an end waiting to be confirmed (the request that confirms it brings nothing).
+fn awaits_confirmation(sh: &Shared, id: &Arc<str>, at: u64) -> bool {
+    sh.lock().recs.get(id).is_some_and(|r| r.candidate_end == Some(at))
+}
+
 impl Shared {
+    /// Resolves once no reader has asked for this download's bytes for `read_timeout` (every
+    /// reader that waited on it has timed out or gone), or once the download is gone.
+    async fn unwanted(&self, id: &Arc<str>, download: u64) {
+        loop {
+            let deadline = {
+                let g = self.lock();
+                match g.recs.get(id).and_then(|r| r.downloads.iter().find(|d| d.id == download)) {
+                    Some(d) => d.last_read + self.config.read_timeout,
+                    None => return,
+                }
+            };
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
     /// Decides, under the lock, what a download does after a request failed (`progressed`: its
     /// body brought new bytes before it broke). Ends the download when the failure is final, the
     /// budget is spent, or nobody waits for it; otherwise counts the request against the budget.

@@ -475,3 +475,25 @@ async fn thirty_two_recordings_with_a_small_budget() {
     // preferred chunks already read, chunks streamed ahead were evicted first: 91-93.
     assert!(fake.opens().len() <= 80, "{} requests: {:?} {s:?}", fake.opens().len(), fake.opens());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_nobody_waits_for_any_more_is_withdrawn() {
+    // Requests take longer than the read timeout (a pacer holding them, a host that does not
+    // answer): the read fails at its timeout, and the request behind it goes away with it
+    // instead of being spent later.
+    let slow = FakeSource::new().with_open_latency(Duration::from_secs(60));
+    let config = MediaConfig { read_timeout: Duration::from_secs(2), ..cfg() };
+    let (fake, media) = setup(slow, &[("a", FakeRecording::new(100_000, 30))], config);
+    let k = key("a");
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(media.read(&k, 0, 100, Priority::Interactive).await, Err(MediaError::TimedOut));
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    assert_eq!(fake.opens().len(), 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(fake.live_bodies(), 0);
+    // The download is gone: a new read starts a new one (no stale download to wait on).
+    assert_eq!(media.read(&k, 0, 100, Priority::Interactive).await, Err(MediaError::TimedOut));
+    assert_eq!(fake.opens().len(), 2);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(fake.bytes_sent(), 0, "no body was ever read for a reader that had gone");
+}
