@@ -390,11 +390,14 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         bail!("pipe: {}", std::io::Error::last_os_error());
     }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nothing else.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists (see above), so the child inherits a consistent process.
     match unsafe { libc::fork() } {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
         0 => {
             drop(r);
+            // SAFETY: setsid has no memory-safety preconditions; it fails only if already a leader.
             unsafe { libc::setsid() };
             Ok(std::fs::File::from(w))
         }
@@ -548,6 +551,10 @@ async fn connect(
             (c, Some(emu))
         }
     };
+    let mut config = config;
+    // A response silent for a third of the read timeout is taken for a drop and resumed, so a
+    // stalled connection costs a waiting reader one more request, not its whole wait.
+    config.stall_timeout = (opts.read_timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
     let client = Client::new(config).context("setting up the RingCentral client")?;
     client.login().await.context("logging in to RingCentral")?;
     Ok((client, emulator))

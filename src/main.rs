@@ -18,7 +18,7 @@ fn main() -> ExitCode {
 /// memory freed into one arena is not reused by another. Audio chunks are allocated by download
 /// tasks and freed by eviction on whichever runtime thread runs it, so with 20 readers the arenas
 /// held 10-18 MiB beyond the cache budget (peak RSS 122-125 -> 106-112 MiB, `--cache-size 64M`,
-/// 20 concurrent `cat`s; issue 6's benchmark). Two arenas keep contention low on the paths that
+/// 20 concurrent `cat`s in the benchmark). Two arenas keep contention low on the paths that
 /// allocate (one chunk per 256 KiB). Must run before any thread starts.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -7,14 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{can_mount, eventually, force_unmount};
+use common::{can_mount, eventually, force_unmount, is_mounted};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringfs");
-
-fn is_mounted(path: &Path) -> bool {
-    let p = path.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/mounts").unwrap().lines().any(|l| l.split(' ').nth(1) == Some(p.as_str()))
-}
 
 /// Unmounts and waits for the daemon to go away, whatever happens in the test.
 struct Guard<'a>(&'a Path);

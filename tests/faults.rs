@@ -1044,11 +1044,6 @@ impl Drop for MountPoint {
     }
 }
 
-fn is_mounted(p: &Path) -> bool {
-    let s = p.to_string_lossy();
-    std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split(' ').nth(1) == Some(&s))
-}
-
 fn ringfs_cmd(emu: &Emulator, cfg: &Config, mnt: &Path, state: &Path, log: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ringfs"));
     c.arg(emu.api_url())

@@ -118,11 +118,15 @@ impl Drop for Mounted {
     }
 }
 
+/// Whether anything is mounted at `path` (per /proc/mounts).
+pub fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split(' ').nth(1) == Some(&p))
+}
+
 /// Unmounts `path` if anything is still mounted there (lazy, so a busy mount goes too).
 pub fn force_unmount(path: &Path) {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let p = path.to_string_lossy();
-    if mounts.lines().any(|l| l.split(' ').nth(1) == Some(&p)) {
+    if is_mounted(path) {
         let _ = std::process::Command::new("umount").arg("-l").arg(path).status();
     }
 }
