@@ -1,0 +1,214 @@
+//! The media path over real HTTP framings the emulator's server cannot produce: bodies delimited
+//! by the connection (no `Content-Length`, not chunked, as HTTP/1.0 servers send), whose clean end
+//! looks exactly like a drop. A tiny hand-written server answers each request from a script.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringfs::api::{BodyEnd, Client, ClientConfig, Credentials, Priority};
+use ringfs::media::{Media, MediaConfig, RecordingKey};
+
+/// What the server does with one request: the status line and headers (without the blank line),
+/// the body bytes, and whether it closes before sending them all (after `cut` bytes).
+#[derive(Clone)]
+struct Answer {
+    head: String,
+    body: Vec<u8>,
+    cut: Option<usize>,
+}
+
+fn content(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// A server on loopback answering `POST /restapi/oauth/token` with a token and every other
+/// request with the next answer `script` gives for (request number, Range start).
+struct Server {
+    base: String,
+    requests: Arc<AtomicUsize>,
+    ranges: Arc<Mutex<Vec<Option<u64>>>>,
+}
+
+fn serve(script: impl Fn(usize, Option<u64>) -> Answer + Send + Sync + 'static) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let ranges = Arc::new(Mutex::new(Vec::new()));
+    let (r2, g2) = (requests.clone(), ranges.clone());
+    let script = Arc::new(script);
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let (requests, ranges, script) = (r2.clone(), g2.clone(), script.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1];
+                while !buf.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    buf.push(byte[0]);
+                }
+                let req = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                if req.starts_with("post /restapi/oauth/token") {
+                    // Drain the small form body, then answer with a token.
+                    let len: usize = req
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    let _ = conn.read_exact(&mut body);
+                    let json = r#"{"access_token":"tok","token_type":"bearer","expires_in":3600}"#;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                        json.len()
+                    );
+                    return;
+                }
+                let range = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("range: bytes="))
+                    .and_then(|v| v.trim().trim_end_matches('-').parse::<u64>().ok());
+                let n = requests.fetch_add(1, Ordering::SeqCst);
+                ranges.lock().unwrap().push(range);
+                let a = script(n, range);
+                let _ = write!(conn, "{}\r\nconnection: close\r\n\r\n", a.head);
+                let upto = a.cut.unwrap_or(a.body.len()).min(a.body.len());
+                let _ = conn.write_all(&a.body[..upto]);
+                let _ = conn.flush();
+                std::thread::sleep(Duration::from_millis(20));
+                // Dropping the connection ends the body: cleanly or not, the client cannot tell.
+            });
+        }
+    });
+    Server { base, requests, ranges }
+}
+
+fn client(base: &str) -> Client {
+    let mut cfg = ClientConfig::new(Credentials {
+        server_url: base.into(),
+        client_id: "a".into(),
+        client_secret: "b".into(),
+        jwt: "c".into(),
+    });
+    cfg.stall_timeout = Duration::from_secs(5);
+    Client::new(cfg).unwrap()
+}
+
+fn media(c: &Client) -> Arc<Media> {
+    Media::new(
+        Arc::new(ringfs::source::ApiMedia::new(c.clone())),
+        MediaConfig { read_timeout: Duration::from_secs(10), ..MediaConfig::default() },
+    )
+}
+
+async fn read_all(m: &Media, k: &RecordingKey) -> Vec<u8> {
+    m.open(k, Priority::Interactive).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let b = m.read(k, out.len() as u64, 128 << 10, Priority::Interactive).await.unwrap();
+        if b.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&b);
+    }
+    m.close(k);
+    out
+}
+
+/// A 200 delimited by its connection, from `from` (Range ignored) or a 206 from the range start.
+fn close_delimited(body: &[u8], range: Option<u64>, honour_range: bool, cut: Option<usize>) -> Answer {
+    match range.filter(|_| honour_range) {
+        Some(a) if a as usize >= body.len() => Answer {
+            head: format!("HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */{}\r\ncontent-length: 0", body.len()),
+            body: Vec::new(),
+            cut: None,
+        },
+        Some(a) => Answer {
+            // A 206 whose total is unknown, delimited by the connection.
+            head: format!("HTTP/1.1 206 Partial Content\r\ncontent-type: audio/mpeg\r\ncontent-range: bytes {a}-{}/*", body.len() - 1),
+            body: body[a as usize..].to_vec(),
+            cut,
+        },
+        None => Answer { head: "HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg".into(), body: body.to_vec(), cut },
+    }
+}
+
+#[tokio::test]
+async fn a_body_delimited_by_its_connection_is_an_unconfirmed_end() {
+    let truth = content(300_000);
+    let t = truth.clone();
+    let s = serve(move |_, range| close_delimited(&t, range, false, None));
+    let c = client(&s.base);
+    let mut stream = c.open_media(&format!("{}/media/x", s.base), 0, Priority::Interactive).await.unwrap();
+    assert_eq!((stream.total_len(), stream.end()), (None, BodyEnd::Unconfirmed));
+    let mut got = Vec::new();
+    while let Some(b) = stream.next_chunk().await.unwrap() {
+        got.extend_from_slice(&b);
+    }
+    assert!(got == truth);
+    assert_eq!(stream.total_len(), None, "an end that a drop looks like too tells no length");
+}
+
+#[tokio::test]
+async fn a_whole_close_delimited_body_is_confirmed_by_one_more_request() {
+    for honour_range in [false, true] {
+        let truth = content(300_000);
+        let t = truth.clone();
+        let s = serve(move |_, range| close_delimited(&t, range, honour_range, None));
+        let c = client(&s.base);
+        let m = media(&c);
+        let k = RecordingKey { id: "x".into(), content_uri: format!("{}/media/x", s.base) };
+        let got = read_all(&m, &k).await;
+        assert!(got == truth, "Range honoured: {honour_range}");
+        assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
+        // The whole body, then one request at its end that confirms it (416, or a 200 that ends
+        // at the same byte).
+        assert_eq!(s.requests.load(Ordering::SeqCst), 2, "Range honoured: {honour_range}");
+        assert_eq!(s.ranges.lock().unwrap()[1], Some(truth.len() as u64));
+    }
+}
+
+#[tokio::test]
+async fn a_drop_in_a_close_delimited_body_is_never_taken_for_the_end() {
+    for honour_range in [false, true] {
+        let truth = content(500_000);
+        let t = truth.clone();
+        // The first answer breaks off after 123 457 bytes; that looks like a clean end.
+        let s = serve(move |n, range| close_delimited(&t, range, honour_range, (n == 0).then_some(123_457)));
+        let c = client(&s.base);
+        let m = media(&c);
+        let k = RecordingKey { id: "x".into(), content_uri: format!("{}/media/x", s.base) };
+        let got = read_all(&m, &k).await;
+        assert_eq!(got.len(), truth.len(), "Range honoured: {honour_range}");
+        assert!(got == truth);
+        assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
+        // Cut, resumed from the cut (which went on: it was a drop), then the end confirmed.
+        assert_eq!(s.requests.load(Ordering::SeqCst), 3, "Range honoured: {honour_range}");
+        assert_eq!(s.ranges.lock().unwrap()[1], Some(123_457));
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_body_without_a_length_ends_at_its_last_chunk() {
+    let truth = content(200_000);
+    let t = truth.clone();
+    let s = serve(move |_, _| {
+        // Chunked framing by hand: one chunk, then the terminating one.
+        let mut body = format!("{:x}\r\n", t.len()).into_bytes();
+        body.extend_from_slice(&t);
+        body.extend_from_slice(b"\r\n0\r\n\r\n");
+        Answer { head: "HTTP/1.1 200 OK\r\ncontent-type: audio/x-wav\r\ntransfer-encoding: chunked".into(), body, cut: None }
+    });
+    let c = client(&s.base);
+    let m = media(&c);
+    let k = RecordingKey { id: "x".into(), content_uri: format!("{}/media/x", s.base) };
+    assert!(read_all(&m, &k).await == truth);
+    assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
+    assert_eq!(m.known("x").and_then(|k| k.content_type), Some("audio/x-wav".into()));
+    assert_eq!(s.requests.load(Ordering::SeqCst), 1, "the last chunk is a sure end: no request to confirm it");
+}
