@@ -69,6 +69,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("server_url", &self.transport.server())
+            .field("client_id", &self.transport.client_id())
             .field("media", &self.media)
             .finish_non_exhaustive()
     }

@@ -15,9 +15,11 @@
 //!    current token (renewing it first if the one that failed is still current); other 4xx are
 //!    returned at once. Every retry acquires a new permit and is counted.
 //!
-//! One bound: `max_retries` retries per request, whatever their cause, for requests that retry
-//! here at all (`Req::retry_transient`; media requests do not, the media layer owns their
-//! budget). A JSON body cut short is retried within the same bound by [`Transport::get_json`].
+//! The bound: `max_retries` retries per [`Transport::execute`], whatever their cause (the one
+//! 401 retry aside), for requests that retry here at all (`Req::retry_transient`; media requests
+//! do not, the media layer owns their budget). A JSON body cut short after a good status is
+//! resent by [`Transport::get_json`] up to `max_retries` times, each resend a new `execute`
+//! with its own bound.
 //!
 //! Timeouts: on connect (reqwest's `connect_timeout`), on waiting for response headers, and on
 //! each body chunk (`stall_timeout`, applied around each await by the reader). There is no
@@ -230,6 +232,11 @@ impl Transport {
     /// The API server's base URL.
     pub fn server(&self) -> &str {
         &self.shared.cfg.credentials.server_url
+    }
+
+    /// The app's client id (not a secret; shown by `Debug`).
+    pub fn client_id(&self) -> &str {
+        &self.shared.cfg.credentials.client_id
     }
 
     /// Makes sure there is a usable access token: the stored one if still fresh (no request),
