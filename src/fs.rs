@@ -39,9 +39,10 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use crate::api::{ApiError, CallRecord, Priority, RecordingMeta, Scope};
+use crate::api::{ApiError, Priority, Scope};
 use crate::catalog::{self, AudioKind, Window};
 use crate::media::{BoxFuture, Known, Media, MediaError, RecordingKey};
+use crate::model::{CallRecord, RecordingMeta};
 
 pub use index::{Index, KnownRecording, Session};
 use plan::PagePlan;
@@ -450,8 +451,8 @@ impl Fs {
                     .iter()
                     .find(|r| r.recordings.iter().any(|x| x.id == rec.id))
                     .unwrap_or(s.first());
-                let kind = self.kind_of(st, &rec.id);
-                (rec.id.clone(), catalog::recording_file_name(record, &rec.id, kind, tz))
+                let kind = self.kind_of(st, rec.id.as_str());
+                (rec.id.to_string(), catalog::recording_file_name(record, rec.id.as_str(), kind, tz))
             })
             .collect();
         let mut out: Vec<DirEntry> = named

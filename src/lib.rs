@@ -2,21 +2,35 @@
 //!
 //! # Layout
 //!
-//! The modules are layered; each one only uses the ones listed above it.
+//! The modules are layered: each one uses only modules below it, and [`model`] uses none.
 //!
-//! - [`emulator`]: an in-process RingCentral API emulator (API host + media host), used by the
-//!   tests, the benchmarks, `ringfs demo` and the `ringfs-emulator` binary.
-//! - [`api`]: the RingCentral client. Auth, call log, recording media, and the request budget
-//!   (one pacer per rate group). It is the only code that sends requests, and names no FUSE type.
-//! - [`catalog`]: pure naming: call-log records -> dates, session directories, file names.
-//! - [`media`]: lazy opening of recordings, one shared streaming download per recording, and the
-//!   byte-budgeted LRU chunk cache.
-//! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
-//!   `Result<_, FsError>`; testable without a kernel.
-//! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
-//! - [`source`]: binds the client to the traits of the core and the media layer.
+//! ```text
+//! cli ──> source, fuse, fs, media, catalog, api, emulator
+//! source ──> fs, media, api          (binds the client to the core's traits)
+//! fuse ──> fs
+//! fs ──> catalog, media, api, model
+//! media ──> api                      (Priority, BodyEnd)
+//! catalog ──> model
+//! api ──> model
+//! model                              (no ringfs module)
+//! emulator                           (no ringfs module; the tests' RingCentral)
+//! ```
+//!
 //! - [`cli`]: command line and `-o` options -> one validated configuration; mounting and the
 //!   parent/child readiness handshake.
+//! - [`source`]: binds the client to the traits of the core and the media layer.
+//! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
+//! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
+//!   `Result<_, FsError>`; testable without a kernel.
+//! - [`media`]: lazy opening of recordings, one shared streaming download per recording, and the
+//!   byte-budgeted LRU chunk cache.
+//! - [`catalog`]: pure naming: call-log records -> dates, session directories, file names.
+//! - [`api`]: the RingCentral client. Auth, call log, recording media, and the request budget
+//!   (one pacer per rate group). It is the only code that sends requests, and names no FUSE type.
+//! - [`model`]: the domain types: call records, parties, recordings, and the `RecordingId` and
+//!   `SessionId` newtypes.
+//! - [`emulator`]: an in-process RingCentral API emulator (API host + media host), used by the
+//!   tests, the benchmarks, `ringfs demo` and the `ringfs-emulator` binary.
 
 pub mod api;
 pub mod catalog;
@@ -25,4 +39,5 @@ pub mod emulator;
 pub mod fs;
 pub mod fuse;
 pub mod media;
+pub mod model;
 pub mod source;

@@ -295,12 +295,12 @@ async fn listing_n_records_spends_ceil_n_over_1000_requests() {
     assert_eq!(ids.len(), records.len());
     for r in &records {
         let truth = expected.iter().find(|c| c.call_log_id == r.id).expect("record of a real call");
-        assert_eq!(r.session_id, truth.session_id);
+        assert_eq!(r.session_id.as_str(), truth.session_id);
         assert_eq!(r.start_time, truth.start);
         assert_eq!(r.inbound, truth.inbound);
         assert_eq!(r.duration, truth.duration_s);
         assert_eq!(r.recordings.len(), 1, "record and legs carry the same recording once");
-        assert_eq!(Some(&r.recordings[0].id), truth.recording_id.as_ref());
+        assert_eq!(Some(r.recordings[0].id.as_str()), truth.recording_id.as_deref());
         assert_eq!(r.raw["id"].as_str(), Some(r.id.as_str()));
     }
 }
@@ -313,21 +313,21 @@ async fn find_session_and_recording_metadata() {
     let now = jiff::Timestamp::now();
     let found = c.find_session(Scope::Account, &info.session_id, ts(now, -95 * DAY), Priority::Interactive).await.unwrap();
     assert_eq!(found.len(), 1);
-    assert_eq!(found[0].session_id, info.session_id);
+    assert_eq!(found[0].session_id.as_str(), info.session_id);
     assert_eq!(found[0].from.phone_number, info.from_number);
     let rec = &found[0].recordings[0];
-    assert_eq!(Some(&rec.id), info.recording_id.as_ref());
+    assert_eq!(Some(rec.id.as_str()), info.recording_id.as_deref());
 
-    let meta = c.recording_meta(&rec.id, Priority::Interactive).await.unwrap();
+    let meta = c.recording_meta(rec.id.as_str(), Priority::Interactive).await.unwrap();
     assert_eq!(meta.content_uri, rec.content_uri);
     assert_eq!(meta.content_type.as_deref(), info.content_type);
     // The manual URL (approach 2) serves the same bytes as the contentUri.
-    let manual = c.recording_content_url(&rec.id).unwrap();
+    let manual = c.recording_content_url(rec.id.as_str()).unwrap();
     assert!(manual.starts_with(&emu.media_url()), "{manual}");
     let mut s = c.open_media(&manual, 0, Priority::Interactive).await.unwrap();
     assert_eq!(s.content_type(), info.content_type);
     assert_eq!(s.total_len(), info.recording_len);
-    assert_eq!(read_all(&mut s).await.unwrap(), emu.recording_bytes(&rec.id).unwrap());
+    assert_eq!(read_all(&mut s).await.unwrap(), emu.recording_bytes(rec.id.as_str()).unwrap());
 
     // Not found is the service saying no, and it is not retried.
     let before = emu.stats().endpoint("recording-meta");

@@ -5,8 +5,9 @@
 //! `"{server_url}#{client_id}"` to the tokens of that app on that server, plus a fingerprint of
 //! the JWT so that a changed credential (another user) does not reuse the previous user's tokens.
 //! A file that group or others can read is not trusted (its tokens may have leaked) and is
-//! replaced at the next write. The refresh logic itself lives in `client.rs` (it needs the
-//! request machinery); this file holds the pure parts.
+//! replaced at the next write. The renewal itself (single-flight, refresh or JWT login) lives in
+//! `transport.rs`, because it sends its requests through the same request path; this file holds
+//! the pure parts.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,7 +17,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ApiError, Credentials};
+use super::credentials::Credentials;
+use super::error::ApiError;
 
 /// A token. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]

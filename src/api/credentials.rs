@@ -7,7 +7,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// The production API host, used when no server URL is configured.
 pub const DEFAULT_SERVER_URL: &str = "https://platform.ringcentral.com";

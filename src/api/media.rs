@@ -29,9 +29,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED, TRANSFER_ENCODING};
 
-use super::client::{Client, Req};
+use super::Priority;
+use super::error::ApiError;
 use super::pacer::RateGroup;
-use super::{ApiError, Priority};
+use super::transport::{Req, Transport};
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -52,7 +53,8 @@ pub enum BodyEnd {
 
 /// One media response (see the module docs).
 pub struct MediaStream {
-    client: Client,
+    /// The request path, for reading the body with its stall timeout.
+    transport: Transport,
     context: String,
     content_type: Option<String>,
     /// The content's exact length: stated by the server, or learned at a clean end of a body
@@ -161,13 +163,13 @@ fn media_type(h: &HeaderMap) -> Option<String> {
 impl MediaStream {
     /// Sends one request for the content from `offset` and reads its headers. Transient failures
     /// are returned, not retried: the caller owns the retry budget.
-    pub(crate) async fn open(client: Client, uri: String, offset: u64, prio: Priority) -> Result<MediaStream, ApiError> {
+    pub(crate) async fn open(transport: Transport, uri: String, offset: u64, prio: Priority) -> Result<MediaStream, ApiError> {
         let context = format!("GET media {}", short_uri(&uri));
         let mut req = Req::get(uri, RateGroup::Heavy, context.clone());
         req.range_from = (offset > 0).then_some(offset);
         req.passthrough = &[416];
         req.retry_transient = false;
-        let resp = client.execute(&req, prio).await?;
+        let resp = transport.execute(&req, prio).await?;
         let status = resp.status().as_u16();
         let headers = resp.headers();
         let mut answer =
@@ -188,7 +190,7 @@ impl MediaStream {
         }
         let body = if status == 416 { None } else { Some(Box::pin(resp.bytes_stream()) as Body) };
         Ok(MediaStream {
-            client,
+            transport,
             context,
             content_type,
             total_len: answer.total,
@@ -233,7 +235,7 @@ impl MediaStream {
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
         loop {
             let Some(body) = self.body.as_mut() else { return Ok(None) };
-            match self.client.next_body_chunk(body, &self.context).await {
+            match self.transport.next_body_chunk(body, &self.context).await {
                 Err(e) => {
                     self.body = None;
                     return Err(e);

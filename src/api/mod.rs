@@ -1,31 +1,42 @@
 //! The RingCentral client: auth, call log, recording media, and the request budget.
 //!
 //! This is the only code that talks to RingCentral and the only place that spends requests
-//! (see `shared/ringcentral-api.md` for the contract it follows). It names no FUSE type.
+//! (see `shared/ringcentral-api.md` for the contract it follows). It names no FUSE type. The
+//! records it returns are [`crate::model`] types, re-exported here for callers of the client.
 //!
-//! - [`credentials`]: `RC_*` / `RINGCENTRAL_*` settings from the environment or a private file.
+//! The modules, each using only those listed after it:
+//! - `client`: [`Client`], the cheap-to-clone facade callers hold; it forwards to the modules
+//!   below and holds no logic of its own.
+//! - `call_log`: the call-log endpoints: one query builder, one `nextPage` follower that keeps
+//!   the bearer token on the API host, lenient page parsing.
+//! - `recordings`: recording metadata, the media host (configured, learned or derived) and
+//!   the "manual" content URL, opening a recording's content.
+//! - `media`: [`MediaStream`], one media response read exactly as the server sent it.
+//! - `transport`: the single request path (pacer permit -> bearer token -> send -> retry
+//!   policy -> body reading with the stall timeout) and the counters.
 //! - `auth`: token answers, renewal timing, the 0600 state file that keeps tokens across
 //!   restarts.
 //! - `pacer`: one pacer per rate group, shared by all clones of the [`Client`]; priority queue,
 //!   limits learned from `X-Rate-Limit-*`, holds after 429 (the algorithm is described there).
-//! - `client`: [`Client`], the single request path (pacer -> token -> send -> retry policy).
-//! - `records`: lenient parsing of call-log records and recording metadata.
-//! - `media`: [`MediaStream`], a resumable streaming download.
+//! - [`credentials`]: `RC_*` / `RINGCENTRAL_*` settings from the environment or a private file.
 //! - `error`: [`ApiError`].
 
 mod auth;
+mod call_log;
 mod client;
 pub mod credentials;
 mod error;
 mod media;
 pub mod pacer;
-mod records;
+mod recordings;
+mod transport;
 
-pub use client::{Client, ClientConfig, ClientStats};
+pub use crate::model::{CallRecord, Party, RecordingMeta, RecordingRef};
+pub use client::{Client, ClientConfig};
 pub use credentials::Credentials;
 pub use error::ApiError;
 pub use media::{BodyEnd, MediaStream};
-pub use records::{CallRecord, Party, RecordingMeta, RecordingRef};
+pub use transport::ClientStats;
 
 /// A `reqwest` client builder with TLS ready: rustls with the *ring* crypto provider.
 ///

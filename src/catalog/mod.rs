@@ -15,7 +15,7 @@ mod window;
 
 pub use window::Window;
 
-use crate::api::{CallRecord, Party};
+use crate::model::{CallRecord, Party};
 use jiff::tz::TimeZone;
 
 /// The longest file name Linux and macOS accept, in bytes.
@@ -170,7 +170,7 @@ fn compose(prefix: &str, party: &str, suffix: &str) -> String {
 pub fn session_dir_name(record: &CallRecord, tz: &TimeZone) -> String {
     let local = record.start_time.to_zoned_datetime(tz.clone());
     let prefix = format!("{} {}", local.strftime("%H-%M-%S"), direction_word(record));
-    let suffix = format!(" {}", sanitize(&record.session_id));
+    let suffix = format!(" {}", sanitize(record.session_id.as_str()));
     compose(&prefix, &party_label(other_party(record)), &suffix)
 }
 
@@ -246,7 +246,7 @@ pub fn is_probe_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{CallRecord, Party};
+    use crate::model::{CallRecord, Party};
 
     fn record(inbound: bool, start: &str, from: Party, to: Party) -> CallRecord {
         CallRecord {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use crate::api::{CallRecord, RecordingRef};
+use crate::model::{CallRecord, RecordingRef};
 use crate::catalog::Window;
 
 /// One call session: every call-log record that carries its `sessionId`.
@@ -80,17 +80,17 @@ impl Index {
         for record in records {
             for rec in &record.recordings {
                 self.recordings.insert(
-                    rec.id.clone(),
+                    rec.id.to_string(),
                     KnownRecording {
-                        id: rec.id.clone(),
+                        id: rec.id.to_string(),
                         content_uri: rec.content_uri.clone(),
-                        session_id: Some(record.session_id.clone()),
+                        session_id: Some(record.session_id.to_string()),
                         start: Some(record.start_time),
                         duration: Some(record.duration),
                     },
                 );
             }
-            let session_id = record.session_id.clone();
+            let session_id = record.session_id.to_string();
             let session = self
                 .sessions
                 .entry(session_id.clone())
@@ -150,7 +150,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Party;
+    use crate::model::Party;
     use jiff::civil::date;
     use jiff::tz::TimeZone;
 

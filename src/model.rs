@@ -1,21 +1,93 @@
-//! Lenient parsing of call-log records and recording metadata.
+//! The domain model: call-log records, the parties of a call, recordings, and the ids that name
+//! them.
 //!
-//! The call log is the service's data, not ours: unknown fields are ignored, optional fields may
-//! be missing, and one broken record is logged and skipped without losing the rest of its page.
-//! A record is *broken* when it lacks what ringfs cannot do without: `id`, `sessionId` and a
-//! parseable `startTime`. Recordings are collected from the record and from every leg
-//! (Detailed view) and deduplicated by recording id, because one recording can appear in several
-//! legs.
+//! These types are what every layer talks about, so they live below all of them: the client
+//! produces them, the naming rules and the filesystem consume them. This module uses no other
+//! ringfs module; it only knows the shape of the data.
+//!
+//! Parsing is lenient because the call log is the service's data, not ours: unknown fields are
+//! ignored, optional fields may be missing, and ids that arrive as numbers are read as strings.
+//! A record is *broken* (and [`CallRecord::from_json`] refuses it) when it lacks what ringfs
+//! cannot do without: `id`, `sessionId` and a parseable `startTime`. Recordings are collected
+//! from the record and from every leg (Detailed view) and deduplicated by recording id, because
+//! one recording can appear in several legs.
+
+use std::fmt;
 
 use serde_json::Value;
+
+/// Defines a string id newtype: compared, hashed and ordered as its text, shown as its text.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id as the service wrote it.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        // Comparing with text reads naturally where an id meets a name or a path component;
+        // comparing two different kinds of id stays a type error.
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+string_id! {
+    /// `recording.id`: the stable key of a recording (its content never changes).
+    RecordingId
+}
+
+string_id! {
+    /// `sessionId`: one call session; a call transferred or forwarded keeps it across its legs
+    /// and records.
+    SessionId
+}
 
 /// One call-log record.
 #[derive(Clone, Debug)]
 pub struct CallRecord {
-    /// The record id.
+    /// The record id (of this call-log entry, not of a recording).
     pub id: String,
     /// `sessionId`: the call session; ringfs names directories after it.
-    pub session_id: String,
+    pub session_id: SessionId,
     /// `telephonySessionId`, when present.
     pub telephony_session_id: Option<String>,
     /// `startTime` (UTC).
@@ -48,17 +120,17 @@ pub struct Party {
 /// A recording as referenced by a call-log record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordingRef {
-    /// `recording.id`: the stable key of the recording.
-    pub id: String,
+    /// `recording.id`.
+    pub id: RecordingId,
     /// Absolute URL of the content on the media host.
     pub content_uri: String,
 }
 
-/// `GET /restapi/v1.0/account/~/recording/{id}`.
+/// A recording's metadata (`GET /restapi/v1.0/account/~/recording/{id}`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordingMeta {
     /// Recording id.
-    pub id: String,
+    pub id: RecordingId,
     /// Absolute URL of the content.
     pub content_uri: String,
     /// `audio/mpeg`, `audio/wav` or `audio/x-wav` when given. The content response's
@@ -79,7 +151,9 @@ fn string_of(v: Option<&Value>) -> Option<String> {
 
 fn u64_of(v: Option<&Value>) -> Option<u64> {
     match v? {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f.round() as u64)),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f.round() as u64)),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -98,7 +172,10 @@ fn party_of(v: Option<&Value>) -> Party {
 
 fn recording_of(v: Option<&Value>) -> Option<RecordingRef> {
     let v = v?;
-    Some(RecordingRef { id: string_of(v.get("id"))?, content_uri: string_of(v.get("contentUri"))? })
+    Some(RecordingRef {
+        id: string_of(v.get("id"))?.into(),
+        content_uri: string_of(v.get("contentUri"))?,
+    })
 }
 
 impl CallRecord {
@@ -108,10 +185,15 @@ impl CallRecord {
             return Err("record is not an object".into());
         }
         let id = string_of(raw.get("id")).ok_or("missing id")?;
-        let session_id = string_of(raw.get("sessionId")).ok_or_else(|| format!("record {id}: missing sessionId"))?;
-        let start = raw.get("startTime").and_then(Value::as_str).ok_or_else(|| format!("record {id}: missing startTime"))?;
-        let start_time: jiff::Timestamp =
-            start.parse().map_err(|e| format!("record {id}: bad startTime {start:?}: {e}"))?;
+        let session_id = string_of(raw.get("sessionId"))
+            .ok_or_else(|| format!("record {id}: missing sessionId"))?;
+        let start = raw
+            .get("startTime")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("record {id}: missing startTime"))?;
+        let start_time: jiff::Timestamp = start
+            .parse()
+            .map_err(|e| format!("record {id}: bad startTime {start:?}: {e}"))?;
         let mut recordings: Vec<RecordingRef> = Vec::new();
         let mut add = |r: Option<RecordingRef>| {
             if let Some(r) = r
@@ -138,7 +220,7 @@ impl CallRecord {
             recordings,
             raw: raw.clone(),
             id,
-            session_id,
+            session_id: session_id.into(),
         })
     }
 }
@@ -147,50 +229,15 @@ impl RecordingMeta {
     /// Parses the metadata answer; `id` and `contentUri` are required.
     pub fn from_json(v: &Value) -> Result<RecordingMeta, String> {
         let id = string_of(v.get("id")).ok_or("missing id")?;
-        let content_uri = string_of(v.get("contentUri")).ok_or_else(|| format!("recording {id}: missing contentUri"))?;
+        let content_uri = string_of(v.get("contentUri"))
+            .ok_or_else(|| format!("recording {id}: missing contentUri"))?;
         Ok(RecordingMeta {
-            id,
+            id: id.into(),
             content_uri,
             content_type: string_of(v.get("contentType")),
             duration: u64_of(v.get("duration")),
         })
     }
-}
-
-/// One parsed call-log page.
-#[derive(Debug)]
-pub(crate) struct Page {
-    /// The usable records.
-    pub records: Vec<CallRecord>,
-    /// How many records were skipped as broken.
-    pub skipped: u64,
-    /// `navigation.nextPage.uri`.
-    pub next: Option<String>,
-}
-
-/// Parses a call-log page. A page without a `records` array is an error; broken records are
-/// logged and skipped.
-pub(crate) fn parse_page(body: &Value) -> Result<Page, String> {
-    let records = body.get("records").and_then(Value::as_array).ok_or("page has no records array")?;
-    let mut out = Vec::with_capacity(records.len());
-    let mut skipped = 0;
-    for r in records {
-        match CallRecord::from_json(r) {
-            Ok(rec) => out.push(rec),
-            Err(why) => {
-                skipped += 1;
-                tracing::warn!("call log: skipping a broken record: {why}");
-            }
-        }
-    }
-    let next = body
-        .get("navigation")
-        .and_then(|n| n.get("nextPage"))
-        .and_then(|n| n.get("uri"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    Ok(Page { records: out, skipped, next })
 }
 
 #[cfg(test)]
@@ -223,7 +270,12 @@ mod tests {
         assert_eq!(r.id, "abc");
         assert_eq!(r.session_id, "4242");
         assert_eq!(r.telephony_session_id.as_deref(), Some("s-42"));
-        assert_eq!(r.start_time, "2024-03-08T10:11:12.345Z".parse::<jiff::Timestamp>().unwrap());
+        assert_eq!(
+            r.start_time,
+            "2024-03-08T10:11:12.345Z"
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+        );
         assert_eq!(r.duration, 75);
         assert!(r.inbound);
         assert_eq!(r.from.phone_number.as_deref(), Some("+15551230000"));
@@ -252,33 +304,34 @@ mod tests {
     }
 
     #[test]
-    fn page_skips_broken_records_and_keeps_the_rest() {
-        let page = json!({
-            "records": [
-                full_record(),
-                {"id": "no-session", "startTime": "2024-03-08T10:11:12Z"},
-                {"id": "bad-time", "sessionId": "1", "startTime": "yesterday"},
-                "not an object",
-                {"id": "ok2", "sessionId": "2", "startTime": "2024-03-08T09:00:00Z"}
-            ],
-            "navigation": {"nextPage": {"uri": "https://platform.example/next?page=2"}}
-        });
-        let p = parse_page(&page).unwrap();
-        assert_eq!(p.records.len(), 2);
-        assert_eq!(p.skipped, 3);
-        assert_eq!(p.next.as_deref(), Some("https://platform.example/next?page=2"));
-        let last = parse_page(&json!({"records": [], "navigation": {}})).unwrap();
-        assert!(last.next.is_none() && last.records.is_empty());
-        assert!(parse_page(&json!({"paging": {}})).is_err());
-        assert!(parse_page(&json!([1, 2])).is_err());
+    fn refuses_broken_records() {
+        for raw in [
+            json!({"id": "no-session", "startTime": "2024-03-08T10:11:12Z"}),
+            json!({"id": "bad-time", "sessionId": "1", "startTime": "yesterday"}),
+            json!({"sessionId": "1", "startTime": "2024-03-08T10:11:12Z"}),
+            json!("not an object"),
+        ] {
+            assert!(CallRecord::from_json(&raw).is_err(), "{raw}");
+        }
     }
 
     #[test]
     fn parses_recording_meta() {
         let m = RecordingMeta::from_json(&json!({"id": "9", "contentUri": "https://m/9", "contentType": "audio/x-wav", "duration": 31})).unwrap();
+        assert_eq!(m.id, "9");
         assert_eq!(m.content_type.as_deref(), Some("audio/x-wav"));
         assert_eq!(m.duration, Some(31));
         assert!(RecordingMeta::from_json(&json!({"id": "9"})).is_err());
         assert!(RecordingMeta::from_json(&json!("x")).is_err());
+    }
+
+    #[test]
+    fn ids_are_their_text() {
+        let a = RecordingId::from("44444444");
+        assert_eq!(a.as_str(), "44444444");
+        assert_eq!(a.to_string(), "44444444");
+        assert_eq!(a, RecordingId::from(String::from("44444444")));
+        let (one, two) = (SessionId::from("1"), SessionId::from("2"));
+        assert!(one < two, "ordered as text");
     }
 }
