@@ -1,4 +1,4 @@
-//! The media path over real HTTP framings the emulator's server cannot produce: bodies delimited
+//! The client over real HTTP framings the emulator's server cannot produce: bodies delimited
 //! by the connection (no `Content-Length`, not chunked, as HTTP/1.0 servers send), whose clean end
 //! looks exactly like a drop. A tiny hand-written server answers each request from a script.
 
@@ -211,4 +211,36 @@ async fn a_chunked_body_without_a_length_ends_at_its_last_chunk() {
     assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
     assert_eq!(m.known("x").and_then(|k| k.content_type), Some("audio/x-wav".into()));
     assert_eq!(s.requests.load(Ordering::SeqCst), 1, "the last chunk is a sure end: no request to confirm it");
+}
+
+#[tokio::test]
+async fn a_json_body_cut_short_is_resent_within_the_requests_one_retry_budget() {
+    // Three 503s, then a 200 that announces 100 bytes of JSON and breaks off after 10 (a body
+    // that fails after a good status), over and over. The resends of the body and the retries
+    // of the request share one bound: each apart, they would multiply.
+    let s = serve(|n, _| match n % 4 {
+        3 => Answer {
+            head: "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100".into(),
+            body: br#"{"id":"1","contentUri":"http://x/1"}"#.repeat(3),
+            cut: Some(10),
+        },
+        _ => Answer {
+            head: "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 2".into(),
+            body: b"{}".to_vec(),
+            cut: None,
+        },
+    });
+    let mut cfg = ClientConfig::new(Credentials {
+        server_url: s.base.clone(),
+        client_id: "a".into(),
+        client_secret: "b".into(),
+        jwt: "c".into(),
+    });
+    cfg.max_retries = 4;
+    cfg.backoff_base = Duration::from_millis(5);
+    cfg.backoff_max = Duration::from_millis(20);
+    let c = Client::new(cfg).unwrap();
+    let e = c.recording_meta("1", Priority::Interactive).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(s.requests.load(Ordering::SeqCst), 5, "max_retries + 1 sends in all");
 }

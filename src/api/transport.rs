@@ -15,11 +15,11 @@
 //!    current token (renewing it first if the one that failed is still current); other 4xx are
 //!    returned at once. Every retry acquires a new permit and is counted.
 //!
-//! The bound: `max_retries` retries per [`Transport::execute`], whatever their cause (the one
-//! 401 retry aside), for requests that retry here at all (`Req::retry_transient`; media requests
-//! do not, the media layer owns their budget). A JSON body cut short after a good status is
-//! resent by [`Transport::get_json`] up to `max_retries` times, each resend a new `execute`
-//! with its own bound.
+//! The bound: `max_retries` retries per request, whatever their cause (the one 401 retry
+//! aside), for requests that retry here at all (`Req::retry_transient`; media requests do not,
+//! the media layer owns their budget). A JSON body cut short after a good status is resent by
+//! [`Transport::get_json`] from the same count, so a request is sent at most `max_retries + 1`
+//! times however its failures mix.
 //!
 //! Timeouts: on connect (reqwest's `connect_timeout`), on waiting for response headers, and on
 //! each body chunk (`stall_timeout`, applied around each await by the reader). There is no
@@ -293,11 +293,13 @@ impl Transport {
         }
     }
 
-    /// Sends `req` and decodes a JSON body. A body cut short is retried like a transport error.
+    /// Sends `req` and decodes a JSON body. A body cut short is retried like a transport error,
+    /// from the same budget of retries as the request itself: at most `max_retries + 1` sends
+    /// whatever fails.
     pub async fn get_json(&self, req: &Req, prio: Priority) -> Result<Value, ApiError> {
-        let mut attempt = 0u32;
+        let mut retries = 0u32;
         loop {
-            let resp = self.execute(req, prio).await?;
+            let resp = self.execute_counted(req, prio, &mut retries).await?;
             match self.read_body(resp, &req.context).await {
                 Ok(body) => {
                     return serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
@@ -305,10 +307,10 @@ impl Transport {
                         detail: format!("invalid JSON: {e}"),
                     });
                 }
-                Err(e) if e.is_transient() && attempt < self.shared.cfg.max_retries => {
-                    attempt += 1;
+                Err(e) if e.is_transient() && req.retry_transient && retries < self.shared.cfg.max_retries => {
+                    let d = self.backoff(retries);
+                    retries += 1;
                     bump(&self.shared.counters.retries);
-                    let d = self.backoff(attempt - 1);
                     tracing::debug!(context = %req.context, "body failed ({e}); retrying in {d:?}");
                     tokio::time::sleep(d).await;
                 }
@@ -364,9 +366,14 @@ impl Transport {
     /// Sends `req` with pacing, auth and retries; returns the first successful (or passthrough)
     /// response.
     pub async fn execute(&self, req: &Req, prio: Priority) -> Result<reqwest::Response, ApiError> {
+        self.execute_counted(req, prio, &mut 0).await
+    }
+
+    /// [`Transport::execute`], spending retries from `retries` (shared with a caller that also
+    /// retries, so that one bound covers both).
+    async fn execute_counted(&self, req: &Req, prio: Priority, retries: &mut u32) -> Result<reqwest::Response, ApiError> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let mut retries = 0u32;
         let mut auth_retried = false;
         loop {
             let permit = sh.pacers.get(req.group).acquire(prio).await;
@@ -452,8 +459,8 @@ impl Transport {
                             bump(&sh.counters.unauthorized);
                             return Err(err);
                         }
-                        503 => wait = Some(retry_after.unwrap_or_else(|| self.backoff(retries))),
-                        s if s >= 500 => wait = Some(self.backoff(retries)),
+                        503 => wait = Some(retry_after.unwrap_or_else(|| self.backoff(*retries))),
+                        s if s >= 500 => wait = Some(self.backoff(*retries)),
                         _ => return Err(err),
                     }
                     err
@@ -461,17 +468,17 @@ impl Transport {
             };
             // The answer (or the failure) is in: the slot starts ageing now, not after the backoff.
             drop(permit);
-            if retries >= cfg.max_retries || !req.retry_transient {
+            if *retries >= cfg.max_retries || !req.retry_transient {
                 return Err(err);
             }
             let wait = match (&err, wait) {
                 (_, Some(w)) => w,
                 (ApiError::Transport { .. } | ApiError::Timeout { .. }, None) => {
-                    self.backoff(retries)
+                    self.backoff(*retries)
                 }
                 _ => Duration::ZERO,
             };
-            retries += 1;
+            *retries += 1;
             bump(&sh.counters.retries);
             tracing::debug!(context = %req.context, retry = retries, "retrying in {wait:?} after: {err}");
             tokio::time::sleep(wait).await;
