@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use crate::api::{ApiError, BodyEnd, CallRecord, Client, MediaStream, Priority, RecordingMeta, Scope};
+use crate::api::{ApiError, BodyEnd, chain, CallRecord, Client, MediaStream, Priority, RecordingMeta, Scope};
 use crate::fs::{CallLog, Page};
 use crate::media::{BoxFuture, MediaBody, MediaError, MediaSource, RecordingKey};
 
@@ -56,11 +56,11 @@ impl ApiMedia {
 /// layer retries it within its budget); the rest is final.
 fn media_error(e: ApiError) -> MediaError {
     if e.is_not_found() {
-        MediaError::NotAvailable(e.to_string())
+        MediaError::NotAvailable(chain(&e))
     } else if e.is_transient() {
-        MediaError::Transient(e.to_string())
+        MediaError::Transient(chain(&e))
     } else {
-        MediaError::Failed(e.to_string())
+        MediaError::Failed(chain(&e))
     }
 }
 

@@ -448,7 +448,7 @@ async fn a_5xx_fails_the_listing_and_the_next_one_starts_over() {
     // The first page comes, the second fails.
     c.faults.script([Outcome::Pass, Outcome::ServerError(503)]);
     let r = c.list(&d.to_string()).await;
-    assert!(matches!(r, Err(FsError::Api(_))), "{r:?}");
+    assert!(matches!(r, Err(FsError::Api { .. })), "{r:?}");
     assert_eq!(errno(&r), Some(libc::EIO));
     let before = c.pages();
     // A failed continuation drops the cursor: the retry is a new query, and completes.

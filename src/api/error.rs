@@ -24,7 +24,7 @@ pub enum ApiError {
         context: String,
     },
     /// The request did not complete: connection refused/reset, TLS, a body cut short.
-    #[error("{context}: transport error: {source}")]
+    #[error("{context}: transport error")]
     Transport {
         /// What the client was doing.
         context: String,
@@ -82,6 +82,23 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An error and its sources, each once: `a: b: c`. For log lines and messages built from an
+/// error; the `Display` of an error with a source says only its own part (anyhow's `{:#}`
+/// prints the chain the same way).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let part = s.to_string();
+        if !out.ends_with(&part) {
+            out.push_str(": ");
+            out.push_str(&part);
+        }
+        next = s.source();
+    }
+    out
 }
 
 fn code_suffix(code: &Option<String>) -> String {

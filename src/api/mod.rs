@@ -34,7 +34,7 @@ mod transport;
 pub use crate::model::{CallRecord, Party, RecordingMeta, RecordingRef};
 pub use client::{Client, ClientConfig};
 pub use credentials::Credentials;
-pub use error::ApiError;
+pub use error::{ApiError, chain};
 pub use media::{BodyEnd, MediaStream};
 pub use transport::ClientStats;
 

@@ -311,7 +311,7 @@ impl Transport {
                     let d = self.backoff(retries);
                     retries += 1;
                     bump(&self.shared.counters.retries);
-                    tracing::debug!(context = %req.context, "body failed ({e}); retrying in {d:?}");
+                    tracing::debug!(context = %req.context, "body failed ({}); retrying in {d:?}", super::chain(&e));
                     tokio::time::sleep(d).await;
                 }
                 Err(e) => return Err(e),
@@ -480,7 +480,7 @@ impl Transport {
             };
             *retries += 1;
             bump(&sh.counters.retries);
-            tracing::debug!(context = %req.context, retry = retries, "retrying in {wait:?} after: {err}");
+            tracing::debug!(context = %req.context, retry = retries, "retrying in {wait:?} after: {}", super::chain(&err));
             tokio::time::sleep(wait).await;
         }
     }

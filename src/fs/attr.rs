@@ -1,0 +1,152 @@
+//! Attributes: what `getattr`/`lookup` tell the kernel, and for how long it may keep them.
+//!
+//! Past dates and recordings of known size never change: long TTLs, so the kernel asks again
+//! rarely. A recording whose size is not exact yet shows an estimate with a zero TTL (see
+//! [`Fs::recording_size`]), so the kernel never cuts or pads a read by it.
+
+use std::time::{Duration, SystemTime};
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+
+use super::node::Node;
+use super::{Fs, FsError, KnownRecording, State, call_json, to_system};
+use crate::catalog::{self, AudioKind};
+use crate::media::Known;
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Attributes of a node, independent of fuser's types.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+    /// How long the kernel may keep these attributes: zero while a size is only an estimate, so
+    /// reads past the estimate ask again once the real size is known.
+    pub attr_ttl: Duration,
+    /// How long the kernel may keep the name -> inode mapping.
+    pub entry_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// What `open` tells the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// The content never changes: keep the page cache across opens.
+    pub keep_cache: bool,
+    /// The size is unknown (no `Content-Length`): bypass the page cache so reads are not cut at
+    /// an estimated size.
+    pub direct_io: bool,
+}
+
+impl Fs {
+
+    pub(super) fn dir_attr(&self, ino: u64, mtime: SystemTime, ttl: Duration) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::Dir,
+            size: 0,
+            perm: self.config.dir_mode,
+            uid: self.config.uid,
+            gid: self.config.gid,
+            mtime,
+            attr_ttl: ttl,
+            entry_ttl: ttl,
+        }
+    }
+
+    pub(super) fn file_attr(&self, ino: u64, size: u64, mtime: SystemTime, exact: bool) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::File,
+            size,
+            perm: self.config.file_mode,
+            uid: self.config.uid,
+            gid: self.config.gid,
+            mtime,
+            attr_ttl: if exact { self.config.stable_ttl } else { Duration::ZERO },
+            entry_ttl: self.config.stable_ttl,
+        }
+    }
+
+    pub(super) fn is_recent(&self, date: Date, now: Timestamp) -> bool {
+        let (_, end) = self.config.window.date_range(date);
+        let settle = jiff::SignedDuration::try_from(self.config.settle).unwrap_or_default();
+        end.checked_add(settle).map(|t| t > now).unwrap_or(true)
+    }
+
+    pub(super) fn date_ttl(&self, date: Date) -> Duration {
+        if self.is_recent(date, Timestamp::now()) {
+            // Short but never zero: a zero TTL makes the kernel look every entry up again
+            // after each readdir.
+            Duration::from_secs(1)
+        } else {
+            self.config.stable_ttl
+        }
+    }
+
+    pub(super) fn attr_of(&self, st: &State, ino: u64, node: &Node) -> Result<Attr, FsError> {
+        let now = Timestamp::now();
+        match node {
+            Node::Root => Ok(self.dir_attr(ino, self.mounted_at, Duration::from_secs(1))),
+            Node::BySession | Node::ByRecording => {
+                Ok(self.dir_attr(ino, self.mounted_at, Duration::from_secs(1)))
+            }
+            Node::Date(d) => {
+                if !self.config.window.contains(*d, now) {
+                    return Err(FsError::NotFound);
+                }
+                let start = self.config.window.date_range(*d).0;
+                Ok(self.dir_attr(ino, to_system(start), self.date_ttl(*d)))
+            }
+            Node::SessionDir { session, .. } => {
+                let s = st.index.sessions.get(session).ok_or(FsError::NotFound)?;
+                Ok(self.dir_attr(ino, to_system(s.first().start_time), self.config.stable_ttl))
+            }
+            Node::CallJson { session, .. } => {
+                let s = st.index.sessions.get(session).ok_or(FsError::NotFound)?;
+                let size = call_json(s).len() as u64;
+                Ok(self.file_attr(ino, size, to_system(s.first().start_time), true))
+            }
+            Node::RecFile { id, .. } | Node::ByRecFile(id) => {
+                let rec = st.index.recordings.get(id).ok_or(FsError::NotFound)?;
+                let mtime = rec.start.map(to_system).unwrap_or(self.mounted_at);
+                let (size, exact) = self.recording_size(st, rec);
+                Ok(self.file_attr(ino, size, mtime, exact))
+            }
+        }
+    }
+
+    /// The size of a recording: exact once a response stated it or a body ended at the content's
+    /// end, else an estimate from its duration, published with a zero attribute TTL and opened
+    /// with direct I/O so that the kernel never cuts or pads reads by it. The bytes received so
+    /// far are never published: a lower bound taken for the size truncates the file for good.
+    pub(super) fn recording_size(&self, st: &State, rec: &KnownRecording) -> (u64, bool) {
+        if let Some(Known { size: Some(size), .. }) = self.media.known(&rec.id) {
+            return (size, true);
+        }
+        let kind = self.kind_of(st, &rec.id);
+        (catalog::estimated_size(kind, rec.duration.unwrap_or(60)), false)
+    }
+
+    pub(super) fn kind_of(&self, st: &State, id: &str) -> AudioKind {
+        st.kinds.get(id).copied().or(st.account_kind).unwrap_or(self.config.assumed_format)
+    }
+}

@@ -1,0 +1,471 @@
+//! The filesystem core: `lookup`, `getattr`, `opendir`, `open`, `read` as async methods that
+//! return plain `Result<_, FsError>`. The FUSE adapter ([`crate::fuse`]) only translates; every
+//! decision lives here, so it is tested against the emulator without a kernel.
+//!
+//! # The tree
+//! ```text
+//! /                       dates of the window (newest first in readdir order), by-session, by-recording
+//! /YYYY-MM-DD/            one directory per call session that has a recording
+//! /YYYY-MM-DD/<session>/  its recordings (`... <recordingId>.mp3|wav`) and call.json
+//! /by-session/<id>/       any session id, resolved on lookup through the call log
+//! /by-recording/<id>.ext  any recording id: the media URL built from the id, then the recording
+//!                         metadata endpoint as the fallback on 404
+//! ```
+//!
+//! # What listing costs
+//! The root and the by-* directories are local. Listing a date asks the call log once for a span
+//! of dates that ends with that date and reaches back over every neighbouring date not yet
+//! listed, so the date is on the first page (one request when it has fewer than 1000 recordings)
+//! and older dates come along for free. Pages not read yet are kept as a [`index::Cursor`]: the
+//! next older date continues that query with `navigation.nextPage` instead of starting over. Root
+//! entries are returned newest first, so `find`, `cp -r` and `rsync` walk the dates in the order
+//! the call log pages them: a full walk costs about ceil(N/1000) requests. Once the density of
+//! calls is known, a span also reaches forward over newer unlisted dates while it is expected to
+//! stay under half a page, so walks in the other order (`ls -R` sorts by name) stay cheap too.
+//!
+//! Dates whose calls may still appear (today, and any date that ended less than `settle` ago)
+//! are listed again after `recent_ttl`; older dates never change and are kept.
+//!
+//! # Layout
+//! - this file: the operations the FUSE adapter calls (`lookup`, `getattr`, `opendir`, `open`,
+//!   `read`, `release`), the configuration and the shared state;
+//! - `error`: [`FsError`] and its errno; `node`: inodes; `attr`: attributes and sizes;
+//! - `entries`: directory entries; `listing`: listing dates (with `plan`, the pure planner, and
+//!   `index`, what is known of the call log); `lookup`: by-session and by-recording ids.
+
+mod attr;
+mod entries;
+mod error;
+mod index;
+mod listing;
+mod lookup;
+mod node;
+mod plan;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+
+use crate::api::{ApiError, Priority, Scope};
+use crate::catalog::{self, AudioKind, Window};
+use crate::media::{BoxFuture, Media, MediaError, RecordingKey};
+use crate::model::{CallRecord, RecordingMeta};
+
+pub use attr::{Attr, DirEntry, Kind, Opened};
+pub use error::FsError;
+pub use index::{Index, KnownRecording, Session};
+use node::{BY_RECORDING, BY_SESSION, CALL_JSON, Inodes, Node};
+
+/// One page of the call log.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub records: Vec<CallRecord>,
+    /// `navigation.nextPage.uri`, absent on the last page.
+    pub next: Option<String>,
+}
+
+/// What the filesystem needs from the call log. Implemented by [`crate::api::Client`]; a trait so
+/// the core can be driven by a scripted source in tests.
+pub trait CallLog: Send + Sync + 'static {
+    /// One page of recorded calls in `[from, to)`; `next` continues a previous query.
+    fn page(
+        &self,
+        scope: Scope,
+        from: Timestamp,
+        to: Timestamp,
+        next: Option<String>,
+        prio: Priority,
+    ) -> BoxFuture<'_, Result<Page, ApiError>>;
+    /// The records of one session (`sessionId`, with `dateFrom` reaching back to `since`).
+    fn find_session<'a>(
+        &'a self,
+        scope: Scope,
+        session_id: &'a str,
+        since: Timestamp,
+        prio: Priority,
+    ) -> BoxFuture<'a, Result<Vec<CallRecord>, ApiError>>;
+    /// Recording metadata (official `contentUri` and content type).
+    fn recording_meta<'a>(&'a self, id: &'a str, prio: Priority) -> BoxFuture<'a, Result<RecordingMeta, ApiError>>;
+    /// The media URL built from a recording id (the seed's approach 2), when a media host is known.
+    fn recording_content_url(&self, id: &str) -> Option<String>;
+}
+
+/// Which call log to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeChoice {
+    /// The account's when the user may read it, the extension's otherwise (decided by the first
+    /// listing: a 403 on the account call log switches to the extension's).
+    Auto,
+    Fixed(Scope),
+}
+
+/// Settings of the filesystem core.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub window: Window,
+    pub scope: ScopeChoice,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of files and directories (default 0400 / 0500: only the mounting user).
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// How long a listing of a date that may still change (today, recent) is reused.
+    pub recent_ttl: Duration,
+    /// How long after a date ends calls may still appear in it (calls last up to hours and
+    /// records appear 15-30 s after the end).
+    pub settle: Duration,
+    /// Kernel cache lifetime for things that never change (past dates, files of known size).
+    pub stable_ttl: Duration,
+    /// How long an unknown by-session / by-recording id is remembered as absent.
+    pub negative_ttl: Duration,
+    /// How far back `by-session/<id>` searches (RingCentral keeps recordings 90 days).
+    pub retention: Duration,
+    /// The format assumed for names until the account's real format is seen.
+    pub assumed_format: AudioKind,
+    /// The longest an operation waits for the API (listing a date, resolving a by-session or
+    /// by-recording id) before it fails with EIO; reads use the media layer's equal setting.
+    pub read_timeout: Duration,
+}
+
+impl FsConfig {
+    pub fn new(window: Window) -> FsConfig {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        FsConfig {
+            window,
+            scope: ScopeChoice::Auto,
+            uid,
+            gid,
+            file_mode: 0o400,
+            dir_mode: 0o500,
+            recent_ttl: Duration::from_secs(30),
+            settle: Duration::from_secs(2 * 3600),
+            stable_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(60),
+            retention: Duration::from_secs(90 * 86400),
+            assumed_format: AudioKind::Mp3,
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct State {
+    inodes: Inodes,
+    index: Index,
+    /// The audio format this account records in, once one content response told it.
+    account_kind: Option<AudioKind>,
+    /// Per recording, the format its own content response told.
+    kinds: HashMap<String, AudioKind>,
+    /// The scope in use, once decided.
+    scope: Option<Scope>,
+    /// Calls per second of the window, learned from the first listing (for forward spans).
+    density: Option<f64>,
+    /// Ids looked up in by-session / by-recording and not found, with when.
+    negative: HashMap<String, Instant>,
+    /// Open recording handles: fh -> recording key.
+    handles: HashMap<u64, RecordingKey>,
+}
+
+/// The filesystem core. Cheap to share (`Arc<Fs>`); every method takes `&self`.
+///
+/// Lock order: `listing` (async, held across the call-log requests of one listing) before
+/// `state` (sync, never held across an await).
+pub struct Fs {
+    log: Arc<dyn CallLog>,
+    media: Arc<Media>,
+    config: FsConfig,
+    state: Mutex<State>,
+    /// Serializes listings so that two dates listed at once share one query instead of racing.
+    listing: tokio::sync::Mutex<()>,
+    /// Counts call-log pages received: the progress a waiting listing watches (see `ensure_date`).
+    pages: tokio::sync::watch::Sender<u64>,
+    next_fh: AtomicU64,
+    mounted_at: SystemTime,
+}
+
+/// Largest number of ids kept in the negative cache before it is cleared.
+const NEGATIVE_CAP: usize = 10_000;
+
+impl Fs {
+    pub fn new(log: Arc<dyn CallLog>, media: Arc<Media>, config: FsConfig) -> Fs {
+        let scope = match config.scope {
+            ScopeChoice::Fixed(s) => Some(s),
+            ScopeChoice::Auto => None,
+        };
+        Fs {
+            log,
+            media,
+            state: Mutex::new(State {
+                inodes: Inodes::new(),
+                index: Index::default(),
+                account_kind: None,
+                kinds: HashMap::new(),
+                scope,
+                density: None,
+                negative: HashMap::new(),
+                handles: HashMap::new(),
+            }),
+            config,
+            listing: tokio::sync::Mutex::new(()),
+            pages: tokio::sync::watch::Sender::new(0),
+            next_fh: AtomicU64::new(1),
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    pub fn media(&self) -> &Arc<Media> {
+        &self.media
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let st = self.state();
+        let node = st.inodes.node(ino).cloned().ok_or(FsError::NotFound)?;
+        self.attr_of(&st, ino, &node)
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        if catalog::is_probe_name(name) {
+            return Err(FsError::NotFound);
+        }
+        let parent_node = self.state().inodes.node(parent).cloned().ok_or(FsError::NotFound)?;
+        let node = match parent_node {
+            Node::Root => match name {
+                BY_SESSION => Node::BySession,
+                BY_RECORDING => Node::ByRecording,
+                _ => {
+                    let date = catalog::parse_date_dir(name).ok_or(FsError::NotFound)?;
+                    if !self.config.window.contains(date, Timestamp::now()) {
+                        return Err(FsError::NotFound);
+                    }
+                    Node::Date(date)
+                }
+            },
+            Node::Date(date) => {
+                // `HH-MM-SS dir party <sessionId>`: anything else is refused before it costs
+                // a listing.
+                if !has_time_prefix(name) {
+                    return Err(FsError::NotFound);
+                }
+                self.ensure_date(date).await?;
+                let st = self.state();
+                let session = self.session_named(&st, date, name).ok_or(FsError::NotFound)?;
+                Node::SessionDir { session, by_session: false }
+            }
+            Node::BySession => {
+                self.resolve_session(name).await?;
+                Node::SessionDir { session: name.to_string(), by_session: true }
+            }
+            Node::SessionDir { session, by_session } => {
+                if name == CALL_JSON {
+                    Node::CallJson { session, by_session }
+                } else {
+                    let mut st = self.state();
+                    let children = self.session_children(&mut st, &session, by_session);
+                    // The exact current name, or the same name with the other audio extension (a
+                    // name the kernel may still hold from before the real format was learned).
+                    // The node comes from the entry, not from the id at the end of the name: that
+                    // is the id as names show it, which need not be the recording's real id.
+                    let stem = |n: &str| n.rsplit_once('.').map(|(s, _)| s.to_owned());
+                    let is_recording = |n: &str| catalog::split_recording_name(n).is_some();
+                    let entry = children.iter().find(|e| e.name == name).or_else(|| {
+                        children
+                            .iter()
+                            .find(|e| is_recording(name) && is_recording(&e.name) && stem(&e.name) == stem(name))
+                    });
+                    entry.and_then(|e| st.inodes.node(e.ino).cloned()).ok_or(FsError::NotFound)?
+                }
+            }
+            Node::ByRecording => {
+                let (id, _) = catalog::split_recording_name(name).ok_or(FsError::NotFound)?;
+                if name != catalog::by_recording_name(id, AudioKind::Mp3)
+                    && name != catalog::by_recording_name(id, AudioKind::Wav)
+                {
+                    return Err(FsError::NotFound);
+                }
+                self.resolve_recording(id).await?;
+                Node::ByRecFile(id.to_string())
+            }
+            Node::CallJson { .. } | Node::RecFile { .. } | Node::ByRecFile(_) => return Err(FsError::NotDir),
+        };
+        let mut st = self.state();
+        let ino = st.inodes.ino(node.clone());
+        self.attr_of(&st, ino, &node)
+    }
+
+    /// The entries of a directory (without `.` and `..`), computed once per `opendir` so that
+    /// readdir paging is consistent.
+    pub async fn opendir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let node = self.state().inodes.node(ino).cloned().ok_or(FsError::NotFound)?;
+        match node {
+            Node::Root => {
+                let now = Timestamp::now();
+                let mut st = self.state();
+                let mut out = Vec::new();
+                // Newest first: walkers that follow readdir order then list dates in the order
+                // the call log pages them (see the module docs).
+                for date in self.config.window.dates(now).into_iter().rev() {
+                    out.push(DirEntry {
+                        ino: st.inodes.ino(Node::Date(date)),
+                        kind: Kind::Dir,
+                        name: catalog::date_dir_name(date),
+                    });
+                }
+                out.push(DirEntry { ino: st.inodes.ino(Node::BySession), kind: Kind::Dir, name: BY_SESSION.into() });
+                out.push(DirEntry { ino: st.inodes.ino(Node::ByRecording), kind: Kind::Dir, name: BY_RECORDING.into() });
+                Ok(out)
+            }
+            Node::Date(date) => {
+                if !self.config.window.contains(date, Timestamp::now()) {
+                    return Err(FsError::NotFound);
+                }
+                self.ensure_date(date).await?;
+                let mut st = self.state();
+                Ok(self.date_children(&mut st, date))
+            }
+            Node::SessionDir { session, by_session } => {
+                let mut st = self.state();
+                if !st.index.sessions.contains_key(&session) {
+                    return Err(FsError::NotFound);
+                }
+                Ok(self.session_children(&mut st, &session, by_session))
+            }
+            Node::BySession => {
+                let mut st = self.state();
+                let mut ids: Vec<String> = st
+                    .index
+                    .sessions
+                    .values()
+                    .filter(|s| !s.recordings().is_empty())
+                    .map(|s| s.session_id.clone())
+                    .collect();
+                ids.sort();
+                Ok(ids
+                    .into_iter()
+                    .map(|id| DirEntry {
+                        ino: st.inodes.ino(Node::SessionDir { session: id.clone(), by_session: true }),
+                        kind: Kind::Dir,
+                        name: id,
+                    })
+                    .collect())
+            }
+            Node::ByRecording => {
+                let mut st = self.state();
+                let mut ids: Vec<String> = st.index.recordings.keys().cloned().collect();
+                ids.sort();
+                Ok(ids
+                    .into_iter()
+                    .map(|id| {
+                        let name = catalog::by_recording_name(&id, self.kind_of(&st, &id));
+                        DirEntry { ino: st.inodes.ino(Node::ByRecFile(id)), kind: Kind::File, name }
+                    })
+                    .collect())
+            }
+            Node::CallJson { .. } | Node::RecFile { .. } | Node::ByRecFile(_) => Err(FsError::NotDir),
+        }
+    }
+
+    /// Opens a file for reading. A recording's content URI is resolved and its download started
+    /// here (waiting for the response headers, about one round trip), so the size and format are
+    /// known before the first read.
+    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
+        let node = self.state().inodes.node(ino).cloned().ok_or(FsError::NotFound)?;
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        match node {
+            Node::CallJson { .. } => Ok(Opened { fh, keep_cache: true, direct_io: false }),
+            Node::RecFile { id, .. } | Node::ByRecFile(id) => {
+                let (key, start, duration) = {
+                    let st = self.state();
+                    let rec = st.index.recordings.get(&id).ok_or(FsError::NotFound)?;
+                    (RecordingKey { id: id.clone(), content_uri: rec.content_uri.clone() }, rec.start, rec.duration)
+                };
+                let known = match self.media.open(&key, Priority::Interactive).await {
+                    Ok(known) => known,
+                    Err(MediaError::NotAvailable(msg)) => {
+                        // Listed but not fetchable: the call has just ended and the recording
+                        // is still being processed, or it is gone.
+                        let ended = start.and_then(|s| s.checked_add(jiff::SignedDuration::from_secs(duration.unwrap_or(0) as i64)).ok());
+                        let recent = ended.is_none_or(|e| Timestamp::now().duration_since(e).as_secs() < 3600);
+                        let e = MediaError::NotAvailable(msg);
+                        return Err(if recent { FsError::NotYet { id, source: e } } else { FsError::Media { id, source: e } });
+                    }
+                    Err(e) => return Err(FsError::media(&id, e)),
+                };
+                self.learn_kind(&id, &known);
+                self.state().handles.insert(fh, key);
+                let direct_io = known.size.is_none();
+                Ok(Opened { fh, keep_cache: !direct_io, direct_io })
+            }
+            Node::Root | Node::Date(_) | Node::SessionDir { .. } | Node::BySession | Node::ByRecording => {
+                Err(FsError::IsDir)
+            }
+        }
+    }
+
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let node = self.state().inodes.node(ino).cloned().ok_or(FsError::NotFound)?;
+        match node {
+            Node::CallJson { session, .. } => {
+                let st = self.state();
+                let s = st.index.sessions.get(&session).ok_or(FsError::NotFound)?;
+                let json = call_json(s);
+                let start = (offset as usize).min(json.len());
+                let end = start.saturating_add(size as usize).min(json.len());
+                Ok(Bytes::copy_from_slice(&json[start..end]))
+            }
+            Node::RecFile { id, .. } | Node::ByRecFile(id) => {
+                let key = self.state().handles.get(&fh).cloned().ok_or(FsError::BadHandle)?;
+                self.media.read(&key, offset, size, Priority::Interactive).await.map_err(|e| FsError::media(&id, e))
+            }
+            _ => Err(FsError::IsDir),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        let key = self.state().handles.remove(&fh);
+        if let Some(key) = key {
+            self.media.close(&key);
+        }
+    }
+}
+
+/// `HH-MM-SS ...`, how every session directory's name starts.
+fn has_time_prefix(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > 9
+        && b[8] == b' '
+        && b[..8].iter().enumerate().all(|(i, c)| if i % 3 == 2 { *c == b'-' } else { c.is_ascii_digit() })
+}
+
+/// `call.json`: the session's record as the API returned it (an array when the session has
+/// several records), pretty-printed.
+pub fn call_json(s: &Session) -> Vec<u8> {
+    let value = if s.records.len() == 1 {
+        s.records[0].raw.clone()
+    } else {
+        serde_json::Value::Array(s.records.iter().map(|r| r.raw.clone()).collect())
+    };
+    let mut out = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+fn to_system(t: Timestamp) -> SystemTime {
+    SystemTime::try_from(t).unwrap_or(SystemTime::UNIX_EPOCH)
+}
