@@ -46,7 +46,7 @@ impl Codec {
         }
     }
 
-    /// The content type the current service sends (see `server::content_type` for `audio/x-wav`).
+    /// The content type the current service sends (see `quirks::content_type` for `audio/x-wav`).
     pub(crate) fn content_type(self) -> &'static str {
         match self {
             Codec::Mp3 => "audio/mpeg",

@@ -9,19 +9,34 @@
 //! the whole account or per recording ([`MediaQuirks`]), so that tests can mix them.
 //!
 //! # Layout
-//! - [`data`]: the calls of the account, deterministic from the seed (metadata only).
+//! From the bottom up: each module uses only modules listed before it.
 //! - [`audio`]: recording bytes generated on demand from `(key, offset)`; nothing is stored.
-//! - [`server`]: the HTTP side: auth, call log, recordings, rate limits, faults, accounting.
+//! - [`data`]: the calls of the account, deterministic from the seed (metadata only).
 //! - [`quirks`]: the media host's behaviour per recording, and what it has seen of each.
+//! - [`reply`]: RingCentral's JSON and error bodies.
+//! - [`state`]: what both hosts share: calls, tokens, rate buckets, faults, accounting.
+//! - [`rate`]: the gate in front of every RingCentral endpoint: rate limits, 429s, injected 5xx.
+//! - [`oauth`]: the token and revoke endpoints, and the token checks of the others.
+//! - [`call_log`]: the call log endpoints.
+//! - [`media`]: recording metadata and content, with the media quirks and faults.
+//! - [`files`]: the plain HTTP directory of the recordings on the media host.
+//! - [`server`]: the routers of both hosts and the accept loop (connection-level faults).
 //!
 //! Start it in-process with [`Emulator::start`] (tests) or [`run`] with listeners you bound
 //! yourself (the `ringfs-emulator` binary). Both hosts listen on loopback ports; `contentUri`s in
 //! the call log point at the media listener.
 
 mod audio;
+mod call_log;
 mod data;
+mod files;
+mod media;
+mod oauth;
 mod quirks;
+mod rate;
+mod reply;
 mod server;
+mod state;
 
 pub use quirks::{MediaQuirks, PastEnd, RangeMode};
 
@@ -313,7 +328,7 @@ pub struct CallInfo {
 
 /// A running emulator; dropping it stops the servers too.
 pub struct Emulator {
-    state: Arc<server::State>,
+    state: Arc<state::State>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -323,7 +338,7 @@ impl Emulator {
     pub async fn start(config: Config) -> std::io::Result<Emulator> {
         let api = TcpListener::bind("127.0.0.1:0").await?;
         let media = TcpListener::bind("127.0.0.1:0").await?;
-        let state = Arc::new(server::State::new(config, api.local_addr()?, media.local_addr()?));
+        let state = Arc::new(state::State::new(config, api.local_addr()?, media.local_addr()?));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(state.clone(), api, media, async move {
             let _ = rx.await;
@@ -344,7 +359,7 @@ impl Emulator {
     /// The plain HTTP directory of the recordings on the media host (an HTML index; no auth, no
     /// rate limits), e.g. `http://127.0.0.1:40124/__emulator/files/`.
     pub fn files_url(&self) -> String {
-        format!("http://{}{}", self.state.media_addr, server::FILES_PATH)
+        format!("http://{}{}", self.state.media_addr, files::FILES_PATH)
     }
 
     /// A snapshot of the request accounting.
@@ -416,6 +431,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = Arc::new(server::State::new(config, api.local_addr()?, media.local_addr()?));
+    let state = Arc::new(state::State::new(config, api.local_addr()?, media.local_addr()?));
     server::serve(state, api, media, shutdown).await
 }

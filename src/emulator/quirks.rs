@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::MediaBehaviour;
-use super::audio::mix64;
+use super::audio::{Codec, mix64};
 
 /// How one recording's media responses behave (the real service's undocumented freedoms).
 ///
@@ -208,6 +208,14 @@ impl MediaQuirks {
                 total_known: true,
             },
         }
+    }
+}
+
+/// The content type of a recording served with quirks `q`.
+pub(crate) fn content_type(codec: Codec, q: &MediaQuirks) -> &'static str {
+    match codec {
+        Codec::Wav if q.x_wav => "audio/x-wav",
+        c => c.content_type(),
     }
 }
 
