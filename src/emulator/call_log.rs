@@ -45,19 +45,31 @@ fn parse_time(v: &str) -> Option<i64> {
         return Some(t.as_millisecond());
     }
     // Without a zone: UTC (dates mean midnight).
-    let dt = v
-        .parse::<jiff::civil::DateTime>()
+    let dt = v.parse::<jiff::civil::DateTime>().ok().or_else(|| {
+        v.parse::<jiff::civil::Date>()
+            .ok()
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+    })?;
+    dt.to_zoned_datetime(jiff::tz::TimeZone::UTC)
         .ok()
-        .or_else(|| v.parse::<jiff::civil::Date>().ok().map(|d| d.to_datetime(jiff::civil::Time::midnight())))?;
-    dt.to_zoned_datetime(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp().as_millisecond())
+        .map(|z| z.timestamp().as_millisecond())
 }
 
 fn parse_call_log_query(raw: Option<&str>, now: i64) -> Result<CallLogQuery, Response> {
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect();
-    let one = |name: &str| pairs.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let one = |name: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let time = |name: &str| -> Result<Option<i64>, Response> {
-        one(name).map(|v| parse_time(v).ok_or_else(|| param_error(name, v))).transpose()
+        one(name)
+            .map(|v| parse_time(v).ok_or_else(|| param_error(name, v)))
+            .transpose()
     };
     let bool_param = |name: &str| -> Result<Option<bool>, Response> {
         one(name)
@@ -100,7 +112,11 @@ fn parse_call_log_query(raw: Option<&str>, now: i64) -> Result<CallLogQuery, Res
     };
     let page = match one("page") {
         None => 1,
-        Some(v) => v.parse::<u64>().ok().filter(|&p| p >= 1).ok_or_else(|| param_error("page", v))?,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|&p| p >= 1)
+            .ok_or_else(|| param_error("page", v))?,
     };
     // `max` is documented for perPage; it is taken as the maximum, 1000 (no larger pages).
     let per_page = match one("perPage") {
@@ -112,7 +128,11 @@ fn parse_call_log_query(raw: Option<&str>, now: i64) -> Result<CallLogQuery, Res
             .filter(|p| (1..=1000).contains(p))
             .ok_or_else(|| param_error("perPage", v))?,
     };
-    let rest = pairs.iter().filter(|(k, _)| k != "page" && k != "perPage").cloned().collect();
+    let rest = pairs
+        .iter()
+        .filter(|(k, _)| k != "page" && k != "perPage")
+        .cloned()
+        .collect();
     Ok(CallLogQuery {
         date_from,
         date_to,
@@ -147,18 +167,28 @@ impl CallLogQuery {
         if self.session_id.as_ref().is_some_and(|s| *s != c.session_id) {
             return false;
         }
-        if self.telephony_session_id.as_ref().is_some_and(|s| *s != c.telephony_session_id) {
+        if self
+            .telephony_session_id
+            .as_ref()
+            .is_some_and(|s| *s != c.telephony_session_id)
+        {
             return false;
         }
-        if self.extension_number.as_ref().is_some_and(|n| n != c.extension().number) {
+        if self
+            .extension_number
+            .as_ref()
+            .is_some_and(|n| n != c.extension().number)
+        {
             return false;
         }
         if let Some(n) = &self.phone_number {
             let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
             let want = digits(n);
-            let hit = [&c.from, &c.to]
-                .iter()
-                .any(|p| p.phone_number.as_deref().is_some_and(|pn| !want.is_empty() && digits(pn).contains(&want)));
+            let hit = [&c.from, &c.to].iter().any(|p| {
+                p.phone_number
+                    .as_deref()
+                    .is_some_and(|pn| !want.is_empty() && digits(pn).contains(&want))
+            });
             if !hit {
                 return false;
             }
@@ -287,14 +317,20 @@ fn write_record(
         return;
     }
     let extension = ExtensionOut {
-        uri: format!("{api}/restapi/v1.0/account/{ACCOUNT_ID}/extension/{}", ext.id),
+        uri: format!(
+            "{api}/restapi/v1.0/account/{ACCOUNT_ID}/extension/{}",
+            ext.id
+        ),
         id: ext.id.parse().unwrap_or(0),
     };
     let recording = c.recording.as_ref().map(|r| RecordingOut {
         uri: format!("{api}/restapi/v1.0/account/{ACCOUNT_ID}/recording/{}", r.id),
         id: &r.id,
         kind: r.kind.as_str(),
-        content_uri: format!("{media}/restapi/v1.0/account/{ACCOUNT_ID}/recording/{}/content", r.id),
+        content_uri: format!(
+            "{media}/restapi/v1.0/account/{ACCOUNT_ID}/recording/{}/content",
+            r.id
+        ),
     });
     let direction = if c.inbound { "Inbound" } else { "Outbound" };
     let action = if c.inbound { "Phone Call" } else { "VoIP Call" };
@@ -330,7 +366,11 @@ fn write_record(
         legs
     });
     let uri = if account_level {
-        format!("{api}/restapi/v1.0/account/{ACCOUNT_ID}/call-log/{}?view={}", c.call_log_id, view_name(detailed))
+        format!(
+            "{api}/restapi/v1.0/account/{ACCOUNT_ID}/call-log/{}?view={}",
+            c.call_log_id,
+            view_name(detailed)
+        )
     } else {
         format!(
             "{api}/restapi/v1.0/account/{ACCOUNT_ID}/extension/{}/call-log/{}?view={}",
@@ -386,7 +426,13 @@ fn page_uri(base_path: &str, rest: &[(String, String)], page: u64, per_page: u64
     format!("{base_path}?{}", s.finish())
 }
 
-fn call_log_page(st: &State, scope: Scope, headers: &HeaderMap, path: &str, raw: Option<&str>) -> Response {
+fn call_log_page(
+    st: &State,
+    scope: Scope,
+    headers: &HeaderMap,
+    path: &str,
+    raw: Option<&str>,
+) -> Response {
     let now = now_ms();
     let q = match parse_call_log_query(raw, now) {
         Ok(q) => q,
@@ -407,11 +453,26 @@ fn call_log_page(st: &State, scope: Scope, headers: &HeaderMap, path: &str, raw:
         .map(|(i, c)| (c.start_ms, i))
         .collect();
     // Newest first; ties broken by call-log id so pages are stable.
-    hits.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| data.calls[a.1].call_log_id.cmp(&data.calls[b.1].call_log_id)));
+    hits.sort_unstable_by(|a, b| {
+        b.0.cmp(&a.0).then_with(|| {
+            data.calls[a.1]
+                .call_log_id
+                .cmp(&data.calls[b.1].call_log_id)
+        })
+    });
     let total = hits.len() as u64;
-    let overlap = if q.page > 1 { st.faults().page_overlap } else { 0 };
-    let first = (q.page - 1).saturating_mul(q.per_page).saturating_sub(overlap);
-    let page_hits = hits.iter().skip(first.min(total) as usize).take(q.per_page as usize);
+    let overlap = if q.page > 1 {
+        st.faults().page_overlap
+    } else {
+        0
+    };
+    let first = (q.page - 1)
+        .saturating_mul(q.per_page)
+        .saturating_sub(overlap);
+    let page_hits = hits
+        .iter()
+        .skip(first.min(total) as usize)
+        .take(q.per_page as usize);
     let account_level = matches!(scope, Scope::Account);
 
     let mut out = Vec::with_capacity(1024 + q.per_page.min(total) as usize * 1400);
@@ -424,7 +485,15 @@ fn call_log_page(st: &State, scope: Scope, headers: &HeaderMap, path: &str, raw:
         if n > 0 {
             out.push(b',');
         }
-        write_record(st, &data.calls[i], account_level, q.detailed, &api, &media, &mut out);
+        write_record(
+            st,
+            &data.calls[i],
+            account_level,
+            q.detailed,
+            &api,
+            &media,
+            &mut out,
+        );
         n += 1;
     }
     drop(data);
@@ -455,11 +524,24 @@ fn call_log_page(st: &State, scope: Scope, headers: &HeaderMap, path: &str, raw:
         out.truncate(out.len() / 2);
         tracing::debug!("malformed call-log page injected");
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json;charset=UTF-8")], out).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+        out,
+    )
+        .into_response()
 }
 
-fn call_log_record(st: &State, scope: Scope, id: &str, headers: &HeaderMap, raw: Option<&str>) -> Response {
-    let detailed = match raw.and_then(|r| url::form_urlencoded::parse(r.as_bytes()).find(|(k, _)| k == "view")) {
+fn call_log_record(
+    st: &State,
+    scope: Scope,
+    id: &str,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+) -> Response {
+    let detailed = match raw
+        .and_then(|r| url::form_urlencoded::parse(r.as_bytes()).find(|(k, _)| k == "view"))
+    {
         None => false,
         Some((_, v)) if v == "Simple" => false,
         Some((_, v)) if v == "Detailed" => true,
@@ -476,10 +558,25 @@ fn call_log_record(st: &State, scope: Scope, id: &str, headers: &HeaderMap, raw:
                 Scope::Extension(o) => c.owner == o,
             }
     });
-    let Some(call) = found else { return not_found("callRecordId", id) };
+    let Some(call) = found else {
+        return not_found("callRecordId", id);
+    };
     let mut out = Vec::with_capacity(2048);
-    write_record(st, call, matches!(scope, Scope::Account), detailed, &api, &media, &mut out);
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json;charset=UTF-8")], out).into_response()
+    write_record(
+        st,
+        call,
+        matches!(scope, Scope::Account),
+        detailed,
+        &api,
+        &media,
+        &mut out,
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+        out,
+    )
+        .into_response()
 }
 
 /// Resolves `{accountId}/extension/{extensionId}`; `Err` is the answer.

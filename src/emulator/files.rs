@@ -20,7 +20,10 @@ pub(super) const FILES_PATH: &str = "/__emulator/files/";
 impl State {
     /// Counts one request to a non-RingCentral endpoint (no rate group).
     fn count(&self, endpoint: &str) {
-        *lock(&self.stats).by_endpoint.entry(endpoint.to_string()).or_default() += 1;
+        *lock(&self.stats)
+            .by_endpoint
+            .entry(endpoint.to_string())
+            .or_default() += 1;
     }
 
     /// `(recording id, extension, size, call start ms)` of every recording fetchable at `now`,
@@ -33,7 +36,12 @@ impl State {
             .filter(|c| self.fetchable_ms(c) <= now)
             .filter_map(|c| {
                 let r = c.recording.as_ref()?;
-                Some((r.id.clone(), r.audio.codec.extension(), r.audio.len(), c.start_ms))
+                Some((
+                    r.id.clone(),
+                    r.audio.codec.extension(),
+                    r.audio.len(),
+                    c.start_ms,
+                ))
             })
             .collect();
         v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -55,35 +63,68 @@ pub(super) async fn files_index(AxState(st): AxState<Shared>) -> Response {
     st.advance_live(now_ms());
     let files = st.fetchable_files(now_ms());
     let mut html = String::with_capacity(200 + files.len() * 120);
-    html.push_str("<!DOCTYPE html>\n<html><head><title>Index of /__emulator/files/</title></head><body>\n");
+    html.push_str(
+        "<!DOCTYPE html>\n<html><head><title>Index of /__emulator/files/</title></head><body>\n",
+    );
     html.push_str("<h1>Index of /__emulator/files/</h1>\n<pre>\n");
     for (id, ext, len, start) in &files {
         // Ids are digits and extensions ASCII: nothing to escape.
-        html.push_str(&format!("<a href=\"{id}.{ext}\">{id}.{ext}</a> {} {len}\n", fmt_ms(*start)));
+        html.push_str(&format!(
+            "<a href=\"{id}.{ext}\">{id}.{ext}</a> {} {len}\n",
+            fmt_ms(*start)
+        ));
     }
     html.push_str("</pre></body></html>\n");
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
 }
 
 /// `GET`/`HEAD /__emulator/files/<id>.<ext>`: the recording's bytes (the same as its
 /// `contentUri`), with `Content-Length`, `Accept-Ranges`, `Range` -> 206 / 416 and
 /// `Last-Modified`. Plain HTTP: no auth, no rate limit, no faults, no media behaviour settings.
-pub(super) async fn files_get(AxState(st): AxState<Shared>, method: axum::http::Method, Path(name): Path<String>, headers: HeaderMap) -> Response {
+pub(super) async fn files_get(
+    AxState(st): AxState<Shared>,
+    method: axum::http::Method,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let head = method == axum::http::Method::HEAD;
     st.count(if head { "files-head" } else { "files-get" });
     st.advance_live(now_ms());
-    let plain_404 = || (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "not found\n").into_response();
-    let Some((id, ext)) = name.rsplit_once('.') else { return plain_404() };
-    let Some((audio, _, fetchable, _)) = st.recording(id).filter(|r| r.2 <= now_ms()) else { return plain_404() };
+    let plain_404 = || {
+        (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "not found\n",
+        )
+            .into_response()
+    };
+    let Some((id, ext)) = name.rsplit_once('.') else {
+        return plain_404();
+    };
+    let Some((audio, _, fetchable, _)) = st.recording(id).filter(|r| r.2 <= now_ms()) else {
+        return plain_404();
+    };
     if ext != audio.codec.extension() {
         return plain_404();
     }
     let len = audio.len();
-    let (status, start, end) = match parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), len) {
+    let (status, start, end) = match parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        len,
+    ) {
         RangeReq::Whole => (StatusCode::OK, 0, len),
         RangeReq::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b),
         RangeReq::Unsatisfiable => {
-            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response();
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response();
         }
     };
     let mut builder = Response::builder()
@@ -93,9 +134,18 @@ pub(super) async fn files_get(AxState(st): AxState<Shared>, method: axum::http::
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::LAST_MODIFIED, http_date(fetchable));
     if status == StatusCode::PARTIAL_CONTENT {
-        builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1));
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", end - 1),
+        );
     }
     // HEAD: the headers only (hyper keeps an explicit Content-Length on an empty HEAD answer).
-    let body = if head { Body::empty() } else { media_body(st.clone(), audio, start, end, Vec::new(), None) };
-    builder.body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    let body = if head {
+        Body::empty()
+    } else {
+        media_body(st.clone(), audio, start, end, Vec::new(), None)
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

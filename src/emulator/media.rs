@@ -18,12 +18,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::RangeMode;
 use super::audio::AudioSpec;
 use super::data::ACCOUNT_ID;
-use super::quirks::{Answer, Cut, Gate, parse_range, content_type};
+use super::quirks::{Answer, Cut, Gate, content_type, parse_range};
 use super::reply::{json_response, not_found, rc_error, server_error};
 use super::state::{Group, Shared, account_ok, bases, lock, now_ms};
-use super::RangeMode;
 
 pub(super) async fn recording_meta(
     AxState(st): AxState<Shared>,
@@ -61,7 +61,14 @@ const CHUNK: u64 = 256 * 1024;
 
 /// The body of a media response: generated chunk by chunk, with the speed cap and the cuts
 /// (in order of `at`; a cut that another response fired first is passed over).
-pub(super) fn media_body(st: Shared, audio: AudioSpec, start: u64, end: u64, cuts: Vec<Cut>, rate: Option<u64>) -> Body {
+pub(super) fn media_body(
+    st: Shared,
+    audio: AudioSpec,
+    start: u64,
+    end: u64,
+    cuts: Vec<Cut>,
+    rate: Option<u64>,
+) -> Body {
     struct S {
         st: Shared,
         audio: AudioSpec,
@@ -76,7 +83,17 @@ pub(super) fn media_body(st: Shared, audio: AudioSpec, start: u64, end: u64, cut
     }
     let mut cuts = cuts;
     cuts.sort_unstable_by_key(|c| std::cmp::Reverse(c.at));
-    let s = S { st, audio, pos: start, end, sent: 0, cuts, rate, began: Instant::now(), done: false };
+    let s = S {
+        st,
+        audio,
+        pos: start,
+        end,
+        sent: 0,
+        cuts,
+        rate,
+        began: Instant::now(),
+        done: false,
+    };
     let stream = futures_util::stream::unfold(s, |mut s| async move {
         if s.done || s.pos >= s.end {
             return None;
@@ -117,11 +134,16 @@ pub(super) async fn recording_content(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    *lock(&st.stats).media_by_recording.entry(id.clone()).or_default() += 1;
+    *lock(&st.stats)
+        .media_by_recording
+        .entry(id.clone())
+        .or_default() += 1;
     let st2 = st.clone();
     st.gated("recording-content", Group::Heavy, move || {
         let params: HashMap<String, String> =
-            url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).into_owned().collect();
+            url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
         if let Err(r) = st2.authorize(&headers, params.get("access_token").map(String::as_str)) {
             return r;
         }
@@ -145,21 +167,38 @@ pub(super) async fn recording_content(
             }
             Gate::Serve => {}
         }
-        let (status, start, end) = match quirks.answer(parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), len)) {
+        let (status, start, end) = match quirks.answer(parse_range(
+            headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+            len,
+        )) {
             Answer::Whole => (StatusCode::OK, 0, len),
             Answer::Part { start, end, .. } => (StatusCode::PARTIAL_CONTENT, start, end),
             Answer::Unsatisfiable { content_range } => {
-                let mut r = rc_error(StatusCode::RANGE_NOT_SATISFIABLE, "CMN-107", "Requested range not satisfiable");
+                let mut r = rc_error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "CMN-107",
+                    "Requested range not satisfiable",
+                );
                 if content_range {
-                    r.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"));
+                    r.headers_mut().insert(
+                        header::CONTENT_RANGE,
+                        HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+                    );
                 }
                 return r;
             }
         };
         let faults = st2.faults();
         let body_len = end - start;
-        let fraction = if faults.drop_after_bytes.is_some() && faults.drop_fraction <= 0.0 { 1.0 } else { faults.drop_fraction };
-        let fault_cut = st2.roll(fraction).then(|| faults.drop_after_bytes.unwrap_or(body_len / 2)).filter(|&c| c < body_len);
+        let fraction = if faults.drop_after_bytes.is_some() && faults.drop_fraction <= 0.0 {
+            1.0
+        } else {
+            faults.drop_fraction
+        };
+        let fault_cut = st2
+            .roll(fraction)
+            .then(|| faults.drop_after_bytes.unwrap_or(body_len / 2))
+            .filter(|&c| c < body_len);
         let mut cuts = st2.quirks.cuts(&id, &quirks, start, end);
         cuts.extend(fault_cut.map(Cut::always));
         tracing::debug!(recording = %id, start, end, fetchable, ?quirks, "media");
@@ -173,13 +212,27 @@ pub(super) async fn recording_content(
             builder = builder.header(header::ACCEPT_RANGES, "bytes");
         }
         if status == StatusCode::PARTIAL_CONTENT {
-            let total = if quirks.range == RangeMode::UnknownTotal { "*".to_string() } else { len.to_string() };
-            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{total}", end - 1));
+            let total = if quirks.range == RangeMode::UnknownTotal {
+                "*".to_string()
+            } else {
+                len.to_string()
+            };
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{total}", end - 1),
+            );
         }
         if let Some(disposition) = params.get("contentDisposition") {
-            let kind = if disposition.eq_ignore_ascii_case("attachment") { "attachment" } else { "inline" };
+            let kind = if disposition.eq_ignore_ascii_case("attachment") {
+                "attachment"
+            } else {
+                "inline"
+            };
             let value = match params.get("contentDispositionFilename") {
-                Some(name) => format!("{kind}; filename=\"{}\"", name.replace(['"', '\\', '\r', '\n'], "_")),
+                Some(name) => format!(
+                    "{kind}; filename=\"{}\"",
+                    name.replace(['"', '\\', '\r', '\n'], "_")
+                ),
                 None => kind.to_string(),
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -187,7 +240,11 @@ pub(super) async fn recording_content(
             }
         }
         // The slower of the account-wide and the recording's speed cap.
-        let rate = faults.max_bytes_per_sec.into_iter().chain(quirks.bytes_per_sec).min();
+        let rate = faults
+            .max_bytes_per_sec
+            .into_iter()
+            .chain(quirks.bytes_per_sec)
+            .min();
         builder
             .body(media_body(st2.clone(), audio, start, end, cuts, rate))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())

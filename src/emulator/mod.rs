@@ -106,7 +106,13 @@ impl Default for RateLimits {
 impl RateLimits {
     /// No limit in any group (headers are still sent).
     pub fn unlimited() -> Self {
-        RateLimits { light: u32::MAX, medium: u32::MAX, heavy: u32::MAX, auth: u32::MAX, ..Self::default() }
+        RateLimits {
+            light: u32::MAX,
+            medium: u32::MAX,
+            heavy: u32::MAX,
+            auth: u32::MAX,
+            ..Self::default()
+        }
     }
 }
 
@@ -292,7 +298,10 @@ impl Stats {
     }
     /// Media content requests for one recording (0 when none).
     pub fn media_of(&self, recording_id: &str) -> u64 {
-        self.media_by_recording.get(recording_id).copied().unwrap_or(0)
+        self.media_by_recording
+            .get(recording_id)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -338,12 +347,20 @@ impl Emulator {
     pub async fn start(config: Config) -> std::io::Result<Emulator> {
         let api = TcpListener::bind("127.0.0.1:0").await?;
         let media = TcpListener::bind("127.0.0.1:0").await?;
-        let state = Arc::new(state::State::new(config, api.local_addr()?, media.local_addr()?));
+        let state = Arc::new(state::State::new(
+            config,
+            api.local_addr()?,
+            media.local_addr()?,
+        ));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(state.clone(), api, media, async move {
             let _ = rx.await;
         }));
-        Ok(Emulator { state, stop: Some(tx), task: Some(task) })
+        Ok(Emulator {
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        })
     }
 
     /// Base URL of the API host (what `RC_SERVER_URL` would be), e.g. `http://127.0.0.1:40123`.
@@ -431,6 +448,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = Arc::new(state::State::new(config, api.local_addr()?, media.local_addr()?));
+    let state = Arc::new(state::State::new(
+        config,
+        api.local_addr()?,
+        media.local_addr()?,
+    ));
     server::serve(state, api, media, shutdown).await
 }

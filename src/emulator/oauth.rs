@@ -39,13 +39,24 @@ impl State {
     }
 
     /// Issues a new token pair for `session` (the session's current generation).
-    fn issue(&self, tokens: &mut Tokens, session: u64, access_ttl: Duration, refresh_ttl: Duration) -> serde_json::Value {
+    fn issue(
+        &self,
+        tokens: &mut Tokens,
+        session: u64,
+        access_ttl: Duration,
+        refresh_ttl: Duration,
+    ) -> serde_json::Value {
         let generation = tokens.sessions.entry(session).or_default().generation;
         let now = Instant::now();
         let access = self.new_token(TokenKind::Access);
         tokens.tokens.insert(
             access.clone(),
-            Token { kind: TokenKind::Access, session, generation, expires: now + access_ttl },
+            Token {
+                kind: TokenKind::Access,
+                session,
+                generation,
+                expires: now + access_ttl,
+            },
         );
         let mut body = json!({
             "access_token": access,
@@ -62,7 +73,12 @@ impl State {
             let refresh = self.new_token(TokenKind::Refresh);
             tokens.tokens.insert(
                 refresh.clone(),
-                Token { kind: TokenKind::Refresh, session, generation, expires: now + refresh_ttl },
+                Token {
+                    kind: TokenKind::Refresh,
+                    session,
+                    generation,
+                    expires: now + refresh_ttl,
+                },
             );
             body["refresh_token"] = json!(refresh);
             body["refresh_token_expires_in"] = json!(refresh_ttl.as_secs());
@@ -71,30 +87,55 @@ impl State {
     }
 
     /// Checks a Bearer token (or the media host's `access_token` query parameter).
-    pub(super) fn authorize(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<(), Response> {
+    pub(super) fn authorize(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<(), Response> {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         let Some(token) = bearer.or(query_token) else {
-            return Err(rc_error(StatusCode::UNAUTHORIZED, "OAU-123", "Authorization header is not specified"));
+            return Err(rc_error(
+                StatusCode::UNAUTHORIZED,
+                "OAU-123",
+                "Authorization header is not specified",
+            ));
         };
         let tokens = lock(&self.tokens);
         let invalid = || rc_error(StatusCode::UNAUTHORIZED, "OAU-149", "Invalid token");
-        let Some(t) = tokens.tokens.get(token) else { return Err(invalid()) };
+        let Some(t) = tokens.tokens.get(token) else {
+            return Err(invalid());
+        };
         if t.kind != TokenKind::Access {
             return Err(invalid());
         }
         let session = tokens.sessions.get(&t.session);
         if session.is_none_or(|s| s.revoked) {
-            return Err(rc_error(StatusCode::UNAUTHORIZED, "OAU-213", "Token is revoked"));
+            return Err(rc_error(
+                StatusCode::UNAUTHORIZED,
+                "OAU-213",
+                "Token is revoked",
+            ));
         }
         if session.is_some_and(|s| s.generation != t.generation) {
-            return Err(rc_error(StatusCode::UNAUTHORIZED, "OAU-213", "Token not found"));
+            return Err(rc_error(
+                StatusCode::UNAUTHORIZED,
+                "OAU-213",
+                "Token not found",
+            ));
         }
         if Instant::now() >= t.expires {
-            return Err(rc_error(StatusCode::UNAUTHORIZED, "OAU-213", "Token expired"));
+            return Err(rc_error(
+                StatusCode::UNAUTHORIZED,
+                "OAU-213",
+                "Token expired",
+            ));
         }
         Ok(())
     }
@@ -104,8 +145,15 @@ impl State {
         let creds = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
             .and_then(|b| String::from_utf8(b).ok());
         let Some(creds) = creds else {
             return Err(oauth_error(
@@ -117,7 +165,12 @@ impl State {
         };
         let (id, secret) = creds.split_once(':').unwrap_or((&creds, ""));
         if id != self.cfg.client_id || secret != self.cfg.client_secret {
-            return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "OAU-153", "Invalid client"));
+            return Err(oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "OAU-153",
+                "Invalid client",
+            ));
         }
         Ok(())
     }
@@ -127,7 +180,11 @@ fn form(body: &[u8]) -> HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-pub(super) async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn token(
+    AxState(st): AxState<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     st.gated("token", Group::Auth, || {
         if let Err(r) = st.client_ok(&headers) {
             return r;
@@ -145,19 +202,32 @@ pub(super) async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body
         match grant {
             "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
                 if form.get("assertion").map(String::as_str) != Some(st.cfg.jwt.as_str()) {
-                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "OAU-140", "Invalid JWT token");
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "OAU-140",
+                        "Invalid JWT token",
+                    );
                 }
                 let mut tokens = lock(&st.tokens);
                 let session = tokens.next_session;
                 tokens.next_session += 1;
                 tracing::debug!(session, "jwt login");
-                json_response(StatusCode::OK, &st.issue(&mut tokens, session, access_ttl, refresh_ttl))
+                json_response(
+                    StatusCode::OK,
+                    &st.issue(&mut tokens, session, access_ttl, refresh_ttl),
+                )
             }
             "refresh_token" => {
                 let presented = form.get("refresh_token").map(String::as_str).unwrap_or("");
                 let mut tokens = lock(&st.tokens);
-                let invalid = |d| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "OAU-211", d);
-                let Some(t) = tokens.tokens.get(presented).filter(|t| t.kind == TokenKind::Refresh) else {
+                let invalid =
+                    |d| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "OAU-211", d);
+                let Some(t) = tokens
+                    .tokens
+                    .get(presented)
+                    .filter(|t| t.kind == TokenKind::Refresh)
+                else {
                     return invalid("Invalid token");
                 };
                 let (session, generation, expires) = (t.session, t.generation, t.expires);
@@ -171,9 +241,17 @@ pub(super) async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body
                 // Single use: the new generation kills this refresh token and its access token.
                 s.generation += 1;
                 tracing::debug!(session, "refresh");
-                json_response(StatusCode::OK, &st.issue(&mut tokens, session, access_ttl, refresh_ttl))
+                json_response(
+                    StatusCode::OK,
+                    &st.issue(&mut tokens, session, access_ttl, refresh_ttl),
+                )
             }
-            "" => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "OAU-101", "Parameter [grant_type] is invalid"),
+            "" => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "OAU-101",
+                "Parameter [grant_type] is invalid",
+            ),
             _ => oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -184,7 +262,12 @@ pub(super) async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body
     })
 }
 
-pub(super) async fn revoke(AxState(st): AxState<Shared>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
+pub(super) async fn revoke(
+    AxState(st): AxState<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
     st.gated("revoke", Group::Auth, || {
         if let Err(r) = st.client_ok(&headers) {
             return r;
@@ -194,7 +277,12 @@ pub(super) async fn revoke(AxState(st): AxState<Shared>, headers: HeaderMap, Raw
             form.extend(url::form_urlencoded::parse(q.as_bytes()).into_owned());
         }
         let Some(token) = form.get("token") else {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "OAU-101", "Parameter [token] is invalid");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "OAU-101",
+                "Parameter [token] is invalid",
+            );
         };
         let mut tokens = lock(&st.tokens);
         if let Some(session) = tokens.tokens.get(token).map(|t| t.session) {

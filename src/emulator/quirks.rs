@@ -232,21 +232,29 @@ pub(crate) enum RangeReq {
 
 /// RFC 9110 single-range parsing; several ranges or a malformed header mean the whole body.
 pub(crate) fn parse_range(header: Option<&str>, len: u64) -> RangeReq {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return RangeReq::Whole };
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeReq::Whole;
+    };
     if spec.contains(',') {
         return RangeReq::Whole;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeReq::Whole };
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Whole;
+    };
     let (a, b) = (a.trim(), b.trim());
     if a.is_empty() {
         // Suffix range: the last `n` bytes.
-        let Ok(n) = b.parse::<u64>() else { return RangeReq::Whole };
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeReq::Whole;
+        };
         if n == 0 || len == 0 {
             return RangeReq::Unsatisfiable;
         }
         return RangeReq::Part(len - n.min(len), len);
     }
-    let Ok(start) = a.parse::<u64>() else { return RangeReq::Whole };
+    let Ok(start) = a.parse::<u64>() else {
+        return RangeReq::Whole;
+    };
     let end = if b.is_empty() {
         len
     } else {
@@ -462,7 +470,13 @@ mod tests {
         // Tiny recordings have no room for a drop; the length changes nothing else.
         for (i, q) in draws.iter().enumerate().take(500) {
             let tiny = MediaQuirks::draw(7, &format!("{}", 50_000_000 + i), 1);
-            assert_eq!(tiny, MediaQuirks { drop_at: Vec::new(), ..q.clone() });
+            assert_eq!(
+                tiny,
+                MediaQuirks {
+                    drop_at: Vec::new(),
+                    ..q.clone()
+                }
+            );
         }
     }
 
@@ -472,11 +486,23 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-9"), 100), RangeReq::Part(0, 10));
         assert_eq!(parse_range(Some("bytes=90-"), 100), RangeReq::Part(90, 100));
         assert_eq!(parse_range(Some("bytes=-10"), 100), RangeReq::Part(90, 100));
-        assert_eq!(parse_range(Some("bytes=-1000"), 100), RangeReq::Part(0, 100));
-        assert_eq!(parse_range(Some("bytes=50-1000"), 100), RangeReq::Part(50, 100));
-        assert_eq!(parse_range(Some("bytes=100-"), 100), RangeReq::Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=-1000"), 100),
+            RangeReq::Part(0, 100)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=50-1000"), 100),
+            RangeReq::Part(50, 100)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeReq::Unsatisfiable
+        );
         // The largest last-byte position must not overflow (it panicked in debug builds).
-        assert_eq!(parse_range(Some("bytes=5-18446744073709551615"), 100), RangeReq::Part(5, 100));
+        assert_eq!(
+            parse_range(Some("bytes=5-18446744073709551615"), 100),
+            RangeReq::Part(5, 100)
+        );
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), RangeReq::Whole);
         assert_eq!(parse_range(Some("bytes=9-2"), 100), RangeReq::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 100), RangeReq::Whole);

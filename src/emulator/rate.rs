@@ -53,22 +53,39 @@ impl State {
             if b.penalty_until.is_some_and(|until| now < until) {
                 // The real penalty: a request during it restarts it.
                 b.penalty_until = Some(now + penalty);
-                (Admission::Throttled { retry_after: penalty }, true)
+                (
+                    Admission::Throttled {
+                        retry_after: penalty,
+                    },
+                    true,
+                )
             } else {
                 // A penalty that ran out leaves a fresh window behind.
                 if b.penalty_until.take().is_some() {
                     b.window_start = None;
                 }
-                if b.window_start.is_none_or(|start| now >= start + self.cfg.rate.window) {
+                if b.window_start
+                    .is_none_or(|start| now >= start + self.cfg.rate.window)
+                {
                     b.window_start = Some(now);
                     b.count = 0;
                 }
                 if b.count >= limit {
                     b.penalty_until = Some(now + penalty);
-                    (Admission::Throttled { retry_after: penalty }, false)
+                    (
+                        Admission::Throttled {
+                            retry_after: penalty,
+                        },
+                        false,
+                    )
                 } else {
                     b.count += 1;
-                    (Admission::Allowed { remaining: limit - b.count }, false)
+                    (
+                        Admission::Allowed {
+                            remaining: limit - b.count,
+                        },
+                        false,
+                    )
                 }
             }
         };
@@ -89,15 +106,35 @@ impl State {
         // advertising 2 for a 2.5 s window would make a client that trusts the header pace too
         // fast and meet 429s the real service would never send it.
         let window = self.cfg.rate.window.as_millis().div_ceil(1000).max(1) as u64;
-        h.insert(HeaderName::from_static("x-rate-limit-group"), HeaderValue::from_static(g.header()));
-        h.insert(HeaderName::from_static("x-rate-limit-limit"), HeaderValue::from(self.limit(g)));
-        h.insert(HeaderName::from_static("x-rate-limit-remaining"), HeaderValue::from(remaining));
-        h.insert(HeaderName::from_static("x-rate-limit-window"), HeaderValue::from(window));
+        h.insert(
+            HeaderName::from_static("x-rate-limit-group"),
+            HeaderValue::from_static(g.header()),
+        );
+        h.insert(
+            HeaderName::from_static("x-rate-limit-limit"),
+            HeaderValue::from(self.limit(g)),
+        );
+        h.insert(
+            HeaderName::from_static("x-rate-limit-remaining"),
+            HeaderValue::from(remaining),
+        );
+        h.insert(
+            HeaderName::from_static("x-rate-limit-window"),
+            HeaderValue::from(window),
+        );
     }
 
     /// Steps 1-3 of the gate, then `handler`; adds the rate headers to whatever is answered.
-    pub(super) fn gated(&self, endpoint: &str, g: Group, handler: impl FnOnce() -> Response) -> Response {
-        *lock(&self.stats).by_endpoint.entry(endpoint.to_string()).or_default() += 1;
+    pub(super) fn gated(
+        &self,
+        endpoint: &str,
+        g: Group,
+        handler: impl FnOnce() -> Response,
+    ) -> Response {
+        *lock(&self.stats)
+            .by_endpoint
+            .entry(endpoint.to_string())
+            .or_default() += 1;
         self.advance_live(now_ms());
         self.check_retry_after(g);
         let faults = self.faults();
@@ -107,7 +144,10 @@ impl State {
             *stats.by_group.entry(g.name().to_string()).or_default() += 1;
             stats.throttled += 1;
             drop(stats);
-            (too_many_requests(faults.force_429_retry_after.map(Duration::from_secs)), 0)
+            (
+                too_many_requests(faults.force_429_retry_after.map(Duration::from_secs)),
+                0,
+            )
         } else {
             match self.admit(g) {
                 Admission::Throttled { retry_after } => {
@@ -138,7 +178,10 @@ impl State {
         let violation = lock(&self.advertised)[g.index()]
             .is_some_and(|(sent, until)| now >= sent + super::IN_FLIGHT_GRACE && now < until);
         if violation {
-            tracing::debug!(group = g.name(), "request before the Retry-After of a 429 passed");
+            tracing::debug!(
+                group = g.name(),
+                "request before the Retry-After of a 429 passed"
+            );
             lock(&self.stats).retry_after_violations += 1;
         }
     }

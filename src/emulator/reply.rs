@@ -13,7 +13,12 @@ use serde_json::json;
 
 pub(super) fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    (status, [(header::CONTENT_TYPE, "application/json;charset=UTF-8")], bytes).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+        bytes,
+    )
+        .into_response()
 }
 
 /// `{"errorCode","message","errors":[{"errorCode","message"}]}`.
@@ -43,7 +48,12 @@ pub(super) fn not_found(name: &str, value: &str) -> Response {
     )
 }
 
-pub(super) fn oauth_error(status: StatusCode, error: &str, code: &str, description: &str) -> Response {
+pub(super) fn oauth_error(
+    status: StatusCode,
+    error: &str,
+    code: &str,
+    description: &str,
+) -> Response {
     json_response(
         status,
         &json!({"error": error, "error_description": description,
@@ -55,8 +65,13 @@ pub(super) fn oauth_error(status: StatusCode, error: &str, code: &str, descripti
 pub(super) fn server_error(n: u64) -> Response {
     match n % 3 {
         0 => {
-            let mut r = rc_error(StatusCode::SERVICE_UNAVAILABLE, "CMN-201", "Service Temporary Unavailable");
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            let mut r = rc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CMN-201",
+                "Service Temporary Unavailable",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
             r
         }
         1 => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response(),
@@ -70,10 +85,15 @@ pub(super) fn server_error(n: u64) -> Response {
 }
 
 pub(super) fn too_many_requests(retry_after: Option<Duration>) -> Response {
-    let mut r = rc_error(StatusCode::TOO_MANY_REQUESTS, "CMN-301", "Request rate exceeded");
+    let mut r = rc_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "CMN-301",
+        "Request rate exceeded",
+    );
     if let Some(d) = retry_after {
         let secs = d.as_millis().div_ceil(1000).max(1) as u64;
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     r
 }

@@ -22,7 +22,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower_service::Service as _;
 
-use super::call_log::{account_call_log, account_call_log_record, extension_call_log, extension_call_log_record};
+use super::call_log::{
+    account_call_log, account_call_log_record, extension_call_log, extension_call_log_record,
+};
 use super::files::{FILES_PATH, files_get, files_index};
 use super::media::{recording_content, recording_meta};
 use super::oauth::{revoke, token};
@@ -41,11 +43,26 @@ fn api_router(st: Shared) -> Router {
     Router::new()
         .route("/restapi/oauth/token", post(token))
         .route("/restapi/oauth/revoke", post(revoke))
-        .route("/restapi/v1.0/account/{account}/call-log", get(account_call_log))
-        .route("/restapi/v1.0/account/{account}/call-log/{id}", get(account_call_log_record))
-        .route("/restapi/v1.0/account/{account}/extension/{ext}/call-log", get(extension_call_log))
-        .route("/restapi/v1.0/account/{account}/extension/{ext}/call-log/{id}", get(extension_call_log_record))
-        .route("/restapi/v1.0/account/{account}/recording/{id}", get(recording_meta))
+        .route(
+            "/restapi/v1.0/account/{account}/call-log",
+            get(account_call_log),
+        )
+        .route(
+            "/restapi/v1.0/account/{account}/call-log/{id}",
+            get(account_call_log_record),
+        )
+        .route(
+            "/restapi/v1.0/account/{account}/extension/{ext}/call-log",
+            get(extension_call_log),
+        )
+        .route(
+            "/restapi/v1.0/account/{account}/extension/{ext}/call-log/{id}",
+            get(extension_call_log_record),
+        )
+        .route(
+            "/restapi/v1.0/account/{account}/recording/{id}",
+            get(recording_meta),
+        )
         .route("/__emulator/stats", get(stats))
         .fallback(fallback)
         .with_state(st)
@@ -53,7 +70,10 @@ fn api_router(st: Shared) -> Router {
 
 fn media_router(st: Shared) -> Router {
     Router::new()
-        .route("/restapi/v1.0/account/{account}/recording/{id}/content", get(recording_content))
+        .route(
+            "/restapi/v1.0/account/{account}/recording/{id}/content",
+            get(recording_content),
+        )
         .route(FILES_PATH, get(files_index))
         // httpdirfs asks for the directory without its trailing slash.
         .route(FILES_PATH.trim_end_matches('/'), get(files_index))
@@ -67,7 +87,12 @@ fn media_router(st: Shared) -> Router {
 #[error("emulated unreachable host")]
 struct Unreachable;
 
-async fn accept_loop(listener: TcpListener, router: Router, st: Shared, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    st: Shared,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -128,7 +153,12 @@ pub(super) async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (tx, rx) = watch::channel(false);
-    let a = tokio::spawn(accept_loop(api, api_router(st.clone()), st.clone(), rx.clone()));
+    let a = tokio::spawn(accept_loop(
+        api,
+        api_router(st.clone()),
+        st.clone(),
+        rx.clone(),
+    ));
     let m = tokio::spawn(accept_loop(media, media_router(st.clone()), st.clone(), rx));
     shutdown.await;
     let _ = tx.send(true);

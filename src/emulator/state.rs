@@ -160,16 +160,26 @@ impl State {
             .enumerate()
             .filter_map(|(i, c)| c.recording.as_ref().map(|r| (r.id.clone(), i)))
             .collect();
-        let mut data = Data { calls, by_recording, pending_live: None };
+        let mut data = Data {
+            calls,
+            by_recording,
+            pending_live: None,
+        };
         if cfg.live.is_some() {
             data.pending_live = Some((1, Self::live_call(&generator, &cfg, t0_ms, 1)));
         }
-        tracing::info!(calls = data.calls.len(), seed = cfg.seed, "emulated account ready");
+        tracing::info!(
+            calls = data.calls.len(),
+            seed = cfg.seed,
+            "emulated account ready"
+        );
         State {
             api_addr,
             media_addr,
             faults: RwLock::new(cfg.faults.clone()),
-            nonce: mix64((t0_ms as u64) ^ (u64::from(std::process::id()) << 32) ^ u64::from(api_addr.port())),
+            nonce: mix64(
+                (t0_ms as u64) ^ (u64::from(std::process::id()) << 32) ^ u64::from(api_addr.port()),
+            ),
             cfg,
             generator,
             t0_ms,
@@ -198,7 +208,11 @@ impl State {
         if self.cfg.live.is_none() {
             return;
         }
-        let due = |d: &Data| d.pending_live.as_ref().is_some_and(|(_, c)| c.start_ms <= now);
+        let due = |d: &Data| {
+            d.pending_live
+                .as_ref()
+                .is_some_and(|(_, c)| c.start_ms <= now)
+        };
         if !due(&self.data.read().unwrap_or_else(|e| e.into_inner())) {
             return;
         }
@@ -210,7 +224,10 @@ impl State {
                 data.by_recording.insert(r.id.clone(), index);
             }
             data.calls.push(call);
-            data.pending_live = Some((k + 1, Self::live_call(&self.generator, &self.cfg, self.t0_ms, k + 1)));
+            data.pending_live = Some((
+                k + 1,
+                Self::live_call(&self.generator, &self.cfg, self.t0_ms, k + 1),
+            ));
         }
     }
 
@@ -234,7 +251,9 @@ impl State {
 
     pub(super) fn media_quirks(&self, recording_id: &str) -> MediaQuirks {
         self.advance_live(now_ms());
-        let len = self.recording(recording_id).map_or(0, |(audio, ..)| audio.len());
+        let len = self
+            .recording(recording_id)
+            .map_or(0, |(audio, ..)| audio.len());
         self.quirks_of(recording_id, len)
     }
 
@@ -258,11 +277,17 @@ impl State {
     }
 
     pub(super) fn faults(&self) -> Faults {
-        self.faults.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(super) fn unreachable(&self) -> bool {
-        self.faults.read().unwrap_or_else(|e| e.into_inner()).unreachable
+        self.faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .unreachable
     }
 
     pub(super) fn hanging(&self) -> bool {
@@ -305,7 +330,10 @@ impl State {
                 to_name: c.to.name.clone(),
                 extension_id: c.extension().id.to_string(),
                 recording_id: c.recording.as_ref().map(|r| r.id.clone()),
-                content_type: c.recording.as_ref().map(|r| self.content_type(&r.id, r.audio)),
+                content_type: c
+                    .recording
+                    .as_ref()
+                    .map(|r| self.content_type(&r.id, r.audio)),
                 recording_len: c.recording.as_ref().map(|r| r.audio.len()),
                 visible_at: ts(self.visible_ms(c)),
                 fetchable_at: ts(self.fetchable_ms(c)),
@@ -317,7 +345,12 @@ impl State {
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());
         let call = &data.calls[*data.by_recording.get(id)?];
         let rec = call.recording.as_ref()?;
-        Some((rec.audio, self.visible_ms(call), self.fetchable_ms(call), call.duration_s))
+        Some((
+            rec.audio,
+            self.visible_ms(call),
+            self.fetchable_ms(call),
+            call.duration_s,
+        ))
     }
 
     pub(super) fn recording_bytes(&self, id: &str) -> Option<Vec<u8>> {
@@ -345,9 +378,15 @@ pub(super) fn bases(state: &State, headers: &HeaderMap) -> (String, String) {
             } else {
                 host.rsplit_once(':').map_or(host, |(n, _)| n)
             };
-            (format!("http://{host}"), format!("http://{name}:{}", state.media_addr.port()))
+            (
+                format!("http://{host}"),
+                format!("http://{name}:{}", state.media_addr.port()),
+            )
         }
-        _ => (format!("http://{}", state.api_addr), format!("http://{}", state.media_addr)),
+        _ => (
+            format!("http://{}", state.api_addr),
+            format!("http://{}", state.media_addr),
+        ),
     }
 }
 
