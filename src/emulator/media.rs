@@ -167,12 +167,16 @@ pub(super) async fn recording_content(
             }
             Gate::Serve => {}
         }
-        let (status, start, end) = match quirks.answer(parse_range(
+        let (status, start, end, total_known) = match quirks.answer(parse_range(
             headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
             len,
         )) {
-            Answer::Whole => (StatusCode::OK, 0, len),
-            Answer::Part { start, end, .. } => (StatusCode::PARTIAL_CONTENT, start, end),
+            Answer::Whole => (StatusCode::OK, 0, len, true),
+            Answer::Part {
+                start,
+                end,
+                total_known,
+            } => (StatusCode::PARTIAL_CONTENT, start, end, total_known),
             Answer::Unsatisfiable { content_range } => {
                 let mut r = rc_error(
                     StatusCode::RANGE_NOT_SATISFIABLE,
@@ -212,10 +216,10 @@ pub(super) async fn recording_content(
             builder = builder.header(header::ACCEPT_RANGES, "bytes");
         }
         if status == StatusCode::PARTIAL_CONTENT {
-            let total = if quirks.range == RangeMode::UnknownTotal {
-                "*".to_string()
-            } else {
+            let total = if total_known {
                 len.to_string()
+            } else {
+                "*".to_string()
             };
             builder = builder.header(
                 header::CONTENT_RANGE,

@@ -80,9 +80,9 @@ pub struct RateLimits {
     pub window: Duration,
     /// Penalty after the limit is exceeded (`Retry-After`), 60 s on the real service.
     pub penalty: Duration,
-    /// Light group limit per window (50).
+    /// Light group limit per window (50); no emulated endpoint is in this group.
     pub light: u32,
-    /// Medium group limit per window (40).
+    /// Medium group limit per window (40); no emulated endpoint is in this group.
     pub medium: u32,
     /// Heavy group limit per window (10): call log, recording metadata and content.
     pub heavy: u32,
@@ -261,7 +261,7 @@ pub struct Stats {
     /// `recording-meta`, `recording-content` (throttled and failed requests count too), and the
     /// plain directory of the media host: `files-index`, `files-head`, `files-get` (no group).
     pub by_endpoint: BTreeMap<String, u64>,
-    /// Requests per rate group: `Light`, `Medium`, `Heavy`, `Auth`.
+    /// Requests per rate group: `Heavy`, `Auth` (no emulated endpoint is Light or Medium).
     pub by_group: BTreeMap<String, u64>,
     /// 429 answers sent (budget, penalty and forced).
     pub throttled: u64,

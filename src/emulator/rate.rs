@@ -36,8 +36,6 @@ impl State {
     fn limit(&self, g: Group) -> u32 {
         let r = &self.cfg.rate;
         match g {
-            Group::Light => r.light,
-            Group::Medium => r.medium,
             Group::Heavy => r.heavy,
             Group::Auth => r.auth,
         }

@@ -25,25 +25,23 @@ use super::{CallInfo, Config, Faults, MediaQuirks, Stats};
 
 pub(super) type Shared = std::sync::Arc<State>;
 
-/// Rate-limit groups of the contract. Light and Medium (subscriptions) have no endpoint here
-/// yet; they stay so the limits and headers of every group are in one place.
-#[allow(dead_code)]
+/// The rate-limit groups that have an emulated endpoint. Light and Medium have none (their
+/// limits in [`RateLimits`](super::RateLimits) are accepted and unused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Group {
-    Light,
-    Medium,
     Heavy,
     Auth,
 }
 
 impl Group {
+    /// Number of groups: the length of the per-group arrays of [`State`].
+    pub(super) const COUNT: usize = 2;
+
     pub(super) fn index(self) -> usize {
         self as usize
     }
     pub(super) fn name(self) -> &'static str {
         match self {
-            Group::Light => "Light",
-            Group::Medium => "Medium",
             Group::Heavy => "Heavy",
             Group::Auth => "Auth",
         }
@@ -51,8 +49,6 @@ impl Group {
     /// The value of `X-Rate-Limit-Group`.
     pub(super) fn header(self) -> &'static str {
         match self {
-            Group::Light => "light",
-            Group::Medium => "medium",
             Group::Heavy => "heavy",
             Group::Auth => "auth",
         }
@@ -116,10 +112,10 @@ pub(super) struct State {
     pub(super) faults: RwLock<Faults>,
     pub(super) data: RwLock<Data>,
     pub(super) tokens: Mutex<Tokens>,
-    pub(super) rate: Mutex<[Bucket; 4]>,
+    pub(super) rate: Mutex<[Bucket; Group::COUNT]>,
     /// Per group: when the last 429 was answered and until when its `Retry-After` told the
     /// client to wait (for `Stats::retry_after_violations`).
-    pub(super) advertised: Mutex<[Option<(Instant, Instant)>; 4]>,
+    pub(super) advertised: Mutex<[Option<(Instant, Instant)>; Group::COUNT]>,
     pub(super) stats: Mutex<Stats>,
     pub(super) bytes_served: AtomicU64,
     pub(super) counter: AtomicU64,
