@@ -207,10 +207,10 @@ impl AudioSpec {
             out += 2;
             s += 1;
         }
-        // ...then the hot loop of WAV serving (the issue-2 goal is >= 1 GB/s to curl): four
-        // samples per hash word, stored as one 8-byte write, the tone read from a table extended
-        // by four entries so the group needs no wrap (the same values as `sample`, whose 64-bit
-        // `s % period` per sample took most of the time of a profile).
+        // ...then the hot loop of WAV serving, which must keep up with a loopback client (1 GB/s
+        // and more): four samples per hash word, stored as one 8-byte write, the tone read from a
+        // table extended by four entries so the group needs no wrap (the same values as `sample`,
+        // without its 64-bit `s % period` per sample, which would cost most of the time).
         let mut wide = [0i32; 44];
         for (i, t) in wide.iter_mut().enumerate().take(period + 4) {
             *t = table[i % period];

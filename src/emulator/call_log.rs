@@ -3,8 +3,8 @@
 //! Queries are checked as the real service checks them (400 `CMN-101` naming the parameter). A
 //! record shows once `record_delay` has passed after its call ended; pages are newest first,
 //! ties broken by call-log id so that paging is stable, and carry the service's `paging` and
-//! `navigation`. Records are serialized straight into the page's bytes, which is what the
-//! `malformed_json_fraction` and `page_overlap` faults then cut or shift.
+//! `navigation`. Records are serialized straight into the page's bytes. Two faults act here:
+//! `page_overlap` moves where later pages start, `malformed_json_fraction` cuts a page in half.
 
 // Handlers answer `Result<_, Response>`: the error *is* the HTTP answer (a RingCentral error body),
 // and the emulator is not a hot path where the size of `Err` matters.

@@ -1,12 +1,13 @@
 //! The emulated account's calls, generated deterministically from the seed.
 //!
-//! A data set is `config.calls` generated calls plus the seed document's example call. Call `i` is
-//! a pure function of `(seed, i, now)`: its attributes come from a SplitMix64 stream seeded with
-//! `(seed, i)`, its time from `now`. The first dozen indices are "special" calls that pin down the
-//! cases a filesystem must get right (a call still in progress, one ending within the minute, one
-//! just ended but not yet in the call log, calls at 23:59:30 and 00:00:10 UTC, a name with `/`,
-//! unicode names, an extension-only party, a call without a recording, an hour-long and a
-//! seconds-long call); the rest are drawn from distributions that look like a small office.
+//! A data set is `config.calls` generated calls plus the example call (recording 44444444, the
+//! one the README uses), then the configured extra calls. Call `i` is a pure function of
+//! `(seed, i, now)`: its attributes come from a SplitMix64 stream seeded with `(seed, i)`, its
+//! time from `now`. The first dozen indices are "special" calls that pin down the cases a
+//! filesystem must get right (a call still in progress, one ending within the minute, one just
+//! ended but not yet in the call log, calls at 23:59:30 and 00:00:10 UTC, a name with `/`, unicode
+//! names, an extension-only party, a call without a recording, an hour-long and a seconds-long
+//! call); the rest are drawn from distributions that look like a small office.
 //! `--live` calls continue the same numbering after the data set.
 //!
 //! Metadata only: the audio of a recording is produced on demand by [`super::audio`].
@@ -14,9 +15,9 @@
 use super::AudioFormat;
 use super::audio::{AudioSpec, Codec, mix64};
 
-/// The account every emulated resource lives in (from the seed document).
+/// The account every emulated resource lives in.
 pub(crate) const ACCOUNT_ID: &str = "11111111";
-/// The authorized user's extension id (Jane Doe in the seed document).
+/// The authorized user's extension id (Jane Doe, who took the example call).
 pub(crate) const OWNER_EXTENSION_ID: &str = "22222222";
 
 /// One extension (user) of the account.
@@ -497,8 +498,8 @@ impl Generator {
         }
     }
 
-    /// The seed document's example call: John Smith to Jane Doe, session 1234567890, recording
-    /// 44444444, ended within the last day and already fetchable at start.
+    /// The example call: John Smith to Jane Doe, session 1234567890, recording 44444444, ended
+    /// within the last day and already fetchable at start, so fixed ids always find something.
     pub fn seed_call(&self) -> Call {
         let mut rng = Rng::new(self.seed, u64::MAX);
         let start_ms = self.now_ms - 2 * 3_600_000 - rng.below(6 * 3_600_000) as i64;

@@ -1,9 +1,9 @@
 //! The plain HTTP directory of the recordings on the media host, `/__emulator/files/`.
 //!
 //! Not a RingCentral path: an HTML index, then each file with `Content-Length` and `Range`,
-//! without auth, rate limits or faults, for programs that only speak plain HTTP (the benchmark's
-//! rclone and httpdirfs mounts). Its requests are counted in [`Stats`](super::Stats) like the
-//! others, under endpoints of their own and no rate group.
+//! without auth, rate limits or faults, for programs that only speak plain HTTP: generic HTTP
+//! directory mounts, which `tests/bench` compares ringfs with. Its requests are counted in
+//! [`Stats`](super::Stats) like the others, under endpoints of their own and no rate group.
 
 use axum::body::Body;
 use axum::extract::{Path, State as AxState};
@@ -56,8 +56,8 @@ fn http_date(ms: i64) -> String {
 
 /// `GET /__emulator/files/`: an Apache-style HTML index, one `<a href="<id>.<ext>">` per
 /// recording that can be fetched now, with its size in the text (peers take sizes from `HEAD`).
-/// Links are relative, as in Apache's indexes: httpdirfs asks for the index without the slash and
-/// appends the links to its own URL; a browser needs the slash.
+/// Links are relative, as in Apache's indexes: some directory clients ask for the index without
+/// the slash and append the links to that URL; a browser needs the slash.
 pub(super) async fn files_index(AxState(st): AxState<Shared>) -> Response {
     st.count("files-index");
     st.advance_live(now_ms());

@@ -1,12 +1,12 @@
 //! An emulated RingCentral account: the API host and the media host, in-process.
 //!
-//! ringfs is tested, benchmarked and demonstrated against this emulator, so it follows
-//! `shared/ringcentral-api.md` (the contract) and is never kinder than the real service: tokens
-//! expire and die when replaced, the Heavy group allows 10 requests a minute and a request sent
-//! during a penalty restarts it, records appear only some time after a call ends and recordings
-//! only after that. Where the real service is undocumented (Content-Length, Range support,
-//! `audio/x-wav`, cut and refused downloads), [`MediaBehaviour`] makes each answer a setting, for
-//! the whole account or per recording ([`MediaQuirks`]), so that tests can mix them.
+//! ringfs is tested, benchmarked and demonstrated against this emulator, so it follows the
+//! RingCentral API as documented (the contract, in these docs) and is never kinder than the real
+//! service: tokens expire and die when replaced, the Heavy group allows 10 requests a minute and
+//! a request sent during a penalty restarts it, records appear only some time after a call ends
+//! and recordings only after that. Where the real service is undocumented (Content-Length, Range
+//! support, `audio/x-wav`, cut and refused downloads), [`MediaBehaviour`] makes each answer a
+//! setting, for the whole account or per recording ([`MediaQuirks`]), so that tests can mix them.
 //!
 //! # Layout
 //! From the bottom up: each module uses only modules listed before it.
@@ -68,7 +68,7 @@ pub enum AudioFormat {
     Mixed,
 }
 
-/// Per-group request limits (see the contract's rate-limit table).
+/// Per-group request limits; the defaults are the real service's.
 ///
 /// Each group counts requests in a fixed window that opens with the first request after the
 /// previous window closed. The request that exceeds the limit gets 429 and starts a penalty of
@@ -193,7 +193,7 @@ pub struct ExtraCall {
 pub struct Config {
     /// Seed of the data set and of fault decisions (default 1).
     pub seed: u64,
-    /// Number of generated calls (default 300), plus the seed document's example call.
+    /// Number of generated calls (default 300), plus the example call (recording 44444444).
     pub calls: usize,
     /// Calls are spread over the last `days` days ending now (default 90).
     pub days: u32,
@@ -268,7 +268,7 @@ pub struct Stats {
     /// Requests received in a group while its penalty was running.
     pub penalty_violations: u64,
     /// Requests received in a group after a 429 was answered in it and before that 429's
-    /// `Retry-After` (30 s when it had none, as the contract tells clients to wait) had passed,
+    /// `Retry-After` (30 s when it had none: the least a client must wait then) had passed,
     /// not counting those that arrived within [`IN_FLIGHT_GRACE`] of the 429: those may have
     /// been sent before the client could see it. Counts forced 429s too, which
     /// `penalty_violations` does not (they start no penalty).

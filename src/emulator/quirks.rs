@@ -6,7 +6,7 @@
 //! while the recording is still processed). A client that is correct survives every one of these,
 //! in any combination, for each recording on its own. So the emulator sets them per recording
 //! ([`MediaQuirks`]): explicitly, drawn from a seed ([`MediaQuirks::draw`]) so that one account
-//! mixes them the way a real one may, or from the old account-wide flags of [`MediaBehaviour`].
+//! mixes them the way a real one may, or from the account-wide flags of [`MediaBehaviour`].
 //!
 //! `Range` headers are parsed here too ([`parse_range`]): the quirks decide how they are answered,
 //! and the plain file directory of the media host answers them as any HTTP server would.
@@ -230,7 +230,8 @@ pub(crate) enum RangeReq {
     Unsatisfiable,
 }
 
-/// RFC 9110 single-range parsing; several ranges or a malformed header mean the whole body.
+/// Single-range parsing as HTTP defines it (`a-b`, `a-`, `-n`); several ranges or a malformed
+/// header mean the whole body.
 pub(crate) fn parse_range(header: Option<&str>, len: u64) -> RangeReq {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return RangeReq::Whole;
@@ -498,7 +499,7 @@ mod tests {
             parse_range(Some("bytes=100-"), 100),
             RangeReq::Unsatisfiable
         );
-        // The largest last-byte position must not overflow (it panicked in debug builds).
+        // The largest last-byte position: one past it must not overflow.
         assert_eq!(
             parse_range(Some("bytes=5-18446744073709551615"), 100),
             RangeReq::Part(5, 100)

@@ -75,7 +75,7 @@ fn media_router(st: Shared) -> Router {
             get(recording_content),
         )
         .route(FILES_PATH, get(files_index))
-        // httpdirfs asks for the directory without its trailing slash.
+        // Some directory clients ask for the index without its trailing slash.
         .route(FILES_PATH.trim_end_matches('/'), get(files_index))
         .route("/__emulator/files/{name}", get(files_get))
         .fallback(fallback)
