@@ -55,7 +55,7 @@ impl Group {
     }
 }
 
-/// One group's fixed window and penalty.
+/// One group's fixed window and penalty (counted and enforced in `rate`).
 #[derive(Debug, Default)]
 pub(super) struct Bucket {
     pub(super) window_start: Option<Instant>,
@@ -63,12 +63,14 @@ pub(super) struct Bucket {
     pub(super) penalty_until: Option<Instant>,
 }
 
+/// Which of the pair a token is: only access tokens open endpoints, only refresh tokens refresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum TokenKind {
     Access,
     Refresh,
 }
 
+/// One issued token.
 #[derive(Debug)]
 pub(super) struct Token {
     pub(super) kind: TokenKind,
@@ -78,12 +80,14 @@ pub(super) struct Token {
     pub(super) expires: Instant,
 }
 
+/// A login: every refresh starts a new generation; a revoke ends it.
 #[derive(Debug, Default)]
 pub(super) struct Session {
     pub(super) generation: u32,
     pub(super) revoked: bool,
 }
 
+/// The issued tokens and their sessions (issued and checked in `oauth`).
 #[derive(Debug, Default)]
 pub(super) struct Tokens {
     pub(super) tokens: HashMap<String, Token>,
