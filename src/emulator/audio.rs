@@ -46,7 +46,7 @@ impl Codec {
         }
     }
 
-    /// The content type the current service sends (see `server::content_type` for `audio/x-wav`).
+    /// The content type the current service sends (see `quirks::content_type` for `audio/x-wav`).
     pub(crate) fn content_type(self) -> &'static str {
         match self {
             Codec::Mp3 => "audio/mpeg",
@@ -105,7 +105,10 @@ impl AudioSpec {
     /// # Panics
     /// If the range extends past [`AudioSpec::len`].
     pub fn fill(&self, offset: u64, buf: &mut [u8]) {
-        assert!(offset + buf.len() as u64 <= self.len(), "audio range out of bounds");
+        assert!(
+            offset + buf.len() as u64 <= self.len(),
+            "audio range out of bounds"
+        );
         match self.codec {
             Codec::Mp3 => self.fill_mp3(offset, buf),
             Codec::Wav => self.fill_wav(offset, buf),
@@ -204,10 +207,10 @@ impl AudioSpec {
             out += 2;
             s += 1;
         }
-        // ...then the hot loop of WAV serving (the issue-2 goal is >= 1 GB/s to curl): four
-        // samples per hash word, stored as one 8-byte write, the tone read from a table extended
-        // by four entries so the group needs no wrap (the same values as `sample`, whose 64-bit
-        // `s % period` per sample took most of the time of a profile).
+        // ...then the hot loop of WAV serving, which must keep up with a loopback client (1 GB/s
+        // and more): four samples per hash word, stored as one 8-byte write, the tone read from a
+        // table extended by four entries so the group needs no wrap (the same values as `sample`,
+        // without its 64-bit `s % period` per sample, which would cost most of the time).
         let mut wide = [0i32; 44];
         for (i, t) in wide.iter_mut().enumerate().take(period + 4) {
             *t = table[i % period];
@@ -248,16 +251,32 @@ mod tests {
 
     fn specs() -> Vec<AudioSpec> {
         vec![
-            AudioSpec { codec: Codec::Mp3, key: 7, duration_s: 35 },
-            AudioSpec { codec: Codec::Wav, key: 9, duration_s: 3 },
+            AudioSpec {
+                codec: Codec::Mp3,
+                key: 7,
+                duration_s: 35,
+            },
+            AudioSpec {
+                codec: Codec::Wav,
+                key: 9,
+                duration_s: 3,
+            },
         ]
     }
 
     #[test]
     fn lengths_follow_duration() {
-        let mp3 = AudioSpec { codec: Codec::Mp3, key: 1, duration_s: 36 };
+        let mp3 = AudioSpec {
+            codec: Codec::Mp3,
+            key: 1,
+            duration_s: 36,
+        };
         assert_eq!(mp3.len(), 1000 * 144); // 36 s * 32000 / 1152 = 1000 frames
-        let wav = AudioSpec { codec: Codec::Wav, key: 1, duration_s: 2 };
+        let wav = AudioSpec {
+            codec: Codec::Wav,
+            key: 1,
+            duration_s: 2,
+        };
         assert_eq!(wav.len(), 44 + 32_000);
     }
 
@@ -265,7 +284,14 @@ mod tests {
     fn any_range_matches_the_whole_file() {
         for spec in specs() {
             let whole = spec.to_vec();
-            for (start, len) in [(0usize, 1usize), (1, 300), (43, 3), (45, 2), (143, 146), (1000, 4097)] {
+            for (start, len) in [
+                (0usize, 1usize),
+                (1, 300),
+                (43, 3),
+                (45, 2),
+                (143, 146),
+                (1000, 4097),
+            ] {
                 let mut part = vec![0u8; len];
                 spec.fill(start as u64, &mut part);
                 assert_eq!(part, whole[start..start + len], "{spec:?} at {start}+{len}");
@@ -277,11 +303,17 @@ mod tests {
     fn wav_samples_follow_the_formula() {
         // The reference the fast loop of `fill_wav` must keep to: tone table + hash noise.
         for key in [9u64, 10, 33] {
-            let spec = AudioSpec { codec: Codec::Wav, key, duration_s: 2 };
+            let spec = AudioSpec {
+                codec: Codec::Wav,
+                key,
+                duration_s: 2,
+            };
             let bytes = spec.to_vec();
             let period = 16 + (key % 25) as usize;
             for s in [0u64, 1, 2, period as u64 - 1, period as u64, 7919, 15_999] {
-                let tone = ((s % period as u64) as f64 / period as f64 * std::f64::consts::TAU).sin() * 6000.0;
+                let tone = ((s % period as u64) as f64 / period as f64 * std::f64::consts::TAU)
+                    .sin()
+                    * 6000.0;
                 let word = mix64(key ^ (s / 4).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let noise = ((word >> (16 * (s % 4) + 6)) & 0x3FF) as i32 - 512;
                 let want = ((tone as i32 + noise) as i16).to_le_bytes();
@@ -293,13 +325,26 @@ mod tests {
 
     #[test]
     fn recordings_differ_and_frames_are_well_formed() {
-        let a = AudioSpec { codec: Codec::Mp3, key: 1, duration_s: 10 }.to_vec();
-        let b = AudioSpec { codec: Codec::Mp3, key: 2, duration_s: 10 }.to_vec();
+        let a = AudioSpec {
+            codec: Codec::Mp3,
+            key: 1,
+            duration_s: 10,
+        }
+        .to_vec();
+        let b = AudioSpec {
+            codec: Codec::Mp3,
+            key: 2,
+            duration_s: 10,
+        }
+        .to_vec();
         assert_ne!(a, b);
         for frame in a.chunks(144) {
             assert_eq!(frame[..4], MP3_HEADER);
             assert!(frame[4..21].iter().all(|&x| x == 0));
         }
-        assert!(a[21..144].iter().all(|&x| x == 0), "first frame's ancillary data is zero");
+        assert!(
+            a[21..144].iter().all(|&x| x == 0),
+            "first frame's ancillary data is zero"
+        );
     }
 }

@@ -1,22 +1,23 @@
 //! The emulated account's calls, generated deterministically from the seed.
 //!
-//! A data set is `config.calls` generated calls plus the seed document's example call. Call `i` is
-//! a pure function of `(seed, i, now)`: its attributes come from a SplitMix64 stream seeded with
-//! `(seed, i)`, its time from `now`. The first dozen indices are "special" calls that pin down the
-//! cases a filesystem must get right (a call still in progress, one ending within the minute, one
-//! just ended but not yet in the call log, calls at 23:59:30 and 00:00:10 UTC, a name with `/`,
-//! unicode names, an extension-only party, a call without a recording, an hour-long and a
-//! seconds-long call); the rest are drawn from distributions that look like a small office.
+//! A data set is `config.calls` generated calls plus the example call (recording 44444444, the
+//! one the README uses), then the configured extra calls. Call `i` is a pure function of
+//! `(seed, i, now)`: its attributes come from a SplitMix64 stream seeded with `(seed, i)`, its
+//! time from `now`. The first dozen indices are "special" calls that pin down the cases a
+//! filesystem must get right (a call still in progress, one ending within the minute, one just
+//! ended but not yet in the call log, calls at 23:59:30 and 00:00:10 UTC, a name with `/`, unicode
+//! names, an extension-only party, a call without a recording, an hour-long and a seconds-long
+//! call); the rest are drawn from distributions that look like a small office.
 //! `--live` calls continue the same numbering after the data set.
 //!
 //! Metadata only: the audio of a recording is produced on demand by [`super::audio`].
 
-use super::audio::{AudioSpec, Codec, mix64};
 use super::AudioFormat;
+use super::audio::{AudioSpec, Codec, mix64};
 
-/// The account every emulated resource lives in (from the seed document).
+/// The account every emulated resource lives in.
 pub(crate) const ACCOUNT_ID: &str = "11111111";
-/// The authorized user's extension id (Jane Doe in the seed document).
+/// The authorized user's extension id (Jane Doe, who took the example call).
 pub(crate) const OWNER_EXTENSION_ID: &str = "22222222";
 
 /// One extension (user) of the account.
@@ -30,12 +31,42 @@ pub(crate) struct Extension {
 
 /// The account's users; index 0 is the authorized user.
 pub(crate) const EXTENSIONS: [Extension; 6] = [
-    Extension { id: "22222222", number: "101", name: "Jane Doe", phone: "+16505550100" },
-    Extension { id: "22222223", number: "102", name: "Bob Li", phone: "+16505550101" },
-    Extension { id: "22222224", number: "103", name: "María-José Núñez", phone: "+16505550102" },
-    Extension { id: "22222225", number: "104", name: "Support / Escalations", phone: "+16505550103" },
-    Extension { id: "22222226", number: "105", name: "Ahmed Al-Farsi", phone: "+16505550104" },
-    Extension { id: "22222227", number: "106", name: "陈伟", phone: "+16505550105" },
+    Extension {
+        id: "22222222",
+        number: "101",
+        name: "Jane Doe",
+        phone: "+16505550100",
+    },
+    Extension {
+        id: "22222223",
+        number: "102",
+        name: "Bob Li",
+        phone: "+16505550101",
+    },
+    Extension {
+        id: "22222224",
+        number: "103",
+        name: "María-José Núñez",
+        phone: "+16505550102",
+    },
+    Extension {
+        id: "22222225",
+        number: "104",
+        name: "Support / Escalations",
+        phone: "+16505550103",
+    },
+    Extension {
+        id: "22222226",
+        number: "105",
+        name: "Ahmed Al-Farsi",
+        phone: "+16505550104",
+    },
+    Extension {
+        id: "22222227",
+        number: "106",
+        name: "陈伟",
+        phone: "+16505550105",
+    },
 ];
 
 const EXTERNAL_NAMES: [&str; 14] = [
@@ -158,7 +189,9 @@ pub(crate) struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64, stream: u64) -> Rng {
-        Rng(mix64(seed ^ mix64(stream.wrapping_add(0x5851_F42D_4C95_7F2D))))
+        Rng(mix64(
+            seed ^ mix64(stream.wrapping_add(0x5851_F42D_4C95_7F2D)),
+        ))
     }
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -256,10 +289,19 @@ impl Generator {
     fn external_number(rng: &mut Rng, uk: bool) -> (String, Option<&'static str>) {
         let roll = if uk { 0 } else { rng.below(10) };
         match roll {
-            0 => (format!("+44207946{:04}", rng.below(10_000)), Some("London, United Kingdom")),
-            1 => (format!("+4930{:08}", rng.below(100_000_000)), Some("Berlin, Germany")),
+            0 => (
+                format!("+44207946{:04}", rng.below(10_000)),
+                Some("London, United Kingdom"),
+            ),
+            1 => (
+                format!("+4930{:08}", rng.below(100_000_000)),
+                Some("Berlin, Germany"),
+            ),
             2 => (format!("+8135550{:04}", rng.below(10_000)), None),
-            3 => (format!("+33155{:06}", rng.below(1_000_000)), Some("Paris, France")),
+            3 => (
+                format!("+33155{:06}", rng.below(1_000_000)),
+                Some("Paris, France"),
+            ),
             _ => {
                 let (area, loc) = *rng.pick(&[
                     ("415", Some("San Francisco, CA")),
@@ -287,7 +329,11 @@ impl Generator {
     /// Call number `index` of the data set (`live == false`) or of the live stream.
     pub fn call(&self, index: u64, start_ms: Option<i64>, live: bool) -> Call {
         let mut rng = Rng::new(self.seed, index);
-        let special = if live { None } else { SPECIALS.get(index as usize).copied() };
+        let special = if live {
+            None
+        } else {
+            SPECIALS.get(index as usize).copied()
+        };
         let mut duration_s = Self::duration(&mut rng);
         if live {
             duration_s = duration_s.min(600);
@@ -296,7 +342,9 @@ impl Generator {
             Some(Special::HourLong) => duration_s = 3600,
             Some(Special::SecondsLong) => duration_s = 3,
             Some(Special::InProgress) => duration_s = rng.range(300, 900) as u32,
-            Some(Special::EndsWithinMinute | Special::JustEnded) => duration_s = rng.range(60, 240) as u32,
+            Some(Special::EndsWithinMinute | Special::JustEnded) => {
+                duration_s = rng.range(60, 240) as u32
+            }
             _ => {}
         }
         let dur_ms = i64::from(duration_s) * 1000;
@@ -306,8 +354,12 @@ impl Generator {
         } else {
             match special {
                 // Still going: ends 2..10 minutes after start.
-                Some(Special::InProgress) => self.now_ms + rng.range(120_000, 600_000) as i64 - dur_ms,
-                Some(Special::EndsWithinMinute) => self.now_ms + rng.range(5_000, 55_000) as i64 - dur_ms,
+                Some(Special::InProgress) => {
+                    self.now_ms + rng.range(120_000, 600_000) as i64 - dur_ms
+                }
+                Some(Special::EndsWithinMinute) => {
+                    self.now_ms + rng.range(5_000, 55_000) as i64 - dur_ms
+                }
                 // Ended, but its record is not in the call log yet.
                 Some(Special::JustEnded) => {
                     self.now_ms - (self.record_delay_ms / 2).max(1) - dur_ms
@@ -323,13 +375,24 @@ impl Generator {
                 }
                 _ => {
                     let latest = self.now_ms - dur_ms - 120_000;
-                    latest - (rng.below(span_ms.max(1) as u64) as i64).min(span_ms - dur_ms).max(0)
+                    latest
+                        - (rng.below(span_ms.max(1) as u64) as i64)
+                            .min(span_ms - dur_ms)
+                            .max(0)
                 }
             }
         };
 
-        let owner = if rng.below(3) == 0 { 0 } else { 1 + rng.below(EXTENSIONS.len() as u64 - 1) as usize };
-        let owner = if special == Some(Special::InProgress) { 0 } else { owner };
+        let owner = if rng.below(3) == 0 {
+            0
+        } else {
+            1 + rng.below(EXTENSIONS.len() as u64 - 1) as usize
+        };
+        let owner = if special == Some(Special::InProgress) {
+            0
+        } else {
+            owner
+        };
         let ext = &EXTENSIONS[owner];
         let inbound = rng.below(100) < 60;
         let internal = match special {
@@ -358,7 +421,8 @@ impl Generator {
                 location: None,
             }
         } else {
-            let (number, location) = Self::external_number(&mut rng, special == Some(Special::UkNumber));
+            let (number, location) =
+                Self::external_number(&mut rng, special == Some(Special::UkNumber));
             let name = match special {
                 Some(Special::SlashName) => Some("AC/DC Tribute Band".to_string()),
                 Some(Special::UnicodeName) => Some("Zoë Ångström".to_string()),
@@ -366,9 +430,21 @@ impl Generator {
                 _ => Some(rng.pick(&EXTERNAL_NAMES).to_string()),
             };
             let location = if rng.chance(0.7) { location } else { None };
-            Party { phone_number: Some(number), name, location, ..Party::default() }
+            Party {
+                phone_number: Some(number),
+                name,
+                location,
+                ..Party::default()
+            }
         };
-        let me = if internal { Party { extension_number: Some(ext.number), ..me } } else { me };
+        let me = if internal {
+            Party {
+                extension_number: Some(ext.number),
+                ..me
+            }
+        } else {
+            me
+        };
         let (from, to) = if inbound { (other, me) } else { (me, other) };
 
         let recorded = match special {
@@ -389,12 +465,21 @@ impl Generator {
             let key = mix64(self.seed ^ mix64(index ^ 0xA5A5_A5A5));
             Recording {
                 id,
-                kind: if rng.below(5) == 0 { RecordingKind::OnDemand } else { RecordingKind::Automatic },
-                audio: AudioSpec { codec: self.codec(key), key, duration_s },
+                kind: if rng.below(5) == 0 {
+                    RecordingKind::OnDemand
+                } else {
+                    RecordingKind::Automatic
+                },
+                audio: AudioSpec {
+                    codec: self.codec(key),
+                    key,
+                    duration_s,
+                },
             }
         });
         let (a, b) = (rng.next_u64(), rng.next_u64());
-        let session = 3_000_000_000 + (self.seed % 1000) * 1_000_000_000 + index * 1009 + rng.below(1000);
+        let session =
+            3_000_000_000 + (self.seed % 1000) * 1_000_000_000 + index * 1009 + rng.below(1000);
         Call {
             call_log_id: base62(a, b, 22),
             session_id: session.to_string(),
@@ -413,8 +498,8 @@ impl Generator {
         }
     }
 
-    /// The seed document's example call: John Smith to Jane Doe, session 1234567890, recording
-    /// 44444444, ended within the last day and already fetchable at start.
+    /// The example call: John Smith to Jane Doe, session 1234567890, recording 44444444, ended
+    /// within the last day and already fetchable at start, so fixed ids always find something.
     pub fn seed_call(&self) -> Call {
         let mut rng = Rng::new(self.seed, u64::MAX);
         let start_ms = self.now_ms - 2 * 3_600_000 - rng.below(6 * 3_600_000) as i64;
@@ -422,7 +507,8 @@ impl Generator {
         Call {
             call_log_id: "1234567890ABCDEFGabcdefgh".into(),
             session_id: "1234567890".into(),
-            telephony_session_id: "1234567890ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".into(),
+            telephony_session_id: "1234567890ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                .into(),
             start_ms,
             duration_s: 35,
             inbound: true,
@@ -443,7 +529,11 @@ impl Generator {
             recording: Some(Recording {
                 id: "44444444".into(),
                 kind: RecordingKind::OnDemand,
-                audio: AudioSpec { codec: self.codec(key), key, duration_s: 35 },
+                audio: AudioSpec {
+                    codec: self.codec(key),
+                    key,
+                    duration_s: 35,
+                },
             }),
             short_recording: false,
             two_legs: false,
@@ -461,7 +551,11 @@ impl Generator {
             name: Some(ext.name.to_string()),
             ..Party::default()
         };
-        let other = Party { phone_number: x.other_number.clone(), name: x.other_name.clone(), ..Party::default() };
+        let other = Party {
+            phone_number: x.other_number.clone(),
+            name: x.other_name.clone(),
+            ..Party::default()
+        };
         let (from, to) = if x.inbound { (other, me) } else { (me, other) };
         let key = mix64(self.seed ^ mix64(index ^ 0xE47A_E47A));
         let mut rng = Rng::new(self.seed, index ^ 0xE47A);
@@ -475,11 +569,19 @@ impl Generator {
             from,
             to,
             owner: 0,
-            outcome: if x.inbound { Outcome::Accepted } else { Outcome::Connected },
+            outcome: if x.inbound {
+                Outcome::Accepted
+            } else {
+                Outcome::Connected
+            },
             recording: x.recording_id.as_ref().map(|id| Recording {
                 id: id.clone(),
                 kind: RecordingKind::Automatic,
-                audio: AudioSpec { codec: self.codec(key), key, duration_s: x.duration_s },
+                audio: AudioSpec {
+                    codec: self.codec(key),
+                    key,
+                    duration_s: x.duration_s,
+                },
             }),
             short_recording: false,
             two_legs: false,
@@ -489,9 +591,16 @@ impl Generator {
 
     /// The whole initial data set: `calls` generated calls plus the seed call.
     pub fn initial(&self, calls: usize, extra: &[super::ExtraCall]) -> Vec<Call> {
-        let mut v: Vec<Call> = (0..calls as u64).map(|i| self.call(i, None, false)).collect();
+        let mut v: Vec<Call> = (0..calls as u64)
+            .map(|i| self.call(i, None, false))
+            .collect();
         v.push(self.seed_call());
-        v.extend(extra.iter().enumerate().map(|(i, x)| self.extra(calls as u64 + 1 + i as u64, x)));
+        v.extend(
+            extra
+                .iter()
+                .enumerate()
+                .map(|(i, x)| self.extra(calls as u64 + 1 + i as u64, x)),
+        );
         v
     }
 }
@@ -501,7 +610,13 @@ mod tests {
     use super::*;
 
     fn generator() -> Generator {
-        Generator { seed: 1, format: AudioFormat::Mixed, now_ms: 1_780_000_000_000, days: 90, record_delay_ms: 20_000 }
+        Generator {
+            seed: 1,
+            format: AudioFormat::Mixed,
+            now_ms: 1_780_000_000_000,
+            days: 90,
+            record_delay_ms: 20_000,
+        }
     }
 
     #[test]
@@ -529,15 +644,35 @@ mod tests {
     fn specials_are_present() {
         let g = generator();
         let calls = g.initial(300, &[]);
-        assert!(calls.iter().any(|c| c.end_ms() > g.now_ms), "a call in progress");
-        assert!(calls.iter().any(|c| c.start_ms.rem_euclid(DAY_MS) == DAY_MS - 30_000));
-        assert!(calls.iter().any(|c| c.start_ms.rem_euclid(DAY_MS) == 10_000));
+        assert!(
+            calls.iter().any(|c| c.end_ms() > g.now_ms),
+            "a call in progress"
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.start_ms.rem_euclid(DAY_MS) == DAY_MS - 30_000)
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.start_ms.rem_euclid(DAY_MS) == 10_000)
+        );
         assert!(calls.iter().any(|c| c.recording.is_none()));
-        assert!(calls.iter().any(|c| c.from.phone_number.is_none() || c.to.phone_number.is_none()));
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.from.phone_number.is_none() || c.to.phone_number.is_none())
+        );
         assert!(calls.iter().any(|c| {
-            [&c.from, &c.to].iter().any(|p| p.phone_number.is_some() && p.name.as_deref().is_some_and(|n| n.contains('/')))
+            [&c.from, &c.to].iter().any(|p| {
+                p.phone_number.is_some() && p.name.as_deref().is_some_and(|n| n.contains('/'))
+            })
         }));
         let owned = calls.iter().filter(|c| c.owner == 0).count();
-        assert!((60..160).contains(&owned), "about a third belong to the user: {owned}");
+        assert!(
+            (60..160).contains(&owned),
+            "about a third belong to the user: {owned}"
+        );
     }
 }

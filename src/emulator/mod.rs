@@ -1,27 +1,42 @@
 //! An emulated RingCentral account: the API host and the media host, in-process.
 //!
-//! ringfs is tested, benchmarked and demonstrated against this emulator, so it follows
-//! `shared/ringcentral-api.md` (the contract) and is never kinder than the real service: tokens
-//! expire and die when replaced, the Heavy group allows 10 requests a minute and a request sent
-//! during a penalty restarts it, records appear only some time after a call ends and recordings
-//! only after that. Where the real service is undocumented (Content-Length, Range support,
-//! `audio/x-wav`, cut and refused downloads), [`MediaBehaviour`] makes each answer a setting, for
-//! the whole account or per recording ([`MediaQuirks`]), so that tests can mix them.
+//! ringfs is tested, benchmarked and demonstrated against this emulator, so it follows the
+//! RingCentral API as documented (the contract, in these docs) and is never kinder than the real
+//! service: tokens expire and die when replaced, the Heavy group allows 10 requests a minute and
+//! a request sent during a penalty restarts it, records appear only some time after a call ends
+//! and recordings only after that. Where the real service is undocumented (Content-Length, Range
+//! support, `audio/x-wav`, cut and refused downloads), [`MediaBehaviour`] makes each answer a
+//! setting, for the whole account or per recording ([`MediaQuirks`]), so that tests can mix them.
 //!
 //! # Layout
-//! - [`data`]: the calls of the account, deterministic from the seed (metadata only).
+//! From the bottom up: each module uses only modules listed before it.
 //! - [`audio`]: recording bytes generated on demand from `(key, offset)`; nothing is stored.
-//! - [`server`]: the HTTP side: auth, call log, recordings, rate limits, faults, accounting.
+//! - [`data`]: the calls of the account, deterministic from the seed (metadata only).
 //! - [`quirks`]: the media host's behaviour per recording, and what it has seen of each.
+//! - [`reply`]: RingCentral's JSON and error bodies.
+//! - [`state`]: what both hosts share: calls, tokens, rate buckets, faults, accounting.
+//! - [`rate`]: the gate in front of every RingCentral endpoint: rate limits, 429s, injected 5xx.
+//! - [`oauth`]: the token and revoke endpoints, and the token checks of the others.
+//! - [`call_log`]: the call log endpoints.
+//! - [`media`]: recording metadata and content, with the media quirks and faults.
+//! - [`files`]: the plain HTTP directory of the recordings on the media host.
+//! - [`server`]: the routers of both hosts and the accept loop (connection-level faults).
 //!
 //! Start it in-process with [`Emulator::start`] (tests) or [`run`] with listeners you bound
 //! yourself (the `ringfs-emulator` binary). Both hosts listen on loopback ports; `contentUri`s in
 //! the call log point at the media listener.
 
 mod audio;
+mod call_log;
 mod data;
+mod files;
+mod media;
+mod oauth;
 mod quirks;
+mod rate;
+mod reply;
 mod server;
+mod state;
 
 pub use quirks::{MediaQuirks, PastEnd, RangeMode};
 
@@ -53,7 +68,7 @@ pub enum AudioFormat {
     Mixed,
 }
 
-/// Per-group request limits (see the contract's rate-limit table).
+/// Per-group request limits; the defaults are the real service's.
 ///
 /// Each group counts requests in a fixed window that opens with the first request after the
 /// previous window closed. The request that exceeds the limit gets 429 and starts a penalty of
@@ -65,9 +80,9 @@ pub struct RateLimits {
     pub window: Duration,
     /// Penalty after the limit is exceeded (`Retry-After`), 60 s on the real service.
     pub penalty: Duration,
-    /// Light group limit per window (50).
+    /// Light group limit per window (50); no emulated endpoint is in this group.
     pub light: u32,
-    /// Medium group limit per window (40).
+    /// Medium group limit per window (40); no emulated endpoint is in this group.
     pub medium: u32,
     /// Heavy group limit per window (10): call log, recording metadata and content.
     pub heavy: u32,
@@ -91,7 +106,13 @@ impl Default for RateLimits {
 impl RateLimits {
     /// No limit in any group (headers are still sent).
     pub fn unlimited() -> Self {
-        RateLimits { light: u32::MAX, medium: u32::MAX, heavy: u32::MAX, auth: u32::MAX, ..Self::default() }
+        RateLimits {
+            light: u32::MAX,
+            medium: u32::MAX,
+            heavy: u32::MAX,
+            auth: u32::MAX,
+            ..Self::default()
+        }
     }
 }
 
@@ -172,7 +193,7 @@ pub struct ExtraCall {
 pub struct Config {
     /// Seed of the data set and of fault decisions (default 1).
     pub seed: u64,
-    /// Number of generated calls (default 300), plus the seed document's example call.
+    /// Number of generated calls (default 300), plus the example call (recording 44444444).
     pub calls: usize,
     /// Calls are spread over the last `days` days ending now (default 90).
     pub days: u32,
@@ -240,14 +261,14 @@ pub struct Stats {
     /// `recording-meta`, `recording-content` (throttled and failed requests count too), and the
     /// plain directory of the media host: `files-index`, `files-head`, `files-get` (no group).
     pub by_endpoint: BTreeMap<String, u64>,
-    /// Requests per rate group: `Light`, `Medium`, `Heavy`, `Auth`.
+    /// Requests per rate group: `Heavy`, `Auth` (no emulated endpoint is Light or Medium).
     pub by_group: BTreeMap<String, u64>,
     /// 429 answers sent (budget, penalty and forced).
     pub throttled: u64,
     /// Requests received in a group while its penalty was running.
     pub penalty_violations: u64,
     /// Requests received in a group after a 429 was answered in it and before that 429's
-    /// `Retry-After` (30 s when it had none, as the contract tells clients to wait) had passed,
+    /// `Retry-After` (30 s when it had none: the least a client must wait then) had passed,
     /// not counting those that arrived within [`IN_FLIGHT_GRACE`] of the 429: those may have
     /// been sent before the client could see it. Counts forced 429s too, which
     /// `penalty_violations` does not (they start no penalty).
@@ -277,7 +298,10 @@ impl Stats {
     }
     /// Media content requests for one recording (0 when none).
     pub fn media_of(&self, recording_id: &str) -> u64 {
-        self.media_by_recording.get(recording_id).copied().unwrap_or(0)
+        self.media_by_recording
+            .get(recording_id)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -313,7 +337,7 @@ pub struct CallInfo {
 
 /// A running emulator; dropping it stops the servers too.
 pub struct Emulator {
-    state: Arc<server::State>,
+    state: Arc<state::State>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -323,12 +347,20 @@ impl Emulator {
     pub async fn start(config: Config) -> std::io::Result<Emulator> {
         let api = TcpListener::bind("127.0.0.1:0").await?;
         let media = TcpListener::bind("127.0.0.1:0").await?;
-        let state = Arc::new(server::State::new(config, api.local_addr()?, media.local_addr()?));
+        let state = Arc::new(state::State::new(
+            config,
+            api.local_addr()?,
+            media.local_addr()?,
+        ));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(state.clone(), api, media, async move {
             let _ = rx.await;
         }));
-        Ok(Emulator { state, stop: Some(tx), task: Some(task) })
+        Ok(Emulator {
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        })
     }
 
     /// Base URL of the API host (what `RC_SERVER_URL` would be), e.g. `http://127.0.0.1:40123`.
@@ -344,7 +376,7 @@ impl Emulator {
     /// The plain HTTP directory of the recordings on the media host (an HTML index; no auth, no
     /// rate limits), e.g. `http://127.0.0.1:40124/__emulator/files/`.
     pub fn files_url(&self) -> String {
-        format!("http://{}{}", self.state.media_addr, server::FILES_PATH)
+        format!("http://{}{}", self.state.media_addr, files::FILES_PATH)
     }
 
     /// A snapshot of the request accounting.
@@ -416,6 +448,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = Arc::new(server::State::new(config, api.local_addr()?, media.local_addr()?));
+    let state = Arc::new(state::State::new(
+        config,
+        api.local_addr()?,
+        media.local_addr()?,
+    ));
     server::serve(state, api, media, shutdown).await
 }

@@ -6,7 +6,7 @@
 //! while the recording is still processed). A client that is correct survives every one of these,
 //! in any combination, for each recording on its own. So the emulator sets them per recording
 //! ([`MediaQuirks`]): explicitly, drawn from a seed ([`MediaQuirks::draw`]) so that one account
-//! mixes them the way a real one may, or from the old account-wide flags of [`MediaBehaviour`].
+//! mixes them the way a real one may, or from the account-wide flags of [`MediaBehaviour`].
 //!
 //! `Range` headers are parsed here too ([`parse_range`]): the quirks decide how they are answered,
 //! and the plain file directory of the media host answers them as any HTTP server would.
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::MediaBehaviour;
-use super::audio::mix64;
+use super::audio::{Codec, mix64};
 
 /// How one recording's media responses behave (the real service's undocumented freedoms).
 ///
@@ -211,6 +211,14 @@ impl MediaQuirks {
     }
 }
 
+/// The content type of a recording served with quirks `q`.
+pub(crate) fn content_type(codec: Codec, q: &MediaQuirks) -> &'static str {
+    match codec {
+        Codec::Wav if q.x_wav => "audio/x-wav",
+        c => c.content_type(),
+    }
+}
+
 /// A parsed single `Range: bytes=...` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RangeReq {
@@ -222,23 +230,32 @@ pub(crate) enum RangeReq {
     Unsatisfiable,
 }
 
-/// RFC 9110 single-range parsing; several ranges or a malformed header mean the whole body.
+/// Single-range parsing as HTTP defines it (`a-b`, `a-`, `-n`); several ranges or a malformed
+/// header mean the whole body.
 pub(crate) fn parse_range(header: Option<&str>, len: u64) -> RangeReq {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return RangeReq::Whole };
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeReq::Whole;
+    };
     if spec.contains(',') {
         return RangeReq::Whole;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeReq::Whole };
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Whole;
+    };
     let (a, b) = (a.trim(), b.trim());
     if a.is_empty() {
         // Suffix range: the last `n` bytes.
-        let Ok(n) = b.parse::<u64>() else { return RangeReq::Whole };
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeReq::Whole;
+        };
         if n == 0 || len == 0 {
             return RangeReq::Unsatisfiable;
         }
         return RangeReq::Part(len - n.min(len), len);
     }
-    let Ok(start) = a.parse::<u64>() else { return RangeReq::Whole };
+    let Ok(start) = a.parse::<u64>() else {
+        return RangeReq::Whole;
+    };
     let end = if b.is_empty() {
         len
     } else {
@@ -454,7 +471,13 @@ mod tests {
         // Tiny recordings have no room for a drop; the length changes nothing else.
         for (i, q) in draws.iter().enumerate().take(500) {
             let tiny = MediaQuirks::draw(7, &format!("{}", 50_000_000 + i), 1);
-            assert_eq!(tiny, MediaQuirks { drop_at: Vec::new(), ..q.clone() });
+            assert_eq!(
+                tiny,
+                MediaQuirks {
+                    drop_at: Vec::new(),
+                    ..q.clone()
+                }
+            );
         }
     }
 
@@ -464,11 +487,23 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-9"), 100), RangeReq::Part(0, 10));
         assert_eq!(parse_range(Some("bytes=90-"), 100), RangeReq::Part(90, 100));
         assert_eq!(parse_range(Some("bytes=-10"), 100), RangeReq::Part(90, 100));
-        assert_eq!(parse_range(Some("bytes=-1000"), 100), RangeReq::Part(0, 100));
-        assert_eq!(parse_range(Some("bytes=50-1000"), 100), RangeReq::Part(50, 100));
-        assert_eq!(parse_range(Some("bytes=100-"), 100), RangeReq::Unsatisfiable);
-        // The largest last-byte position must not overflow (it panicked in debug builds).
-        assert_eq!(parse_range(Some("bytes=5-18446744073709551615"), 100), RangeReq::Part(5, 100));
+        assert_eq!(
+            parse_range(Some("bytes=-1000"), 100),
+            RangeReq::Part(0, 100)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=50-1000"), 100),
+            RangeReq::Part(50, 100)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeReq::Unsatisfiable
+        );
+        // The largest last-byte position: one past it must not overflow.
+        assert_eq!(
+            parse_range(Some("bytes=5-18446744073709551615"), 100),
+            RangeReq::Part(5, 100)
+        );
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), RangeReq::Whole);
         assert_eq!(parse_range(Some("bytes=9-2"), 100), RangeReq::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 100), RangeReq::Whole);
