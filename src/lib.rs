@@ -9,6 +9,8 @@
 //! - [`api`]: the RingCentral client. Auth, call log, recording media, and the request budget
 //!   (one pacer per rate group). It is the only code that sends requests, and names no FUSE type.
 //! - [`catalog`]: pure naming: call-log records -> dates, session directories, file names.
+//! - [`store`]: what a mount fetched, kept on disk for the next one: recording content under a
+//!   cache directory with an SQLite index, below the media layer's memory cache.
 //! - [`media`]: lazy opening of recordings, one shared streaming download per recording, and the
 //!   byte-budgeted LRU chunk cache.
 //! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
@@ -26,3 +28,4 @@ pub mod fs;
 pub mod fuse;
 pub mod media;
 pub mod source;
+pub mod store;
