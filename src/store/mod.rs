@@ -14,4 +14,4 @@
 
 pub mod disk;
 
-pub use disk::{DiskStats, DiskStore, Lease, StoreConfig, StoredRecording};
+pub use disk::{DiskStats, DiskStore, Lease, Reserved, StoreConfig, StoredRecording, Writer};
