@@ -206,8 +206,8 @@ pub struct DiskStore {
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     queue: Arc<Semaphore>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// Holds the directory's `flock` for as long as the store lives.
-    _lock: File,
+    /// Holds the directory's `flock` until [`DiskStore::shutdown`].
+    lock: Mutex<Option<File>>,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -460,7 +460,7 @@ impl DiskStore {
             tx: Mutex::new(Some(tx)),
             queue: Arc::new(Semaphore::new(QUEUE_KIB as usize)),
             thread: Mutex::new(Some(thread)),
-            _lock: lock_file,
+            lock: Mutex::new(Some(lock_file)),
         }))
     }
 
@@ -523,8 +523,9 @@ impl DiskStore {
         }
     }
 
-    /// Writes out everything queued, syncs it, records it in the index, and stops the writer;
-    /// later writes are dropped. Blocking; called at unmount (and by `Drop`).
+    /// Writes out everything queued, syncs it, records it in the index, stops the writer and
+    /// releases the directory for another process; later writes are dropped. Blocking; called at
+    /// unmount (and by `Drop`).
     pub fn shutdown(&self) {
         if let Some(tx) = lock(&self.tx).take() {
             let _ = tx.send(Msg::Shutdown);
@@ -532,6 +533,7 @@ impl DiskStore {
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
+        lock(&self.lock).take();
     }
 
     fn send(&self, msg: Msg) {
