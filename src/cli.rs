@@ -44,6 +44,7 @@ Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in 
   a full walk of N recordings                              about ceil(N/1000) call-log requests\n\
   reading a recording start to end                         1 media request\n\
   reading it again (within --cache-size)                   0 requests\n\
+  reading it after a remount (within --disk-cache-size)    0 requests\n\
   by-session/<id> not yet seen                             1 call-log request\n\
   by-recording/<id> not yet seen                           1 media request (+1 metadata on 404)\n\
   mounting with stored tokens                              0 auth requests"
@@ -78,6 +79,18 @@ pub struct Flags {
     /// Memory for cached audio, e.g. 256M, 1G.
     #[arg(long, default_value = "256M")]
     pub cache_size: String,
+    /// Where fetched recordings are kept between mounts (0700); default
+    /// $XDG_CACHE_HOME/ringfs/<account>/ (~/.cache/...), per server and client id. `demo` keeps
+    /// none unless given one.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk for kept recordings, e.g. 10G; the least recently used go first, and at least 1 GiB
+    /// or 5 % of the filesystem is left free.
+    #[arg(long, default_value = "10G", value_name = "SIZE")]
+    pub disk_cache_size: String,
+    /// Never write audio to disk (every mount fetches what it reads again).
+    #[arg(long)]
+    pub no_disk_cache: bool,
     /// The format names use until the account's real format is seen (mp3 or wav).
     #[arg(long, default_value = "mp3")]
     pub format: String,
@@ -138,6 +151,10 @@ pub struct Options {
     pub window: Window,
     pub scope: ScopeChoice,
     pub cache_bytes: u64,
+    /// `--cache-dir` as given (see [`Options::disk_cache_dir`] for the default).
+    pub cache_dir: Option<PathBuf>,
+    pub disk_cache_bytes: u64,
+    pub no_disk_cache: bool,
     pub format: AudioKind,
     pub credentials_file: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
@@ -269,6 +286,7 @@ impl Options {
         if cache_bytes < 4 << 20 {
             bail!("--cache-size must be at least 4M");
         }
+        let disk_cache_bytes = parse_size(&f.disk_cache_size).map_err(|e| anyhow!(e))?;
         let state_file = if f.no_state_file { None } else { f.state_file.or_else(default_state_file) };
         Ok(Options {
             source,
@@ -277,6 +295,9 @@ impl Options {
             window,
             scope,
             cache_bytes,
+            cache_dir: f.cache_dir,
+            disk_cache_bytes,
+            no_disk_cache: f.no_disk_cache,
             format,
             credentials_file: f.credentials,
             state_file,
@@ -312,6 +333,33 @@ impl Options {
         c.read_timeout = self.read_timeout;
         c
     }
+
+    /// Where recordings are kept between mounts, if anywhere: `--cache-dir`, else (not for
+    /// `demo`, whose emulated account is new at every mount) the account's directory under
+    /// `$XDG_CACHE_HOME/ringfs/`.
+    pub fn disk_cache_dir(&self, creds: Option<&Credentials>) -> Option<PathBuf> {
+        if self.no_disk_cache {
+            return None;
+        }
+        if let Some(dir) = &self.cache_dir {
+            return Some(dir.clone());
+        }
+        let creds = creds.filter(|_| self.source != Source::Demo)?;
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("ringfs").join(account_name(&creds.server_url, &creds.client_id)))
+    }
+}
+
+/// A stable directory name for an account: the server's host and a hash of the server URL and
+/// client id (no secret goes into it, and a name stays the same across mounts).
+pub fn account_name(server_url: &str, client_id: &str) -> String {
+    let host = url::Url::parse(server_url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+    let host: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c.to_ascii_lowercase() } else { '_' }).collect();
+    let hash = xxhash_rust::xxh3::xxh3_64(format!("{server_url}\n{client_id}").as_bytes());
+    if host.is_empty() { format!("{hash:016x}") } else { format!("{host}-{hash:016x}") }
 }
 
 fn default_state_file() -> Option<PathBuf> {
@@ -460,6 +508,20 @@ fn init_logging(opts: &Options) -> anyhow::Result<()> {
 
 fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
     init_logging(&opts)?;
+    let disk = opts.disk_cache_dir(creds.as_ref()).and_then(|dir| {
+        let config = crate::store::StoreConfig { max_bytes: opts.disk_cache_bytes, ..Default::default() };
+        match crate::store::DiskStore::open(&dir, config) {
+            Ok(store) => {
+                tracing::info!("keeping recordings in {}", dir.display());
+                Some(store)
+            }
+            Err(e) => {
+                // A cache is never a reason not to mount: serve from memory and the network.
+                tracing::warn!("no disk cache: {e:#}");
+                None
+            }
+        }
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -467,9 +529,10 @@ fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::
         .build()
         .context("starting the runtime")?;
     let (client, _emulator) = rt.block_on(connect(&opts, creds))?;
-    let media = Media::new(
+    let media = Media::with_disk(
         Arc::new(crate::source::ApiMedia::new(client.clone())),
         MediaConfig { cache_bytes: opts.cache_bytes, read_timeout: opts.read_timeout, ..MediaConfig::default() },
+        disk.clone(),
     );
     let core = Arc::new(Fs::new(Arc::new(client), media, opts.fs_config()));
     let adapter = crate::fuse::FuseAdapter::new(core, rt.handle().clone());
@@ -509,6 +572,10 @@ fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::
     let result = session.run();
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_secs(1));
+    if let Some(disk) = disk {
+        // What was fetched and is still queued goes to disk before the process ends.
+        disk.shutdown();
+    }
     result.context("serving the mount")
 }
 
@@ -623,5 +690,38 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn disk_cache_options() {
+        let parse = |a: &[&str]| {
+            let a = expand_mount_options(args(a)).unwrap();
+            Options::from_flags(Flags::try_parse_from(a).unwrap()).unwrap()
+        };
+        let creds = Credentials {
+            server_url: "https://platform.ringcentral.com".into(),
+            client_id: "abc".into(),
+            client_secret: "secret".into(),
+            jwt: "jwt".into(),
+        };
+        let o = parse(&["ringfs", "ringcentral", "/m", "-o", "cache_dir=/var/cache/calls,disk_cache_size=2G"]);
+        assert_eq!(o.disk_cache_dir(Some(&creds)), Some(PathBuf::from("/var/cache/calls")));
+        assert_eq!(o.disk_cache_bytes, 2 << 30);
+        let o = parse(&["ringfs", "ringcentral", "/m"]);
+        assert_eq!(o.disk_cache_bytes, 10 << 30);
+        let dir = o.disk_cache_dir(Some(&creds)).expect("a default directory");
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("platform.ringcentral.com-"), "{name}");
+        assert!(!name.contains("secret") && !name.contains("jwt"));
+        assert_eq!(dir.parent().unwrap().file_name().unwrap(), "ringfs");
+        assert_eq!(name, account_name("https://platform.ringcentral.com", "abc"), "stable");
+        assert_ne!(name, account_name("https://platform.ringcentral.com", "other"));
+        // Never written: --no-disk-cache (also as -o), and demo without a directory.
+        let o = parse(&["ringfs", "ringcentral", "/m", "-o", "no_disk_cache,cache_dir=/x"]);
+        assert_eq!(o.disk_cache_dir(Some(&creds)), None);
+        let o = parse(&["ringfs", "demo", "/m"]);
+        assert_eq!(o.disk_cache_dir(Some(&creds)), None);
+        let o = parse(&["ringfs", "demo", "/m", "--cache-dir", "/tmp/c"]);
+        assert_eq!(o.disk_cache_dir(None), Some(PathBuf::from("/tmp/c")));
     }
 }

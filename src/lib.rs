@@ -9,7 +9,8 @@
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
 //! fs ──> catalog, media, api, model
-//! media ──> api                      (Priority, BodyEnd)
+//! media ──> store, api               (the disk tier; Priority, BodyEnd)
+//! store                              (no ringfs module)
 //! catalog ──> model
 //! api ──> model
 //! model                              (no ringfs module)
@@ -24,6 +25,8 @@
 //!   `Result<_, FsError>`; testable without a kernel.
 //! - [`media`]: lazy opening of recordings, one shared streaming download per recording, and the
 //!   byte-budgeted LRU chunk cache.
+//! - [`store`]: what a mount fetched, kept on disk for the next one: recording content under a
+//!   cache directory with an SQLite index, below the media layer's memory cache.
 //! - [`catalog`]: pure naming: call-log records -> dates, session directories, file names.
 //! - [`api`]: the RingCentral client. Auth, call log, recording media, and the request budget
 //!   (one pacer per rate group). It is the only code that sends requests, and names no FUSE type.
@@ -41,3 +44,4 @@ pub mod fuse;
 pub mod media;
 pub mod model;
 pub mod source;
+pub mod store;

@@ -97,6 +97,35 @@
 //! closed), so open but idle files hold nothing but evictable cache entries. With the defaults
 //! (256 MiB, 256 KiB chunks) the budget is exceeded only past 1024 downloads read at once.
 //!
+//! # The disk tier
+//!
+//! With a [`DiskStore`] ([`Media::with_disk`]), what downloads fetch also goes to disk, below the
+//! LRU, so that it outlives the process: the store holds, per recording, a *prefix* of its content
+//! from byte 0 (all of it once complete), its size and content type. The algorithm above is
+//! unchanged except in three places:
+//! - **reads**: a read that misses memory at `X` while the store holds `X` is served from disk:
+//!   the chunks from `X`'s on (the read and [`DISK_READ_CHUNKS`] chunks more, up to the stored
+//!   end) are read in a blocking task and go into the LRU, as if a download had brought them. No
+//!   request. Before a download starts in the chunk where the stored prefix ends, that chunk's
+//!   stored bytes go into the LRU as a partial entry, so the download takes them over and its
+//!   request starts exactly at the stored end: a recording half read by an earlier mount costs one
+//!   Range request for the rest;
+//! - **what is known**: a recording the store holds starts with the store's size and content
+//!   type (and bytes seen up to its stored end), so after a restart [`Media::known`] is exact and
+//!   [`Media::open`] spends no request (no headers are needed), and a later response that
+//!   disagrees with them fails as any disagreeing response does;
+//! - **downloads** that start within the stored prefix (normally at its end) write their bytes
+//!   through to the store as they arrive, in order; the store keeps only bytes that continue its
+//!   prefix. A download past the prefix (a far seek) does not write. Writing never blocks a
+//!   download on the disk: it only waits when the store's queue is full, outside the lock.
+//!
+//! The store checks its files (length at open, checksum at first read) and discards what does not
+//! match, and a disk that fails or fills only stops it writing: either way the recording is then
+//! fetched as if there were no disk, and a reader never gets an error from the disk tier. An open
+//! recording holds a [`Lease`] so the store never evicts it while it is read. The request budget,
+//! cool-downs and memory bound are those above: disk reads are not requests, and their bytes count
+//! in the LRU's budget like any others.
+//!
 //! # Lock discipline
 //! One `std::sync::Mutex<Inner>` guards all state: the LRU, the byte totals, per-recording state,
 //! the downloads and the stats. It is held only for bookkeeping and for copying at most one read's
@@ -106,6 +135,9 @@
 //! waiter always calls `Notified::enable()` *before* checking the state under the lock, so a signal
 //! between check and sleep is not lost. Anyone may end a download (cleanup under the lock, then
 //! abort its task), so a task re-checks that its download still exists every time it takes the lock.
+//! The disk store is asked under the lock only what it keeps in memory ([`DiskStore::get`], a
+//! lease, queueing bytes to its writer thread); its file and SQLite I/O runs in `spawn_blocking`
+//! or on its own thread, never under this lock.
 
 pub mod fake;
 
@@ -122,6 +154,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 pub use crate::api::{BodyEnd, Priority};
+use crate::store::{DiskStore, Lease, StoredRecording, Writer};
 
 /// A boxed, sendable future (the traits are object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -133,6 +166,10 @@ pub const MAX_DOWNLOADS: usize = 4;
 
 /// Most downloads a single read starts without receiving a byte (see the algorithm, step 6).
 pub const MAX_STARTS: u32 = 3;
+
+/// Chunks a read that is served from disk reads beyond its own end (fewer blocking reads for a
+/// sequential reader; they go to the LRU like a download's read-ahead).
+pub const DISK_READ_CHUNKS: u64 = 4;
 
 /// Failures remembered per recording so that the readers that waited on a download get its error.
 const MAX_FAILURES_KEPT: usize = 16;
@@ -273,6 +310,8 @@ pub struct MediaStats {
     pub peak_bytes: u64,
     /// LRU entries evicted to stay within the budget.
     pub evictions: u64,
+    /// Reads of the disk store that brought bytes into memory (no request).
+    pub disk_reads: u64,
 }
 
 /// The media layer. See the module docs.
@@ -283,6 +322,7 @@ pub struct Media {
 struct Shared {
     source: Arc<dyn MediaSource>,
     config: MediaConfig,
+    disk: Option<Arc<DiskStore>>,
     inner: Mutex<Inner>,
 }
 
@@ -305,6 +345,8 @@ struct Inner {
     recs: HashMap<Arc<str>, Rec>,
     next_download: u64,
     stats: MediaStats,
+    /// The disk store, asked for what it holds when a recording is first seen.
+    disk: Option<Arc<DiskStore>>,
 }
 
 struct Rec {
@@ -331,6 +373,8 @@ struct Rec {
     failures_in_a_row: u32,
     /// Open handles (open minus close).
     readers: u32,
+    /// Held while a reader has the recording open: the disk store does not evict it.
+    lease: Option<Lease>,
     /// The last reader closed: paused downloads stop at once instead of after `idle_timeout`.
     closed: bool,
     downloads: Vec<Download>,
@@ -375,23 +419,40 @@ enum Step<T> {
     Done(T),
     Wait,
     Fail(MediaError),
+    /// Read `(from, len)` from the disk store into the LRU, then look again.
+    Load(u64, usize),
 }
 
+/// Bytes of the disk store to bring into memory (see [`Shared::disk_wanted`]).
+#[derive(Clone, Copy)]
+struct DiskLoad {
+    from: u64,
+    len: usize,
+    /// The store holds the byte asked for (else only the stored part of its chunk before it).
+    covers: bool,
+}
+
+/// Most disk loads one read or open makes (a read needs one or two; this only bounds a loop with
+/// a store that keeps changing under it).
+const MAX_DISK_LOADS: u32 = 8;
+
 impl Rec {
-    fn new(key: &RecordingKey) -> Self {
+    /// A recording first seen, starting from what the disk store holds of it.
+    fn new(key: &RecordingKey, stored: Option<StoredRecording>) -> Self {
         Rec {
             id: Arc::from(key.id.as_str()),
             key: key.clone(),
-            known: None,
+            known: stored.as_ref().map(|s| Known { size: s.size, content_type: s.content_type.clone() }),
             validator: None,
             size_upper: None,
-            seen: 0,
+            seen: stored.map_or(0, |s| s.stored),
             candidate_end: None,
             strikes: 0,
             drops: 0,
             cool_down: None,
             failures_in_a_row: 0,
             readers: 0,
+            lease: None,
             closed: false,
             downloads: Vec::new(),
             failures: VecDeque::new(),
@@ -480,7 +541,7 @@ fn chunk_complete(len: usize, idx: u64, cs: usize, size: Option<u64>) -> bool {
 impl Inner {
     fn rec(&mut self, key: &RecordingKey) -> &mut Rec {
         if !self.recs.contains_key(key.id.as_str()) {
-            let rec = Rec::new(key);
+            let rec = Rec::new(key, self.disk.as_ref().and_then(|d| d.get(&key.id)));
             self.recs.insert(rec.id.clone(), rec);
         }
         let rec = self.recs.get_mut(key.id.as_str()).expect("inserted above");
@@ -620,6 +681,43 @@ impl Shared {
         self.config.chunk_size
     }
 
+    /// What the disk store holds that memory lacks, for a read of `[pos, end)` that memory
+    /// cannot serve at `pos`: from `pos`'s chunk up to the read's end and [`DISK_READ_CHUNKS`]
+    /// more (`covers`), or, when the store ends before `pos`, the stored part of `pos`'s chunk
+    /// that the LRU does not hold (so that a download started at `pos` takes it over and its
+    /// request starts at the stored end).
+    fn disk_wanted(&self, g: &Inner, id: &Arc<str>, pos: u64, end: u64) -> Option<DiskLoad> {
+        let stored = self.disk.as_ref()?.get(id)?.stored;
+        let cs = self.cs() as u64;
+        let from = pos / cs * cs;
+        let in_memory = g.cache.peek(&(id.clone(), pos / cs)).map_or(0, |e| e.data.len() as u64);
+        let covers = stored > pos;
+        if !covers && stored <= from + in_memory {
+            return None;
+        }
+        let to = end.max(pos + 1).div_ceil(cs).saturating_add(DISK_READ_CHUNKS).saturating_mul(cs).min(stored);
+        Some(DiskLoad { from, len: (to - from) as usize, covers })
+    }
+
+    /// Reads `[from, from + len)` (from a chunk boundary) from the disk store in a blocking task
+    /// and puts it into the LRU, chunk by chunk. `false` when the store had nothing there (it may
+    /// have just discarded the recording as damaged).
+    async fn load_from_disk(&self, id: &Arc<str>, from: u64, len: usize) -> bool {
+        let Some(disk) = self.disk.clone() else { return false };
+        let key = id.to_string();
+        let got = tokio::task::spawn_blocking(move || disk.read(&key, from, len)).await.ok().flatten();
+        let Some(bytes) = got.filter(|b| !b.is_empty()) else { return false };
+        let cs = self.cs();
+        let mut g = self.lock();
+        g.stats.disk_reads += 1;
+        for (i, piece) in bytes.chunks(cs).enumerate() {
+            // A copy per chunk: entries evicted one by one each free their memory.
+            g.insert((id.clone(), from / cs as u64 + i as u64), Bytes::copy_from_slice(piece));
+        }
+        g.evict(self.config.cache_bytes);
+        true
+    }
+
     /// Starts a download of `id` that delivers `at` (see the module docs: chunk-aligned, or right
     /// after a partial entry it takes over). Returns its id.
     fn start_download(
@@ -704,12 +802,19 @@ impl Drop for Media {
 impl Media {
     /// A media layer reading from `source`. Downloads are tokio tasks: call `open`/`read` inside a
     /// tokio runtime.
-    pub fn new(source: Arc<dyn MediaSource>, mut config: MediaConfig) -> Arc<Media> {
+    pub fn new(source: Arc<dyn MediaSource>, config: MediaConfig) -> Arc<Media> {
+        Media::with_disk(source, config, None)
+    }
+
+    /// A media layer over `source` with `disk` below its memory cache (see "The disk tier" in
+    /// the module docs); `None`: memory only, as [`Media::new`].
+    pub fn with_disk(source: Arc<dyn MediaSource>, mut config: MediaConfig, disk: Option<Arc<DiskStore>>) -> Arc<Media> {
         config.chunk_size = config.chunk_size.max(1);
         Arc::new(Media {
             shared: Arc::new(Shared {
                 source,
                 config,
+                disk: disk.clone(),
                 inner: Mutex::new(Inner {
                     cache: LruCache::unbounded(),
                     cached_bytes: 0,
@@ -717,6 +822,7 @@ impl Media {
                     recs: HashMap::new(),
                     next_download: 0,
                     stats: MediaStats::default(),
+                    disk,
                 }),
             }),
         })
@@ -730,18 +836,27 @@ impl Media {
             .await
             .map_err(|_| MediaError::TimedOut)??;
         let mut g = self.shared.lock();
+        let disk = g.disk.clone();
         let rec = g.rec(key);
         rec.readers += 1;
         rec.closed = false;
+        if rec.lease.is_none() {
+            rec.lease = disk.map(|d| d.lease(&key.id));
+        }
         Ok(known)
     }
 
     async fn open_inner(&self, key: &RecordingKey, prio: Priority) -> Result<Known, MediaError> {
         let sh = &self.shared;
         let cs = sh.cs() as u64;
-        let data = sh.lock().rec(key).data.clone();
+        let (id, data) = {
+            let mut g = sh.lock();
+            let rec = g.rec(key);
+            (rec.id.clone(), rec.data.clone())
+        };
         let mut waited: Option<u64> = None;
         let mut starts = 0;
+        let mut disk_loads = 0;
         loop {
             let notified = data.notified();
             tokio::pin!(notified);
@@ -774,7 +889,12 @@ impl Media {
                         None => break,
                     }
                 }
+                // What the disk store holds from 0 is not missing either.
+                let stored = sh.disk.as_ref().and_then(|d| d.get(&id)).map_or(0, |s| s.stored);
+                let missing = missing.max(stored);
                 let fully_cached = bound.is_some_and(|b| missing >= b);
+                let disk_tail =
+                    if disk_loads < MAX_DISK_LOADS { sh.disk_wanted(g, &id, missing, missing) } else { None };
                 if let (true, Some(k)) = (fully_cached, &known) {
                     Step::Done(k.clone())
                 } else if let Some(e) = failure {
@@ -794,6 +914,9 @@ impl Media {
                     Step::Wait
                 } else if starts >= MAX_STARTS {
                     Step::Fail(MediaError::Failed(format!("recording {id}: downloads keep stopping before their headers")))
+                } else if let Some(DiskLoad { from, len, .. }) = disk_tail {
+                    // The stored part of the chunk where the download starts (see the disk tier).
+                    Step::Load(from, len)
                 } else {
                     starts += 1;
                     waited = Some(sh.start_download(g, &id, missing, missing, prio));
@@ -804,6 +927,12 @@ impl Media {
                 Step::Done(k) => return Ok(k),
                 Step::Fail(e) => return Err(e),
                 Step::Wait => notified.await,
+                Step::Load(from, len) => {
+                    disk_loads += 1;
+                    if !sh.load_from_disk(&id, from, len).await {
+                        disk_loads = MAX_DISK_LOADS;
+                    }
+                }
             }
         }
     }
@@ -829,13 +958,14 @@ impl Media {
         let want_end = offset.saturating_add(size as u64);
         let mut out = BytesMut::with_capacity(size as usize);
         let mut pos = offset;
-        let (data, moved) = {
+        let (id, data, moved) = {
             let mut g = sh.lock();
             let rec = g.rec(key);
-            (rec.data.clone(), rec.moved.clone())
+            (rec.id.clone(), rec.data.clone(), rec.moved.clone())
         };
         let mut waited: Option<u64> = None;
         let mut starts = 0;
+        let mut disk_loads = 0;
         let mut first_pass = true;
         loop {
             let notified = data.notified();
@@ -844,7 +974,7 @@ impl Media {
             let step = {
                 let mut g = sh.lock();
                 let g = &mut *g;
-                let id = g.rec(key).id.clone();
+                g.rec(key);
                 let end = match g.recs[&id].end_bound() {
                     Some(b) => want_end.min(b),
                     None => want_end,
@@ -854,6 +984,7 @@ impl Media {
                 if pos > before {
                     starts = 0;
                 }
+                let disk = if pos < end && disk_loads < MAX_DISK_LOADS { sh.disk_wanted(g, &id, pos, end) } else { None };
                 let rec = g.recs.get_mut(&id).expect("made above");
                 let far = cfg.far_seek;
                 if first_pass {
@@ -880,6 +1011,8 @@ impl Media {
                 } else if let Some(e) = waited.and_then(|w| rec.failure_of(w)) {
                     g.stats.cache_misses += 1;
                     Step::Fail(e)
+                } else if let Some(DiskLoad { from, len, covers: true }) = disk {
+                    Step::Load(from, len)
                 } else if let Some(d) = rec
                     .downloads
                     .iter_mut()
@@ -900,6 +1033,9 @@ impl Media {
                         "recording {id}: bytes at {pos} were evicted before they could be read \
                          {MAX_STARTS} times (cache budget too small for the readers)"
                     )))
+                } else if let Some(DiskLoad { from, len, .. }) = disk {
+                    // The stored part of the chunk where the download starts (see the disk tier).
+                    Step::Load(from, len)
                 } else {
                     starts += 1;
                     waited = Some(sh.start_download(g, &id, pos, want_end, prio));
@@ -913,6 +1049,13 @@ impl Media {
                     first_pass = false;
                     notified.await;
                 }
+                Step::Load(from, len) => {
+                    first_pass = false;
+                    disk_loads += 1;
+                    if !sh.load_from_disk(&id, from, len).await {
+                        disk_loads = MAX_DISK_LOADS;
+                    }
+                }
             }
         }
     }
@@ -924,13 +1067,19 @@ impl Media {
         rec.readers = rec.readers.saturating_sub(1);
         if rec.readers == 0 {
             rec.closed = true;
+            rec.lease = None;
             rec.moved.notify_waiters();
         }
     }
 
-    /// Size and content type learned from any response (kept beyond eviction).
+    /// Size and content type learned from any response (kept beyond eviction), or held by the
+    /// disk store from an earlier process.
     pub fn known(&self, id: &str) -> Option<Known> {
-        self.shared.lock().recs.get(id).and_then(|r| r.known.clone())
+        let g = self.shared.lock();
+        match g.recs.get(id) {
+            Some(r) => r.known.clone(),
+            None => g.disk.as_ref()?.get(id).map(|s| Known { size: s.size, content_type: s.content_type }),
+        }
     }
 
     /// Counters; `bytes_cached` is the current total.
@@ -971,6 +1120,9 @@ async fn download_task(
     let budget = sh.config.cache_bytes;
     let mut at = start;
     let mut first = true;
+    // Writes through to disk when it continues the stored prefix (see the disk tier).
+    let mut disk: Option<Writer> =
+        sh.disk.as_ref().filter(|d| d.get(&id).map_or(0, |s| s.stored) >= start).map(|d| d.writer(&id));
     loop {
         {
             let mut g = sh.lock();
@@ -1016,6 +1168,9 @@ async fn download_task(
                 return;
             }
             rec.learn(body.total_len(), body.content_type(), body.validator());
+            if let Some(w) = disk.as_mut() {
+                w.learn(rec.exact_size(), body.content_type());
+            }
             let d = rec.downloads.iter_mut().find(|d| d.id == download).expect("checked");
             d.headers = true;
             data.notify_waiters();
@@ -1055,6 +1210,11 @@ async fn download_task(
                 Next::Pull => {}
             }
             let piece = body.next_chunk().await;
+            // Room in the disk writer's queue, waited for outside the lock.
+            let room = match (&piece, &disk) {
+                (Ok(Some(p)), Some(w)) => w.reserve(p.len()).await,
+                _ => None,
+            };
             let mut g = sh.lock();
             let g = &mut *g;
             let Some(rec) = g.recs.get_mut(&id) else { return };
@@ -1083,6 +1243,9 @@ async fn download_task(
                             )))
                         } else {
                             rec.learn(Some(total), None, None);
+                            if let Some(w) = disk.as_mut() {
+                                w.learn(Some(total), None);
+                            }
                             End::Eof
                         };
                         if let End::Failed(e) = &end {
@@ -1093,6 +1256,9 @@ async fn download_task(
                     }
                     BodyEnd::PastEnd => {
                         rec.bound(pos);
+                        if let Some(w) = disk.as_mut() {
+                            w.learn(rec.exact_size(), None);
+                        }
                         g.end_download(&id, download, End::Eof, cs, budget);
                         return;
                     }
@@ -1101,6 +1267,9 @@ async fn download_task(
                     // that goes on shows it was a drop. One request per such end.
                     BodyEnd::Unconfirmed if rec.candidate_end == Some(pos) => {
                         rec.bound(pos);
+                        if let Some(w) = disk.as_mut() {
+                            w.learn(rec.exact_size(), None);
+                        }
                         g.end_download(&id, download, End::Eof, cs, budget);
                         return;
                     }
@@ -1131,6 +1300,10 @@ async fn download_task(
                 return;
             }
             progressed = true;
+            if let (Some(w), Some(room)) = (disk.as_mut(), room) {
+                w.learn(total, None);
+                w.append(d.pos, piece.clone(), room);
+            }
             let mut rest = piece;
             let mut full = Vec::new();
             while !rest.is_empty() {
@@ -1270,3 +1443,6 @@ impl Shared {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod disk_tests;
