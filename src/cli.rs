@@ -181,28 +181,64 @@ pub enum Source {
 
 /// Options mount(8) and fstab pass that mean nothing here, or that are always true.
 const IGNORED: &[&str] = &[
-    "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "nofail", "_netdev",
-    "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "sync", "atime",
-    "noatime", "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "lazytime",
-    "auto_unmount", "comment", "delay_connect", "fsname", "subtype",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "nofail",
+    "_netdev",
+    "ro",
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "async",
+    "sync",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "auto_unmount",
+    "comment",
+    "delay_connect",
+    "fsname",
+    "subtype",
 ];
 
 /// Turns `-o a,b=c` (anywhere on the line, also `-oa,b`) into `--a --b=c`, so that every long
 /// flag is also a mount option. Generic fstab options are dropped.
-pub fn expand_mount_options(args: impl IntoIterator<Item = OsString>) -> Result<Vec<OsString>, String> {
+pub fn expand_mount_options(
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<Vec<OsString>, String> {
     let mut out = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let opts = if arg == "-o" {
             Some(args.next().ok_or("-o needs a value")?)
         } else {
-            arg.to_str().and_then(|s| s.strip_prefix("-o")).filter(|r| !r.is_empty()).map(OsString::from)
+            arg.to_str()
+                .and_then(|s| s.strip_prefix("-o"))
+                .filter(|r| !r.is_empty())
+                .map(OsString::from)
         };
         let Some(opts) = opts else {
             out.push(arg);
             continue;
         };
-        let opts = opts.into_string().map_err(|_| "mount options must be UTF-8".to_string())?;
+        let opts = opts
+            .into_string()
+            .map_err(|_| "mount options must be UTF-8".to_string())?;
         for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
             let (key, value) = match opt.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
@@ -227,7 +263,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (s, 1u64),
         Some((i, _)) => {
-            let unit = s[i..].trim_end_matches(['B', 'b', 'i']).to_ascii_uppercase();
+            let unit = s[i..]
+                .trim_end_matches(['B', 'b', 'i'])
+                .to_ascii_uppercase();
             let mult = match unit.as_str() {
                 "" => 1,
                 "K" => 1 << 10,
@@ -239,8 +277,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             (&s[..i], mult)
         }
     };
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?} (use e.g. 256M or 1G)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (use e.g. 256M or 1G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 impl Options {
@@ -248,11 +289,14 @@ impl Options {
         let source = match f.source.as_str() {
             "demo" => Source::Demo,
             "ringcentral" => Source::RingCentral,
-            s if s.starts_with("https://") || s.starts_with("http://") => Source::Url(s.trim_end_matches('/').to_string()),
+            s if s.starts_with("https://") || s.starts_with("http://") => {
+                Source::Url(s.trim_end_matches('/').to_string())
+            }
             s => bail!("unknown source {s:?}: use `demo`, `ringcentral` or an API base URL"),
         };
         let tz = match &f.tz {
-            Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| anyhow!("unknown time zone {name:?}: {e}"))?,
+            Some(name) => jiff::tz::TimeZone::get(name)
+                .map_err(|e| anyhow!("unknown time zone {name:?}: {e}"))?,
             None => jiff::tz::TimeZone::system(),
         };
         if let (Some(s), Some(u)) = (f.since, f.until)
@@ -263,7 +307,12 @@ impl Options {
         if f.days == 0 {
             bail!("--days must be at least 1");
         }
-        let window = Window { tz, since: f.since, until: f.until, days: f.days };
+        let window = Window {
+            tz,
+            since: f.since,
+            until: f.until,
+            days: f.days,
+        };
         let scope = match f.scope.as_str() {
             "auto" => ScopeChoice::Auto,
             "account" => ScopeChoice::Fixed(Scope::Account),
@@ -287,7 +336,11 @@ impl Options {
             bail!("--cache-size must be at least 4M");
         }
         let disk_cache_bytes = parse_size(&f.disk_cache_size).map_err(|e| anyhow!(e))?;
-        let state_file = if f.no_state_file { None } else { f.state_file.or_else(default_state_file) };
+        let state_file = if f.no_state_file {
+            None
+        } else {
+            f.state_file.or_else(default_state_file)
+        };
         Ok(Options {
             source,
             mountpoint: f.mountpoint,
@@ -348,18 +401,36 @@ impl Options {
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(base.join("ringfs").join(account_name(&creds.server_url, &creds.client_id)))
+        Some(
+            base.join("ringfs")
+                .join(account_name(&creds.server_url, &creds.client_id)),
+        )
     }
 }
 
 /// A stable directory name for an account: the server's host and a hash of the server URL and
 /// client id (no secret goes into it, and a name stays the same across mounts).
 pub fn account_name(server_url: &str, client_id: &str) -> String {
-    let host = url::Url::parse(server_url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
-    let host: String =
-        host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c.to_ascii_lowercase() } else { '_' }).collect();
+    let host = url::Url::parse(server_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let hash = xxhash_rust::xxh3::xxh3_64(format!("{server_url}\n{client_id}").as_bytes());
-    if host.is_empty() { format!("{hash:016x}") } else { format!("{host}-{hash:016x}") }
+    if host.is_empty() {
+        format!("{hash:016x}")
+    } else {
+        format!("{host}-{hash:016x}")
+    }
 }
 
 fn default_state_file() -> Option<PathBuf> {
@@ -387,7 +458,10 @@ fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
             p = path.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("mount point {} does not exist (mkdir it first)", path.display())
+            bail!(
+                "mount point {} does not exist (mkdir it first)",
+                path.display()
+            )
         }
         Err(e) => bail!("mount point {}: {e}", path.display()),
     }
@@ -395,7 +469,9 @@ fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
 
 fn check_fuse() -> anyhow::Result<()> {
     if !Path::new("/dev/fuse").exists() {
-        bail!("FUSE is not available: /dev/fuse is missing (install fuse3 and load the fuse module)");
+        bail!(
+            "FUSE is not available: /dev/fuse is missing (install fuse3 and load the fuse module)"
+        );
     }
     Ok(())
 }
@@ -403,7 +479,8 @@ fn check_fuse() -> anyhow::Result<()> {
 /// The credentials for a real account: `--credentials FILE` or the environment.
 fn credentials(opts: &Options) -> anyhow::Result<Credentials> {
     let mut creds = match &opts.credentials_file {
-        Some(path) => Credentials::from_file(path).with_context(|| format!("credentials file {}", path.display()))?,
+        Some(path) => Credentials::from_file(path)
+            .with_context(|| format!("credentials file {}", path.display()))?,
         None => Credentials::from_env().context("credentials")?,
     };
     if let Source::Url(url) = &opts.source {
@@ -420,7 +497,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         Source::Demo => None,
         _ => Some(credentials(&opts)?),
     };
-    let mut ready = if opts.foreground { None } else { Some(daemonize()?) };
+    let mut ready = if opts.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
     let result = serve(opts, creds, &mut ready);
     if let (Err(e), Some(pipe)) = (&result, ready.as_mut()) {
         // The parent prints this; our own stderr may already be /dev/null.
@@ -472,13 +553,15 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
 /// tracing-subscriber's `Targets` rather than `EnvFilter`: the same `target=level` syntax for
 /// what ringfs needs, without the regex engine EnvFilter compiles in.
 pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
-    let from_env = std::env::var("RINGFS_LOG").ok().and_then(|v| match v.parse() {
-        Ok(t) => Some(t),
-        Err(e) => {
-            eprintln!("ringfs: ignoring RINGFS_LOG={v:?}: {e}");
-            None
-        }
-    });
+    let from_env = std::env::var("RINGFS_LOG")
+        .ok()
+        .and_then(|v| match v.parse() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("ringfs: ignoring RINGFS_LOG={v:?}: {e}");
+                None
+            }
+        });
     from_env.unwrap_or_else(|| default.parse().expect("default log filter"))
 }
 
@@ -486,7 +569,9 @@ fn init_logging(opts: &Options) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = log_filter("ringfs=info");
-    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_target(false);
     match &opts.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -494,22 +579,42 @@ fn init_logging(opts: &Options) -> anyhow::Result<()> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("log file {}", path.display()))?;
-            let _ = builder.with_ansi(false).with_writer(Arc::new(file)).finish().with(filter).try_init();
+            let _ = builder
+                .with_ansi(false)
+                .with_writer(Arc::new(file))
+                .finish()
+                .with(filter)
+                .try_init();
         }
         None if opts.foreground => {
-            let _ = builder.with_writer(std::io::stderr).finish().with(filter).try_init();
+            let _ = builder
+                .with_writer(std::io::stderr)
+                .finish()
+                .with(filter)
+                .try_init();
         }
         None => {
-            let _ = builder.with_writer(std::io::sink).finish().with(filter).try_init();
+            let _ = builder
+                .with_writer(std::io::sink)
+                .finish()
+                .with(filter)
+                .try_init();
         }
     }
     Ok(())
 }
 
-fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
+fn serve(
+    opts: Options,
+    creds: Option<Credentials>,
+    ready: &mut Option<std::fs::File>,
+) -> anyhow::Result<()> {
     init_logging(&opts)?;
     let disk = opts.disk_cache_dir(creds.as_ref()).and_then(|dir| {
-        let config = crate::store::StoreConfig { max_bytes: opts.disk_cache_bytes, ..Default::default() };
+        let config = crate::store::StoreConfig {
+            max_bytes: opts.disk_cache_bytes,
+            ..Default::default()
+        };
         match crate::store::DiskStore::open(&dir, config) {
             Ok(store) => {
                 tracing::info!("keeping recordings in {}", dir.display());
@@ -531,7 +636,11 @@ fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::
     let (client, _emulator) = rt.block_on(connect(&opts, creds))?;
     let media = Media::with_disk(
         Arc::new(crate::source::ApiMedia::new(client.clone())),
-        MediaConfig { cache_bytes: opts.cache_bytes, read_timeout: opts.read_timeout, ..MediaConfig::default() },
+        MediaConfig {
+            cache_bytes: opts.cache_bytes,
+            read_timeout: opts.read_timeout,
+            ..MediaConfig::default()
+        },
         disk.clone(),
     );
     let core = Arc::new(Fs::new(Arc::new(client), media, opts.fs_config()));
@@ -543,7 +652,11 @@ fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::
         default_permissions: opts.default_permissions,
     };
     let mut session = crate::fuse::mount(adapter, &opts.mountpoint, &settings)?;
-    tracing::info!("mounted {} on {}", source_name(&opts.source), opts.mountpoint.display());
+    tracing::info!(
+        "mounted {} on {}",
+        source_name(&opts.source),
+        opts.mountpoint.display()
+    );
     // SIGINT/SIGTERM unmount; the session loop below then returns. The handlers are installed
     // before the parent is told "ready": a SIGTERM sent as soon as `ringfs` returned used to
     // meet the default action and leave a stale mount behind (tests/cli.rs
@@ -551,7 +664,10 @@ fn serve(opts: Options, creds: Option<Credentials>, ready: &mut Option<std::fs::
     let signals = {
         use tokio::signal::unix::{SignalKind, signal};
         let _in_runtime = rt.enter();
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
     };
     if let Some(mut pipe) = ready.take() {
         writeln!(pipe, "ready").ok();
@@ -605,7 +721,9 @@ async fn connect(
                 format: opts.demo_format,
                 ..crate::emulator::Config::default()
             };
-            let emu = crate::emulator::Emulator::start(emu_config.clone()).await.context("starting the demo account")?;
+            let emu = crate::emulator::Emulator::start(emu_config.clone())
+                .await
+                .context("starting the demo account")?;
             let creds = Credentials {
                 server_url: emu.api_url(),
                 client_id: emu_config.client_id.clone(),
@@ -621,14 +739,19 @@ async fn connect(
     let mut config = config;
     // A response silent for a third of the read timeout is taken for a drop and resumed, so a
     // stalled connection costs a waiting reader one more request, not its whole wait.
-    config.stall_timeout = (opts.read_timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
+    config.stall_timeout =
+        (opts.read_timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
     let client = Client::new(config).context("setting up the RingCentral client")?;
     client.login().await.context("logging in to RingCentral")?;
     Ok((client, emulator))
 }
 
 fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         use std::os::fd::AsRawFd;
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors.
@@ -653,10 +776,22 @@ mod tests {
         .unwrap();
         assert_eq!(
             out,
-            args(&["ringfs", "ringcentral", "/mnt/calls", "--days=30", "--credentials=/etc/ringfs.env", "--allow-other", "--cache-size=64M"])
+            args(&[
+                "ringfs",
+                "ringcentral",
+                "/mnt/calls",
+                "--days=30",
+                "--credentials=/etc/ringfs.env",
+                "--allow-other",
+                "--cache-size=64M"
+            ])
         );
-        let out = expand_mount_options(args(&["ringfs", "-ouid=1000,umask=022", "demo", "/m"])).unwrap();
-        assert_eq!(out, args(&["ringfs", "--uid=1000", "--umask=022", "demo", "/m"]));
+        let out =
+            expand_mount_options(args(&["ringfs", "-ouid=1000,umask=022", "demo", "/m"])).unwrap();
+        assert_eq!(
+            out,
+            args(&["ringfs", "--uid=1000", "--umask=022", "demo", "/m"])
+        );
         assert!(expand_mount_options(args(&["ringfs", "-o"])).is_err());
     }
 
@@ -673,14 +808,21 @@ mod tests {
         assert_eq!((c.file_mode, c.dir_mode), (0o444, 0o555));
         let o = parse(&["ringfs", "demo", "/m"]).unwrap();
         let c = o.fs_config();
-        assert_eq!((c.file_mode, c.dir_mode), (0o400, 0o500), "private by default");
+        assert_eq!(
+            (c.file_mode, c.dir_mode),
+            (0o400, 0o500),
+            "private by default"
+        );
         assert_eq!(o.cache_bytes, 256 << 20);
         assert!(parse(&["ringfs", "ftp://x", "/m"]).is_err());
         assert!(parse(&["ringfs", "demo", "/m", "--tz", "Mars/Olympus"]).is_err());
         assert!(parse(&["ringfs", "demo", "/m", "--scope", "galaxy"]).is_err());
         assert!(parse(&["ringfs", "demo", "/m", "--umask", "999"]).is_err());
         let o = parse(&["ringfs", "https://platform.ringcentral.com/", "/m"]).unwrap();
-        assert_eq!(o.source, Source::Url("https://platform.ringcentral.com".into()));
+        assert_eq!(
+            o.source,
+            Source::Url("https://platform.ringcentral.com".into())
+        );
     }
 
     #[test]
@@ -704,8 +846,17 @@ mod tests {
             client_secret: "secret".into(),
             jwt: "jwt".into(),
         };
-        let o = parse(&["ringfs", "ringcentral", "/m", "-o", "cache_dir=/var/cache/calls,disk_cache_size=2G"]);
-        assert_eq!(o.disk_cache_dir(Some(&creds)), Some(PathBuf::from("/var/cache/calls")));
+        let o = parse(&[
+            "ringfs",
+            "ringcentral",
+            "/m",
+            "-o",
+            "cache_dir=/var/cache/calls,disk_cache_size=2G",
+        ]);
+        assert_eq!(
+            o.disk_cache_dir(Some(&creds)),
+            Some(PathBuf::from("/var/cache/calls"))
+        );
         assert_eq!(o.disk_cache_bytes, 2 << 30);
         let o = parse(&["ringfs", "ringcentral", "/m"]);
         assert_eq!(o.disk_cache_bytes, 10 << 30);
@@ -714,10 +865,23 @@ mod tests {
         assert!(name.starts_with("platform.ringcentral.com-"), "{name}");
         assert!(!name.contains("secret") && !name.contains("jwt"));
         assert_eq!(dir.parent().unwrap().file_name().unwrap(), "ringfs");
-        assert_eq!(name, account_name("https://platform.ringcentral.com", "abc"), "stable");
-        assert_ne!(name, account_name("https://platform.ringcentral.com", "other"));
+        assert_eq!(
+            name,
+            account_name("https://platform.ringcentral.com", "abc"),
+            "stable"
+        );
+        assert_ne!(
+            name,
+            account_name("https://platform.ringcentral.com", "other")
+        );
         // Never written: --no-disk-cache (also as -o), and demo without a directory.
-        let o = parse(&["ringfs", "ringcentral", "/m", "-o", "no_disk_cache,cache_dir=/x"]);
+        let o = parse(&[
+            "ringfs",
+            "ringcentral",
+            "/m",
+            "-o",
+            "no_disk_cache,cache_dir=/x",
+        ]);
         assert_eq!(o.disk_cache_dir(Some(&creds)), None);
         let o = parse(&["ringfs", "demo", "/m"]);
         assert_eq!(o.disk_cache_dir(Some(&creds)), None);

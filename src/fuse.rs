@@ -29,7 +29,12 @@ pub struct FuseAdapter {
 
 impl FuseAdapter {
     pub fn new(core: Arc<Fs>, rt: tokio::runtime::Handle) -> FuseAdapter {
-        FuseAdapter { core, rt, dirs: Arc::default(), next_dir_fh: AtomicU64::new(1) }
+        FuseAdapter {
+            core,
+            rt,
+            dirs: Arc::default(),
+            next_dir_fh: AtomicU64::new(1),
+        }
     }
 }
 
@@ -69,7 +74,9 @@ impl Filesystem for FuseAdapter {
         let name = name.to_owned();
         self.rt.spawn(async move {
             match core.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0)),
+                Ok(a) => {
+                    reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -92,7 +99,9 @@ impl Filesystem for FuseAdapter {
         self.rt.spawn(async move {
             match core.opendir(ino.0).await {
                 Ok(entries) => {
-                    dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(entries));
+                    dirs.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(fh, Arc::new(entries));
                     reply.opened(FileHandle(fh), FopenFlags::empty());
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -100,8 +109,20 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = self.dirs.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0).cloned();
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned();
         let Some(entries) = entries else {
             reply.error(Errno::EBADF);
             return;
@@ -124,8 +145,18 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.dirs.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
         reply.ok();
     }
 
@@ -206,11 +237,28 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS);
     }
 
-    fn mknod(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
-    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
@@ -222,7 +270,14 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS);
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _link_name: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
@@ -239,7 +294,14 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS);
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
@@ -331,7 +393,11 @@ impl Mounted {
 pub struct Background(#[allow(dead_code)] fuser::BackgroundSession);
 
 /// Mounts read-only at `mountpoint`. As root this is mount(2); otherwise fusermount3.
-pub fn mount(adapter: FuseAdapter, mountpoint: &std::path::Path, s: &MountSettings) -> anyhow::Result<Mounted> {
+pub fn mount(
+    adapter: FuseAdapter,
+    mountpoint: &std::path::Path,
+    s: &MountSettings,
+) -> anyhow::Result<Mounted> {
     use fuser::MountOption as M;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -353,14 +419,16 @@ pub fn mount(adapter: FuseAdapter, mountpoint: &std::path::Path, s: &MountSettin
     } else {
         fuser::SessionACL::Owner
     };
-    fuser::Session::new(adapter, mountpoint, &config).map(Mounted).map_err(|e| {
-        let hint = match e.raw_os_error() {
-            Some(libc::EBUSY) => " (something is already mounted there)",
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                " (not allowed: check /etc/fuse.conf and the mount point's owner)"
-            }
-            _ => "",
-        };
-        anyhow::anyhow!("mounting on {}: {e}{hint}", mountpoint.display())
-    })
+    fuser::Session::new(adapter, mountpoint, &config)
+        .map(Mounted)
+        .map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::EBUSY) => " (something is already mounted there)",
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    " (not allowed: check /etc/fuse.conf and the mount point's owner)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("mounting on {}: {e}{hint}", mountpoint.display())
+        })
 }

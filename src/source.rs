@@ -3,7 +3,9 @@
 
 use jiff::Timestamp;
 
-use crate::api::{ApiError, BodyEnd, chain, CallRecord, Client, MediaStream, Priority, RecordingMeta, Scope};
+use crate::api::{
+    ApiError, BodyEnd, CallRecord, Client, MediaStream, Priority, RecordingMeta, Scope, chain,
+};
 use crate::fs::{CallLog, Page};
 use crate::media::{BoxFuture, MediaBody, MediaError, MediaSource, RecordingKey};
 
@@ -17,7 +19,9 @@ impl CallLog for Client {
         prio: Priority,
     ) -> BoxFuture<'_, Result<Page, ApiError>> {
         Box::pin(async move {
-            let (records, next) = self.call_log_page(scope, from, to, next.as_deref(), prio).await?;
+            let (records, next) = self
+                .call_log_page(scope, from, to, next.as_deref(), prio)
+                .await?;
             Ok(Page { records, next })
         })
     }
@@ -32,7 +36,11 @@ impl CallLog for Client {
         Box::pin(Client::find_session(self, scope, session_id, since, prio))
     }
 
-    fn recording_meta<'a>(&'a self, id: &'a str, prio: Priority) -> BoxFuture<'a, Result<RecordingMeta, ApiError>> {
+    fn recording_meta<'a>(
+        &'a self,
+        id: &'a str,
+        prio: Priority,
+    ) -> BoxFuture<'a, Result<RecordingMeta, ApiError>> {
         Box::pin(Client::recording_meta(self, id, prio))
     }
 
@@ -65,10 +73,19 @@ fn media_error(e: ApiError) -> MediaError {
 }
 
 impl MediaSource for ApiMedia {
-    fn open(&self, key: &RecordingKey, offset: u64, prio: Priority) -> BoxFuture<'_, Result<Box<dyn MediaBody>, MediaError>> {
+    fn open(
+        &self,
+        key: &RecordingKey,
+        offset: u64,
+        prio: Priority,
+    ) -> BoxFuture<'_, Result<Box<dyn MediaBody>, MediaError>> {
         let uri = key.content_uri.clone();
         Box::pin(async move {
-            let stream = self.client.open_media(&uri, offset, prio).await.map_err(media_error)?;
+            let stream = self
+                .client
+                .open_media(&uri, offset, prio)
+                .await
+                .map_err(media_error)?;
             Ok(Box::new(Body(stream)) as Box<dyn MediaBody>)
         })
     }

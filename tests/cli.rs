@@ -20,12 +20,25 @@ impl Drop for Guard<'_> {
 }
 
 fn ringfs(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("RINGFS_LOG", "ringfs=debug").output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env("RINGFS_LOG", "ringfs=debug")
+        .output()
+        .unwrap()
 }
 
 fn daemon_pid(mnt: &Path) -> Option<i32> {
-    let out = Command::new("pgrep").arg("-f").arg(format!("{BIN} demo {}", mnt.display())).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("{BIN} demo {}", mnt.display()))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -37,7 +50,11 @@ fn demo_mount_returns_when_ready_and_umount_ends_it() {
     let mnt = dir.path();
     let _g = Guard(mnt);
     let out = ringfs(&["demo", mnt.to_str().unwrap(), "-o", "demo_live=0,days=10"]);
-    assert!(out.status.success(), "ringfs demo failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ringfs demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(is_mounted(mnt), "returned before the mount was ready");
     // Immediately usable.
     // (A count, not the entries: a `DirEntry` keeps its directory open, and umount would be busy.)
@@ -48,9 +65,17 @@ fn demo_mount_returns_when_ready_and_umount_ends_it() {
     let pid = daemon_pid(mnt).expect("daemon running");
     // umount ends the process.
     let out = Command::new("umount").arg(mnt).output().unwrap();
-    assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let gone = eventually(Duration::from_secs(10), || {
-        (!Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")).then_some(())
+        (!Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z "))
+        .then_some(())
     });
     assert!(gone.is_some(), "daemon still running after umount");
 }
@@ -64,7 +89,11 @@ fn sigterm_unmounts_cleanly() {
     let mnt = dir.path();
     let _g = Guard(mnt);
     let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pid = daemon_pid(mnt).expect("daemon running");
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let unmounted = eventually(Duration::from_secs(10), || (!is_mounted(mnt)).then_some(()));
@@ -118,7 +147,10 @@ fn errors_are_one_clear_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("logging in"), "{err}");
-    assert!(!err.contains("wrong"), "a secret leaked into the error: {err}");
+    assert!(
+        !err.contains("wrong"),
+        "a secret leaked into the error: {err}"
+    );
     assert!(!is_mounted(dir.path()));
 }
 
@@ -139,7 +171,11 @@ fn stale_mount_is_explained() {
     let mnt = dir.path();
     let _g = Guard(mnt);
     let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pid = daemon_pid(mnt).expect("daemon running");
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let stale = eventually(Duration::from_secs(10), || {
@@ -151,9 +187,20 @@ fn stale_mount_is_explained() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stale") && err.contains("umount -l"), "{err}");
     // Cleared as the message says, it mounts again.
-    assert!(Command::new("umount").arg("-l").arg(mnt).status().unwrap().success());
+    assert!(
+        Command::new("umount")
+            .arg("-l")
+            .arg(mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(std::fs::read_dir(mnt).unwrap().count() > 2);
 }
 
@@ -173,23 +220,38 @@ fn mount_t_fuse_ringfs_works() {
     // The test links the built binary into /usr/local/bin unless a ringfs is already there.
     let link = Path::new("/usr/local/bin/ringfs");
     let _link = if link.symlink_metadata().is_err() {
-        std::os::unix::fs::symlink(BIN, link).expect("link ringfs into /usr/local/bin (run as root)");
+        std::os::unix::fs::symlink(BIN, link)
+            .expect("link ringfs into /usr/local/bin (run as root)");
         Some(RemoveOnDrop(link.to_path_buf()))
     } else {
         None
     };
     let path = std::env::var("PATH").unwrap_or_default();
     let out = Command::new("mount")
-        .args(["-t", "fuse.ringfs", "-o", "days=5,demo_live=0,umask=022", "demo"])
+        .args([
+            "-t",
+            "fuse.ringfs",
+            "-o",
+            "days=5,demo_live=0,umask=022",
+            "demo",
+        ])
         .arg(mnt)
         .env("PATH", path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "mount -t fuse.ringfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mount -t fuse.ringfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(is_mounted(mnt));
     assert_eq!(std::fs::read_dir(mnt).unwrap().count(), 5 + 2);
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(mnt).unwrap().mode() & 0o777, 0o555, "umask=022 from -o");
+    assert_eq!(
+        std::fs::metadata(mnt).unwrap().mode() & 0o777,
+        0o555,
+        "umask=022 from -o"
+    );
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

@@ -42,11 +42,20 @@ fn watch_panics() {
     ONCE.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let name = std::thread::current().name().unwrap_or("<unnamed>").to_string();
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("<unnamed>")
+                .to_string();
             // Test threads are named after their test; readers spawned here are `reader-*`.
-            let ours = name.starts_with("reader-") || name.starts_with("check-") || name.contains("::") || TESTS.contains(&name.as_str());
+            let ours = name.starts_with("reader-")
+                || name.starts_with("check-")
+                || name.contains("::")
+                || TESTS.contains(&name.as_str());
             if !ours {
-                FOREIGN_PANICS.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{name}: {info}"));
+                FOREIGN_PANICS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("{name}: {info}"));
             }
             prev(info);
         }));
@@ -156,7 +165,11 @@ struct Tune {
 
 impl Default for Tune {
     fn default() -> Self {
-        Tune { cache_bytes: 64 << 20, read_timeout: Duration::from_secs(8), stall_timeout: Duration::from_secs(3) }
+        Tune {
+            cache_bytes: 64 << 20,
+            read_timeout: Duration::from_secs(8),
+            stall_timeout: Duration::from_secs(3),
+        }
     }
 }
 
@@ -181,13 +194,22 @@ fn fault_stack(cfg: Config, tune: &Tune) -> Stack {
     rt.block_on(client.login()).unwrap();
     let media = Media::new(
         Arc::new(ringfs::source::ApiMedia::new(client.clone())),
-        MediaConfig { cache_bytes: tune.cache_bytes, read_timeout: tune.read_timeout, ..MediaConfig::default() },
+        MediaConfig {
+            cache_bytes: tune.cache_bytes,
+            read_timeout: tune.read_timeout,
+            ..MediaConfig::default()
+        },
     );
     let mut fc = FsConfig::new(Window::last_days(cfg.days, jiff::tz::TimeZone::UTC));
     fc.recent_ttl = Duration::from_secs(1);
     fc.read_timeout = tune.read_timeout;
     let fs = Arc::new(Fs::new(Arc::new(client.clone()), media, fc));
-    Stack { rt, emu, client, fs }
+    Stack {
+        rt,
+        emu,
+        client,
+        fs,
+    }
 }
 
 /// An emulator config with every call settled (fetchable) and no rate limits.
@@ -213,7 +235,10 @@ fn date_recordings(m: &Mounted) -> Vec<(PathBuf, String, u64)> {
                 continue;
             }
             let id = recording_id_of(&rel);
-            if let Some(c) = calls.iter().find(|c| c.recording_id.as_deref() == Some(&id) && c.fetchable_at < now) {
+            if let Some(c) = calls
+                .iter()
+                .find(|c| c.recording_id.as_deref() == Some(&id) && c.fetchable_at < now)
+            {
                 out.push((d.join(rel), id, c.recording_len.unwrap()));
             }
         }
@@ -224,7 +249,11 @@ fn date_recordings(m: &Mounted) -> Vec<(PathBuf, String, u64)> {
 
 /// Runs `f` on a thread and waits at most `limit` for it: a hang is a test failure, not a hung
 /// suite. Returns what `f` returned and how long it took.
-fn bounded<T: Send + 'static>(what: &str, limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> (T, Duration) {
+fn bounded<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (T, Duration) {
     let (tx, rx) = std::sync::mpsc::channel();
     let start = Instant::now();
     std::thread::Builder::new()
@@ -251,7 +280,11 @@ fn dropped_slow_and_failing_media_never_give_wrong_bytes() {
         return;
     }
     let m = mount(fault_stack(settled_config(80, 4), &Tune::default()));
-    let files: Vec<_> = date_recordings(&m).into_iter().filter(|r| r.2 <= 2_500_000).take(16).collect();
+    let files: Vec<_> = date_recordings(&m)
+        .into_iter()
+        .filter(|r| r.2 <= 2_500_000)
+        .take(16)
+        .collect();
     assert!(files.len() >= 10, "too few recordings: {}", files.len());
     let fig = Figures::default();
     // 25 % of media responses cut mid-body, bodies capped at 4 MB/s, 10 % of requests 5xx.
@@ -307,12 +340,25 @@ fn dropped_slow_and_failing_media_never_give_wrong_bytes() {
     // Faults stop: everything that failed reads exactly, without a remount.
     m.emu().set_faults(Faults::default());
     for (path, want) in &failed {
-        assert_eq!(fig.read_whole(path, want), Ok(()), "{} after the faults stopped", path.display());
+        assert_eq!(
+            fig.read_whole(path, want),
+            Ok(()),
+            "{} after the faults stopped",
+            path.display()
+        );
     }
     let c = m.stack.client.stats();
     let sent: u64 = c.requests_by_group.values().sum();
-    assert!(c.retries <= sent, "retries {} of {sent} requests", c.retries);
-    fig.print("dropped_slow_and_failing_media_never_give_wrong_bytes", m.emu(), Some(&m.stack.client));
+    assert!(
+        c.retries <= sent,
+        "retries {} of {sent} requests",
+        c.retries
+    );
+    fig.print(
+        "dropped_slow_and_failing_media_never_give_wrong_bytes",
+        m.emu(),
+        Some(&m.stack.client),
+    );
     assert_no_foreign_panics();
 }
 
@@ -325,13 +371,27 @@ fn short_lived_tokens_without_refresh_tokens_keep_reads_exact() {
     cfg.access_ttl = Duration::from_secs(2);
     cfg.issue_refresh_tokens = false;
     // A cache smaller than the files read, so every pass downloads again.
-    let m = mount(fault_stack(cfg, &Tune { cache_bytes: 2 << 20, ..Tune::default() }));
-    let files: Vec<_> = date_recordings(&m).into_iter().filter(|r| r.2 <= 1_500_000).take(12).collect();
+    let m = mount(fault_stack(
+        cfg,
+        &Tune {
+            cache_bytes: 2 << 20,
+            ..Tune::default()
+        },
+    ));
+    let files: Vec<_> = date_recordings(&m)
+        .into_iter()
+        .filter(|r| r.2 <= 1_500_000)
+        .take(12)
+        .collect();
     assert!(files.len() >= 6);
     let fig = Figures::default();
     // Slow bodies so that tokens expire in the middle of downloads, and cuts so that resumes
     // need a fresh token.
-    m.emu().set_faults(Faults { max_bytes_per_sec: Some(1 << 20), drop_fraction: 0.2, ..Faults::default() });
+    m.emu().set_faults(Faults {
+        max_bytes_per_sec: Some(1 << 20),
+        drop_fraction: 0.2,
+        ..Faults::default()
+    });
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(7) {
         for (path, id, _) in &files {
@@ -342,11 +402,21 @@ fn short_lived_tokens_without_refresh_tokens_keep_reads_exact() {
         forget_pages(files.iter().map(|f| &f.0));
     }
     let c = m.stack.client.stats();
-    assert!(c.logins >= 3, "tokens expired and JWT logins replaced them: {c:?}");
-    assert!(c.requests("Heavy") >= 2 * files.len() as u64, "re-reads were downloads: {c:?}");
+    assert!(
+        c.logins >= 3,
+        "tokens expired and JWT logins replaced them: {c:?}"
+    );
+    assert!(
+        c.requests("Heavy") >= 2 * files.len() as u64,
+        "re-reads were downloads: {c:?}"
+    );
     assert_eq!(c.refreshes, 0);
     assert!(fig.reads.load(Ordering::Relaxed) > 0);
-    fig.print("short_lived_tokens_without_refresh_tokens_keep_reads_exact", m.emu(), Some(&m.stack.client));
+    fig.print(
+        "short_lived_tokens_without_refresh_tokens_keep_reads_exact",
+        m.emu(),
+        Some(&m.stack.client),
+    );
     assert_no_foreign_panics();
 }
 
@@ -378,60 +448,118 @@ fn throttling_storms_are_waited_out_and_never_extended() {
         heavy: 6,
         ..RateLimits::unlimited()
     };
-    let tune = Tune { read_timeout: Duration::from_secs(6), ..Tune::default() };
+    let tune = Tune {
+        read_timeout: Duration::from_secs(6),
+        ..Tune::default()
+    };
     let m = mount(fault_stack(cfg, &tune));
-    let files: Vec<_> = date_recordings(&m).into_iter().filter(|r| r.2 <= 1_000_000).collect();
+    let files: Vec<_> = date_recordings(&m)
+        .into_iter()
+        .filter(|r| r.2 <= 1_000_000)
+        .collect();
     assert!(files.len() >= 12, "{}", files.len());
     let fig = Figures::default();
 
     // A storm of forced 429s with Retry-After: 2, readers in parallel.
-    m.emu().set_faults(Faults { force_429_fraction: 0.2, force_429_retry_after: Some(2), ..Faults::default() });
+    m.emu().set_faults(Faults {
+        force_429_fraction: 0.2,
+        force_429_retry_after: Some(2),
+        ..Faults::default()
+    });
     let batch: Vec<_> = files[..8].to_vec();
     let fig = Arc::new(fig);
-    let wants: Vec<_> = batch.iter().map(|(_, id, _)| m.emu().recording_bytes(id).unwrap()).collect();
+    let wants: Vec<_> = batch
+        .iter()
+        .map(|(_, id, _)| m.emu().recording_bytes(id).unwrap())
+        .collect();
     let mut handles = Vec::new();
     for (i, ((path, _, _), want)) in batch.into_iter().zip(wants).enumerate() {
         let fig = fig.clone();
-        handles.push(std::thread::Builder::new().name(format!("reader-{i}")).spawn(move || fig.read_whole(&path, &want)).unwrap());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("reader-{i}"))
+                .spawn(move || fig.read_whole(&path, &want))
+                .unwrap(),
+        );
     }
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let s = m.emu().stats();
     assert!(s.throttled > 0, "the storm sent 429s: {s:?}");
-    assert_eq!(s.retry_after_violations, 0, "requests sent before Retry-After passed: {s:?}");
+    assert_eq!(
+        s.retry_after_violations, 0,
+        "requests sent before Retry-After passed: {s:?}"
+    );
     assert_eq!(s.penalty_violations, 0, "a penalty was extended: {s:?}");
     eprintln!("[faults] 429 storm with Retry-After: {results:?}");
 
     // One 429 without Retry-After: the group waits 30 s (the contract's minimum); reads
     // meanwhile fail with EIO within the read timeout instead of hanging.
-    m.emu().set_faults(Faults { force_429_fraction: 1.0, force_429_retry_after: None, ..Faults::default() });
+    m.emu().set_faults(Faults {
+        force_429_fraction: 1.0,
+        force_429_retry_after: None,
+        ..Faults::default()
+    });
     let before = m.emu().stats().throttled;
     let (path, id, _) = files[9].clone();
     let want = m.emu().recording_bytes(&id).unwrap();
     let fig2 = fig.clone();
     let p2 = path.clone();
     let w2 = want.clone();
-    let reader = std::thread::Builder::new().name("reader-no-retry-after".into()).spawn(move || fig2.read_whole(&p2, &w2)).unwrap();
-    assert!(eventually(Duration::from_secs(20), || (m.emu().stats().throttled > before).then_some(())).is_some());
+    let reader = std::thread::Builder::new()
+        .name("reader-no-retry-after".into())
+        .spawn(move || fig2.read_whole(&p2, &w2))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || (m.emu().stats().throttled
+            > before)
+            .then_some(()))
+        .is_some()
+    );
     m.emu().set_faults(Faults::default());
     let held_at = Instant::now();
     let r = reader.join().unwrap();
-    assert!(held_at.elapsed() < tune.read_timeout + Duration::from_secs(5), "{:?}", held_at.elapsed());
-    assert_eq!(r, Err(libc::EIO), "a read during a 30 s hold fails with EIO");
+    assert!(
+        held_at.elapsed() < tune.read_timeout + Duration::from_secs(5),
+        "{:?}",
+        held_at.elapsed()
+    );
+    assert_eq!(
+        r,
+        Err(libc::EIO),
+        "a read during a 30 s hold fails with EIO"
+    );
     // Another read during the hold: EIO again, within the read timeout, and no request.
     let (other, oid, _) = files[10].clone();
     let owant = m.emu().recording_bytes(&oid).unwrap();
     let t = Instant::now();
     let r = fig.read_whole(&other, &owant);
     assert_eq!(r, Err(libc::EIO));
-    assert!(t.elapsed() < tune.read_timeout + Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < tune.read_timeout + Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
     // Recovery once the hold is over, without a remount.
-    let ok = eventually(Duration::from_secs(60), || fig.read_whole(&path, &want).ok());
+    let ok = eventually(Duration::from_secs(60), || {
+        fig.read_whole(&path, &want).ok()
+    });
     assert!(ok.is_some(), "the mount recovered after the hold");
-    assert!(held_at.elapsed() >= Duration::from_secs(20), "the 30 s hold was kept: {:?}", held_at.elapsed());
+    assert!(
+        held_at.elapsed() >= Duration::from_secs(20),
+        "the 30 s hold was kept: {:?}",
+        held_at.elapsed()
+    );
     let s = m.emu().stats();
-    assert_eq!(s.retry_after_violations, 0, "requests sent before Retry-After passed: {s:?}");
+    assert_eq!(
+        s.retry_after_violations, 0,
+        "requests sent before Retry-After passed: {s:?}"
+    );
     assert_eq!(s.penalty_violations, 0, "a penalty was extended: {s:?}");
-    fig.print("throttling_storms_are_waited_out_and_never_extended", m.emu(), Some(&m.stack.client));
+    fig.print(
+        "throttling_storms_are_waited_out_and_never_extended",
+        m.emu(),
+        Some(&m.stack.client),
+    );
     assert_no_foreign_panics();
 }
 
@@ -442,12 +570,21 @@ fn a_hung_or_unreachable_api_fails_fast_and_the_mount_recovers() {
     if !can_mount() {
         return;
     }
-    let tune = Tune { read_timeout: Duration::from_secs(4), stall_timeout: Duration::from_secs(3), ..Tune::default() };
+    let tune = Tune {
+        read_timeout: Duration::from_secs(4),
+        stall_timeout: Duration::from_secs(3),
+        ..Tune::default()
+    };
     let m = mount(fault_stack(settled_config(60, 6), &tune));
     let fig = Figures::default();
     let limit = tune.read_timeout + Duration::from_secs(6);
-    let today = Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
-    let dates: Vec<String> = vec![(today - jiff::Span::new().days(1)).to_string(), today.to_string()];
+    let today = Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    let dates: Vec<String> = vec![
+        (today - jiff::Span::new().days(1)).to_string(),
+        today.to_string(),
+    ];
     // Per phase: a session id nobody looked up and a recording not read yet.
     let now = Timestamp::now();
     let recs: Vec<String> = m
@@ -460,8 +597,20 @@ fn a_hung_or_unreachable_api_fails_fast_and_the_mount_recovers() {
         .collect();
 
     for (i, (phase, faults)) in [
-        ("hang", Faults { hang: true, ..Faults::default() }),
-        ("unreachable", Faults { unreachable: true, ..Faults::default() }),
+        (
+            "hang",
+            Faults {
+                hang: true,
+                ..Faults::default()
+            },
+        ),
+        (
+            "unreachable",
+            Faults {
+                unreachable: true,
+                ..Faults::default()
+            },
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -473,32 +622,61 @@ fn a_hung_or_unreachable_api_fails_fast_and_the_mount_recovers() {
         // older dates), then today (listed again after `recent_ttl`).
         let dir = m.p(&dates[if phase == "hang" { 0 } else { 1 }]);
         std::thread::sleep(Duration::from_millis(1100));
-        let (r, took) = bounded(&format!("ls-{phase}"), Duration::from_secs(120), move || std::fs::read_dir(&dir).map(|d| d.count()));
+        let (r, took) = bounded(
+            &format!("ls-{phase}"),
+            Duration::from_secs(120),
+            move || std::fs::read_dir(&dir).map(|d| d.count()),
+        );
         assert_eq!(errno_of(&r), Some(libc::EIO), "{phase}: listing: {r:?}");
-        assert!(took < limit, "{phase}: listing blocked {took:?} (read timeout {:?})", tune.read_timeout);
+        assert!(
+            took < limit,
+            "{phase}: listing blocked {took:?} (read timeout {:?})",
+            tune.read_timeout
+        );
         fig.eio.fetch_add(1, Ordering::Relaxed);
         // A session and a recording looked up by id.
         let p = m.p(&format!("by-session/55500011{i}"));
-        let (r, took) = bounded(&format!("by-session-{phase}"), Duration::from_secs(120), move || std::fs::metadata(&p));
+        let (r, took) = bounded(
+            &format!("by-session-{phase}"),
+            Duration::from_secs(120),
+            move || std::fs::metadata(&p),
+        );
         assert_eq!(errno_of(&r), Some(libc::EIO), "{phase}: by-session: {r:?}");
         assert!(took < limit, "{phase}: by-session lookup blocked {took:?}");
         fig.eio.fetch_add(1, Ordering::Relaxed);
         let p = m.p(&format!("by-recording/{rec_id}.mp3"));
-        let (r, took) = bounded(&format!("by-recording-{phase}"), Duration::from_secs(120), move || std::fs::read(&p));
-        assert_eq!(errno_of(&r), Some(libc::EIO), "{phase}: by-recording: {:?}", r.map(|v| v.len()));
+        let (r, took) = bounded(
+            &format!("by-recording-{phase}"),
+            Duration::from_secs(120),
+            move || std::fs::read(&p),
+        );
+        assert_eq!(
+            errno_of(&r),
+            Some(libc::EIO),
+            "{phase}: by-recording: {:?}",
+            r.map(|v| v.len())
+        );
         assert!(took < limit, "{phase}: by-recording read blocked {took:?}");
         fig.eio.fetch_add(1, Ordering::Relaxed);
 
         // The API comes back: everything works again without a remount.
         m.emu().set_faults(Faults::default());
         let p = m.p(&format!("by-recording/{rec_id}.mp3"));
-        let back = eventually(Duration::from_secs(40), || fig.read_whole(&p, &rec_want).ok());
+        let back = eventually(Duration::from_secs(40), || {
+            fig.read_whole(&p, &rec_want).ok()
+        });
         assert!(back.is_some(), "{phase}: the mount recovered");
         let dir = m.p(&dates[if phase == "hang" { 0 } else { 1 }]);
-        let listed = eventually(Duration::from_secs(20), || std::fs::read_dir(&dir).ok().map(|d| d.count()));
+        let listed = eventually(Duration::from_secs(20), || {
+            std::fs::read_dir(&dir).ok().map(|d| d.count())
+        });
         assert!(listed.is_some(), "{phase}: listing recovered");
     }
-    fig.print("a_hung_or_unreachable_api_fails_fast_and_the_mount_recovers", m.emu(), Some(&m.stack.client));
+    fig.print(
+        "a_hung_or_unreachable_api_fails_fast_and_the_mount_recovers",
+        m.emu(),
+        Some(&m.stack.client),
+    );
     assert_no_foreign_panics();
 }
 
@@ -510,14 +688,31 @@ fn thirty_two_readers_on_one_recording_and_on_thirty_two() {
         return;
     }
     // A budget smaller than what 32 readers stream at once (32 x 2 MiB of read-ahead).
-    let tune = Tune { cache_bytes: 6 << 20, read_timeout: Duration::from_secs(20), ..Tune::default() };
+    let tune = Tune {
+        cache_bytes: 6 << 20,
+        read_timeout: Duration::from_secs(20),
+        ..Tune::default()
+    };
     let m = mount(fault_stack(settled_config(150, 6), &tune));
     let all = date_recordings(&m);
-    let small: Vec<_> = all.iter().filter(|r| r.2 <= 900_000).take(32).cloned().collect();
+    let small: Vec<_> = all
+        .iter()
+        .filter(|r| r.2 <= 900_000)
+        .take(32)
+        .cloned()
+        .collect();
     assert_eq!(small.len(), 32, "32 small recordings");
-    let one = all.iter().find(|r| r.2 >= 1_000_000 && r.2 <= 4_000_000).cloned().expect("a 1-4 MB recording");
+    let one = all
+        .iter()
+        .find(|r| r.2 >= 1_000_000 && r.2 <= 4_000_000)
+        .cloned()
+        .expect("a 1-4 MB recording");
     let fig = Arc::new(Figures::default());
-    m.emu().set_faults(Faults { drop_fraction: 0.15, max_bytes_per_sec: Some(8 << 20), ..Faults::default() });
+    m.emu().set_faults(Faults {
+        drop_fraction: 0.15,
+        max_bytes_per_sec: Some(8 << 20),
+        ..Faults::default()
+    });
 
     // 32 readers of one recording, all at once.
     let want = Arc::new(m.emu().recording_bytes(&one.1).unwrap());
@@ -525,13 +720,23 @@ fn thirty_two_readers_on_one_recording_and_on_thirty_two() {
     let handles: Vec<_> = (0..32)
         .map(|i| {
             let (fig, want, path) = (fig.clone(), want.clone(), one.0.clone());
-            std::thread::Builder::new().name(format!("reader-{i}")).spawn(move || fig.read_whole(&path, &want)).unwrap()
+            std::thread::Builder::new()
+                .name(format!("reader-{i}"))
+                .spawn(move || fig.read_whole(&path, &want))
+                .unwrap()
         })
         .collect();
     let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let opens = m.stack.fs.media().stats().opens - media0;
-    eprintln!("[faults] 32 readers of one recording: {} ok, {} downloads started", res.iter().filter(|r| r.is_ok()).count(), opens);
-    assert!(opens <= 8, "32 readers of one recording shared its download: {opens} downloads");
+    eprintln!(
+        "[faults] 32 readers of one recording: {} ok, {} downloads started",
+        res.iter().filter(|r| r.is_ok()).count(),
+        opens
+    );
+    assert!(
+        opens <= 8,
+        "32 readers of one recording shared its download: {opens} downloads"
+    );
 
     // 32 readers of 32 recordings.
     let handles: Vec<_> = small
@@ -540,18 +745,36 @@ fn thirty_two_readers_on_one_recording_and_on_thirty_two() {
         .map(|(i, (path, id, _))| {
             let (fig, path) = (fig.clone(), path.clone());
             let want = m.emu().recording_bytes(id).unwrap();
-            std::thread::Builder::new().name(format!("reader-{i}")).spawn(move || fig.read_whole(&path, &want)).unwrap()
+            std::thread::Builder::new()
+                .name(format!("reader-{i}"))
+                .spawn(move || fig.read_whole(&path, &want))
+                .unwrap()
         })
         .collect();
     let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    eprintln!("[faults] 32 readers of 32 recordings: {} ok", res.iter().filter(|r| r.is_ok()).count());
-    assert!(res.iter().filter(|r| r.is_ok()).count() >= 16, "most readers got their bytes: {res:?}");
+    eprintln!(
+        "[faults] 32 readers of 32 recordings: {} ok",
+        res.iter().filter(|r| r.is_ok()).count()
+    );
+    assert!(
+        res.iter().filter(|r| r.is_ok()).count() >= 16,
+        "most readers got their bytes: {res:?}"
+    );
 
     // Memory: the media layer's byte total never exceeded the budget (plus one chunk of slack).
     let ms = m.stack.fs.media().stats();
-    assert!(ms.peak_bytes <= tune.cache_bytes + (256 << 10), "peak {} > budget {}", ms.peak_bytes, tune.cache_bytes);
+    assert!(
+        ms.peak_bytes <= tune.cache_bytes + (256 << 10),
+        "peak {} > budget {}",
+        ms.peak_bytes,
+        tune.cache_bytes
+    );
     eprintln!("[faults] media: {ms:?}");
-    fig.print("thirty_two_readers_on_one_recording_and_on_thirty_two", m.emu(), Some(&m.stack.client));
+    fig.print(
+        "thirty_two_readers_on_one_recording_and_on_thirty_two",
+        m.emu(),
+        Some(&m.stack.client),
+    );
     assert_no_foreign_panics();
 }
 
@@ -573,9 +796,22 @@ fn ls_recursive_while_files_stream_under_faults() {
     files.extend(
         calls
             .iter()
-            .filter(|c| c.fetchable_at < Timestamp::now() && c.recording_len.is_some_and(|l| (200_000..1_500_000).contains(&l)))
+            .filter(|c| {
+                c.fetchable_at < Timestamp::now()
+                    && c.recording_len
+                        .is_some_and(|l| (200_000..1_500_000).contains(&l))
+            })
             .take(7)
-            .map(|c| (m.p(&format!("by-recording/{}.mp3", c.recording_id.clone().unwrap())), c.recording_id.clone().unwrap(), 0)),
+            .map(|c| {
+                (
+                    m.p(&format!(
+                        "by-recording/{}.mp3",
+                        c.recording_id.clone().unwrap()
+                    )),
+                    c.recording_id.clone().unwrap(),
+                    0,
+                )
+            }),
     );
     assert!(files.len() >= 6);
     let fig = Arc::new(Figures::default());
@@ -592,13 +828,18 @@ fn ls_recursive_while_files_stream_under_faults() {
         .map(|(i, (path, id, _))| {
             let (fig, path) = (fig.clone(), path.clone());
             let want = m.emu().recording_bytes(id).unwrap();
-            std::thread::Builder::new().name(format!("reader-{i}")).spawn(move || fig.read_whole(&path, &want)).unwrap()
+            std::thread::Builder::new()
+                .name(format!("reader-{i}"))
+                .spawn(move || fig.read_whole(&path, &want))
+                .unwrap()
         })
         .collect();
     let mut ls_ok = 0;
     for _ in 0..3 {
         let root = m.path().to_path_buf();
-        let (out, took) = bounded("ls-R", Duration::from_secs(60), move || Command::new("ls").arg("-R").arg(&root).output().unwrap());
+        let (out, took) = bounded("ls-R", Duration::from_secs(60), move || {
+            Command::new("ls").arg("-R").arg(&root).output().unwrap()
+        });
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("by-recording"), "{text}");
         if out.status.success() {
@@ -618,13 +859,26 @@ fn ls_recursive_while_files_stream_under_faults() {
     }
     m.emu().set_faults(Faults::default());
     let root = m.path().to_path_buf();
-    let (out, _) = bounded("ls-R-after", Duration::from_secs(60), move || Command::new("ls").arg("-R").arg(&root).output().unwrap());
-    assert!(out.status.success(), "ls -R after the faults: {}", String::from_utf8_lossy(&out.stderr));
+    let (out, _) = bounded("ls-R-after", Duration::from_secs(60), move || {
+        Command::new("ls").arg("-R").arg(&root).output().unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "ls -R after the faults: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let dates = text.lines().filter(|l| l.ends_with(':') && l.len() > 12).count();
+    let dates = text
+        .lines()
+        .filter(|l| l.ends_with(':') && l.len() > 12)
+        .count();
     assert!(dates >= 8, "ls -R listed the dates: {dates}");
     eprintln!("[faults] ls -R succeeded {ls_ok}/3 times under faults");
-    fig.print("ls_recursive_while_files_stream_under_faults", m.emu(), Some(&m.stack.client));
+    fig.print(
+        "ls_recursive_while_files_stream_under_faults",
+        m.emu(),
+        Some(&m.stack.client),
+    );
     assert_no_foreign_panics();
 }
 
@@ -638,10 +892,17 @@ fn unmount_during_reads_neither_hangs_nor_panics() {
     // the session (ringfs's own unmount) while reads are in flight.
     for how in ["umount -l", "drop"] {
         let m = mount(fault_stack(settled_config(60, 4), &Tune::default()));
-        let files: Vec<_> = date_recordings(&m).into_iter().filter(|r| r.2 >= 300_000 && r.2 <= 2_000_000).take(6).collect();
+        let files: Vec<_> = date_recordings(&m)
+            .into_iter()
+            .filter(|r| r.2 >= 300_000 && r.2 <= 2_000_000)
+            .take(6)
+            .collect();
         assert!(files.len() >= 4);
         // Slow enough that every read is still going when the mount goes.
-        m.emu().set_faults(Faults { max_bytes_per_sec: Some(256 << 10), ..Faults::default() });
+        m.emu().set_faults(Faults {
+            max_bytes_per_sec: Some(256 << 10),
+            ..Faults::default()
+        });
         let started = Arc::new(AtomicU64::new(0));
         let handles: Vec<_> = files
             .iter()
@@ -660,7 +921,12 @@ fn unmount_during_reads_neither_hangs_nor_panics() {
                         let mut got = Vec::new();
                         match f.read_to_end(&mut got) {
                             Ok(_) => {
-                                assert!(got == want, "wrong bytes after an unmount ({} of {})", got.len(), want.len());
+                                assert!(
+                                    got == want,
+                                    "wrong bytes after an unmount ({} of {})",
+                                    got.len(),
+                                    want.len()
+                                );
                                 fig.reads.fetch_add(1, Ordering::Relaxed);
                                 fig.bytes.fetch_add(got.len() as u64, Ordering::Relaxed);
                                 Ok(())
@@ -675,26 +941,50 @@ fn unmount_during_reads_neither_hangs_nor_panics() {
                     .unwrap()
             })
             .collect();
-        assert!(eventually(Duration::from_secs(20), || (started.load(Ordering::Relaxed) == files.len() as u64).then_some(())).is_some());
+        assert!(
+            eventually(Duration::from_secs(20), || (started
+                .load(Ordering::Relaxed)
+                == files.len() as u64)
+                .then_some(()))
+            .is_some()
+        );
         std::thread::sleep(Duration::from_millis(500));
         let path = m.path().to_path_buf();
         let t = Instant::now();
         if how == "umount -l" {
-            let st = Command::new("umount").arg("-l").arg(&path).status().unwrap();
+            let st = Command::new("umount")
+                .arg("-l")
+                .arg(&path)
+                .status()
+                .unwrap();
             assert!(st.success());
             // Open files keep reading the detached mount; the readers finish.
             let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-            eprintln!("[faults] reads across `umount -l`: {res:?} in {:?}", t.elapsed());
-            assert!(res.iter().all(|r| r.is_ok()), "reads across a lazy unmount: {res:?}");
-            let (_, took) = bounded("drop-after-umount", Duration::from_secs(30), move || drop(m));
+            eprintln!(
+                "[faults] reads across `umount -l`: {res:?} in {:?}",
+                t.elapsed()
+            );
+            assert!(
+                res.iter().all(|r| r.is_ok()),
+                "reads across a lazy unmount: {res:?}"
+            );
+            let (_, took) = bounded("drop-after-umount", Duration::from_secs(30), move || {
+                drop(m)
+            });
             eprintln!("[faults] session dropped in {took:?}");
         } else {
-            let (_, took) = bounded("drop-during-reads", Duration::from_secs(30), move || drop(m));
+            let (_, took) = bounded("drop-during-reads", Duration::from_secs(30), move || {
+                drop(m)
+            });
             let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             eprintln!("[faults] reads across a session drop: {res:?}; dropped in {took:?}");
         }
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-        assert!(!mounts.contains(&*path.to_string_lossy()), "{} still mounted", path.display());
+        assert!(
+            !mounts.contains(&*path.to_string_lossy()),
+            "{} still mounted",
+            path.display()
+        );
     }
     eprintln!(
         "[faults] unmount_during_reads_neither_hangs_nor_panics: reads checked {}, bytes compared {}",
@@ -710,12 +1000,23 @@ fn unmount_during_reads_neither_hangs_nor_panics() {
 /// an entry of this very directory.
 fn check_names(dir: &Path, names: &[String]) {
     let unique: BTreeSet<_> = names.iter().collect();
-    assert_eq!(unique.len(), names.len(), "duplicate names in {}", dir.display());
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "duplicate names in {}",
+        dir.display()
+    );
     for n in names {
         assert!(!n.is_empty() && n != "." && n != "..", "{n:?}");
         assert!(n.len() <= 255, "{} bytes: {n:?}", n.len());
-        assert!(!n.contains('/') && !n.contains('\0') && !n.contains(':'), "{n:?}");
-        assert!(!n.chars().any(|c| c.is_control()), "control character in {n:?}");
+        assert!(
+            !n.contains('/') && !n.contains('\0') && !n.contains(':'),
+            "{n:?}"
+        );
+        assert!(
+            !n.chars().any(|c| c.is_control()),
+            "control character in {n:?}"
+        );
         assert!(
             !n.chars().any(|c| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')),
             "bidi or zero-width character in {n:?}"
@@ -723,7 +1024,11 @@ fn check_names(dir: &Path, names: &[String]) {
         let p = dir.join(n);
         assert_eq!(p.parent(), Some(dir));
         let meta = std::fs::symlink_metadata(&p);
-        assert!(meta.is_ok(), "listed {n:?} in {} cannot be looked up: {meta:?}", dir.display());
+        assert!(
+            meta.is_ok(),
+            "listed {n:?} in {} cannot be looked up: {meta:?}",
+            dir.display()
+        );
     }
 }
 
@@ -737,24 +1042,96 @@ fn hostile_and_odd_records_stay_inside_their_directories() {
     let long_ascii = "A".repeat(300);
     let long_utf8 = "Ω".repeat(150); // 300 bytes
     let mut extra = vec![
-        call("7000000001", at(odd_start, 3600), 40, Some("../../../../etc/passwd"), Some("80000001")),
-        call("7000000002", at(odd_start, 3700), 40, Some("a/b\\c:d"), Some("80000002")),
-        call("7000000003", at(odd_start, 3800), 40, Some("line\nbreak\ttab\u{1b}[31mred\u{7f}\u{0}nul"), Some("80000003")),
-        call("7000000004", at(odd_start, 3900), 40, Some("\u{202e}3pm.exe\u{202c} \u{200f}rtl\u{2067}iso\u{2069}\u{feff}"), Some("80000004")),
-        call("7000000005", at(odd_start, 4000), 40, Some(&long_ascii), Some("80000005")),
-        call("7000000006", at(odd_start, 4100), 40, Some(&long_utf8), Some("80000006")),
-        call("7000000007", at(odd_start, 4200), 40, Some(".."), Some("80000007")),
-        call("7000000008", at(odd_start, 4300), 40, Some("."), Some("80000008")),
+        call(
+            "7000000001",
+            at(odd_start, 3600),
+            40,
+            Some("../../../../etc/passwd"),
+            Some("80000001"),
+        ),
+        call(
+            "7000000002",
+            at(odd_start, 3700),
+            40,
+            Some("a/b\\c:d"),
+            Some("80000002"),
+        ),
+        call(
+            "7000000003",
+            at(odd_start, 3800),
+            40,
+            Some("line\nbreak\ttab\u{1b}[31mred\u{7f}\u{0}nul"),
+            Some("80000003"),
+        ),
+        call(
+            "7000000004",
+            at(odd_start, 3900),
+            40,
+            Some("\u{202e}3pm.exe\u{202c} \u{200f}rtl\u{2067}iso\u{2069}\u{feff}"),
+            Some("80000004"),
+        ),
+        call(
+            "7000000005",
+            at(odd_start, 4000),
+            40,
+            Some(&long_ascii),
+            Some("80000005"),
+        ),
+        call(
+            "7000000006",
+            at(odd_start, 4100),
+            40,
+            Some(&long_utf8),
+            Some("80000006"),
+        ),
+        call(
+            "7000000007",
+            at(odd_start, 4200),
+            40,
+            Some(".."),
+            Some("80000007"),
+        ),
+        call(
+            "7000000008",
+            at(odd_start, 4300),
+            40,
+            Some("."),
+            Some("80000008"),
+        ),
         // A 0-byte recording (an MP3 of 0 seconds).
-        call("7000000009", at(odd_start, 4400), 0, Some("Empty"), Some("80000009")),
+        call(
+            "7000000009",
+            at(odd_start, 4400),
+            0,
+            Some("Empty"),
+            Some("80000009"),
+        ),
         // A session id that is not a plain token (a space, slashes): must still be reachable.
-        call("70 00/../0010", at(odd_start, 4500), 30, Some("Odd Session"), Some("80000010")),
+        call(
+            "70 00/../0010",
+            at(odd_start, 4500),
+            30,
+            Some("Odd Session"),
+            Some("80000010"),
+        ),
         // A huge recording: 2 GiB and a bit (MP3 at 4000 B/s), of a 150-hour call that has
         // ended (so it started a week ago, before the window: reached through by-recording).
-        call("7000000011", at(Timestamp::now(), -540_000 - 3600), 540_000, Some("Huge"), Some("80000011")),
+        call(
+            "7000000011",
+            at(Timestamp::now(), -540_000 - 3600),
+            540_000,
+            Some("Huge"),
+            Some("80000011"),
+        ),
     ];
     // Every optional field missing.
-    let mut sparse = call("7000000012", at(odd_start, 4700), 25, None, Some("80000012"));
+    let mut sparse = call(
+        "7000000012",
+        at(odd_start, 4700),
+        25,
+        None,
+        Some("80000012"),
+    );
     sparse.sparse = true;
     extra.push(sparse);
     let mut cfg = settled_config(30, 4);
@@ -772,11 +1149,20 @@ fn hostile_and_odd_records_stay_inside_their_directories() {
         check_names(&sdir, &inner);
         assert!(inner.contains(&"call.json".to_string()));
     }
-    for id in ["80000001", "80000002", "80000003", "80000004", "80000005", "80000006", "80000007", "80000008", "80000010", "80000012"] {
+    for id in [
+        "80000001", "80000002", "80000003", "80000004", "80000005", "80000006", "80000007",
+        "80000008", "80000010", "80000012",
+    ] {
         let sess = names.iter().find(|n| {
-            std::fs::read_dir(odir.join(n)).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(&format!(" {id}.mp3")))
+            std::fs::read_dir(odir.join(n)).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(&format!(" {id}.mp3"))
+            })
         });
-        let sess = sess.unwrap_or_else(|| panic!("recording {id} listed under {odd_day}: {names:?}"));
+        let sess =
+            sess.unwrap_or_else(|| panic!("recording {id} listed under {odd_day}: {names:?}"));
         let file = std::fs::read_dir(odir.join(sess))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -797,7 +1183,14 @@ fn hostile_and_odd_records_stay_inside_their_directories() {
     // The 2 GiB recording: exact size after open, exact bytes at the start, the middle, past
     // 2^31 and at the end.
     let huge = m.p("by-recording/80000011.mp3");
-    let len = m.emu().calls().iter().find(|c| c.recording_id.as_deref() == Some("80000011")).unwrap().recording_len.unwrap();
+    let len = m
+        .emu()
+        .calls()
+        .iter()
+        .find(|c| c.recording_id.as_deref() == Some("80000011"))
+        .unwrap()
+        .recording_len
+        .unwrap();
     assert!(len > 2 << 30, "{len}");
     let mut f = std::fs::File::open(&huge).unwrap();
     assert_eq!(f.metadata().unwrap().len(), len);
@@ -814,16 +1207,25 @@ fn hostile_and_odd_records_stay_inside_their_directories() {
     f.read_to_end(&mut tail).unwrap();
     assert!(tail.is_empty(), "EOF after the last byte");
     drop(f);
-    fig.print("hostile_and_odd_records_stay_inside_their_directories", m.emu(), Some(&m.stack.client));
+    fig.print(
+        "hostile_and_odd_records_stay_inside_their_directories",
+        m.emu(),
+        Some(&m.stack.client),
+    );
     assert_no_foreign_panics();
 }
 
 fn days_ago(n: i64) -> jiff::civil::Date {
-    Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC).date() - jiff::Span::new().days(n)
+    Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        - jiff::Span::new().days(n)
 }
 
 fn midnight(d: jiff::civil::Date) -> Timestamp {
-    d.to_zoned_datetime(jiff::tz::TimeZone::UTC).unwrap().timestamp()
+    d.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp()
 }
 
 fn at(base: Timestamp, secs: i64) -> Timestamp {
@@ -831,7 +1233,13 @@ fn at(base: Timestamp, secs: i64) -> Timestamp {
 }
 
 /// An inbound call from +15550001111 with the given name and recording.
-fn call(session: &str, start: Timestamp, duration_s: u32, name: Option<&str>, rec: Option<&str>) -> ExtraCall {
+fn call(
+    session: &str,
+    start: Timestamp,
+    duration_s: u32,
+    name: Option<&str>,
+    rec: Option<&str>,
+) -> ExtraCall {
     ExtraCall {
         session_id: session.into(),
         start,
@@ -850,7 +1258,15 @@ fn crowded_config(day: jiff::civil::Date, n: u32, name: &str) -> Config {
     let spacing = (86_000 / i64::from(n.max(1))).max(1);
     let mut cfg = settled_config(20, 4);
     cfg.extra_calls = (0..n)
-        .map(|i| call(&format!("6{i:09}"), at(midnight(day), 60 + i64::from(i) * spacing), 5, Some(name), Some(&format!("9{i:07}"))))
+        .map(|i| {
+            call(
+                &format!("6{i:09}"),
+                at(midnight(day), 60 + i64::from(i) * spacing),
+                5,
+                Some(name),
+                Some(&format!("9{i:07}")),
+            )
+        })
         .collect();
     cfg
 }
@@ -868,21 +1284,41 @@ fn ls_l_of_a_date_with_10000_sessions_is_not_quadratic() {
     let cfg = crowded_config(crowded, 10_000, "Crowd");
     let m = mount(fault_stack(cfg, &Tune::default()));
     // Pages overlap: the last 37 records of each page come again at the top of the next.
-    m.emu().set_faults(Faults { page_overlap: 37, ..Faults::default() });
+    m.emu().set_faults(Faults {
+        page_overlap: 37,
+        ..Faults::default()
+    });
     let dir = m.p(&crowded.to_string());
     let names = names_in(&dir).unwrap();
     let unique: BTreeSet<_> = names.iter().collect();
     assert_eq!(unique.len(), names.len(), "duplicate directory names");
-    assert_eq!(names.iter().filter(|n| n.contains(" Crowd 6")).count(), 10_000, "10,000 sessions listed once each");
+    assert_eq!(
+        names.iter().filter(|n| n.contains(" Crowd 6")).count(),
+        10_000,
+        "10,000 sessions listed once each"
+    );
     let s = m.emu().stats();
     assert!(s.call_log() >= 11, "the date came over many pages: {s:?}");
     // `ls -l`: one lookup per entry.
     let d = dir.clone();
-    let (out, took) = bounded("ls-l-10000", Duration::from_secs(150), move || Command::new("ls").arg("-l").arg(&d).output().unwrap());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" Crowd 6")).count();
+    let (out, took) = bounded("ls-l-10000", Duration::from_secs(150), move || {
+        Command::new("ls").arg("-l").arg(&d).output().unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" Crowd 6"))
+        .count();
     assert_eq!(lines, 10_000);
-    eprintln!("[faults] ls_l_of_a_date_with_10000_sessions_is_not_quadratic: ls -l of {} entries in {took:?}; {} call-log requests", names.len(), s.call_log());
+    eprintln!(
+        "[faults] ls_l_of_a_date_with_10000_sessions_is_not_quadratic: ls -l of {} entries in {took:?}; {} call-log requests",
+        names.len(),
+        s.call_log()
+    );
     assert_no_foreign_panics();
 }
 
@@ -898,18 +1334,38 @@ fn a_date_listed_slower_than_the_read_timeout_succeeds_while_pages_flow() {
     let crowded = days_ago(2);
     let mut cfg = crowded_config(crowded, 4500, "Queue");
     // One Heavy request a second: five pages take about five seconds.
-    cfg.rate = RateLimits { window: Duration::from_secs(1), penalty: Duration::from_secs(2), heavy: 1, ..RateLimits::unlimited() };
-    let tune = Tune { read_timeout: Duration::from_secs(2), ..Tune::default() };
+    cfg.rate = RateLimits {
+        window: Duration::from_secs(1),
+        penalty: Duration::from_secs(2),
+        heavy: 1,
+        ..RateLimits::unlimited()
+    };
+    let tune = Tune {
+        read_timeout: Duration::from_secs(2),
+        ..Tune::default()
+    };
     let m = mount(fault_stack(cfg, &tune));
     let dir = m.p(&crowded.to_string());
     let t = Instant::now();
-    let names = names_in(&dir).unwrap_or_else(|e| panic!("listing failed after {:?}: {e}", t.elapsed()));
+    let names =
+        names_in(&dir).unwrap_or_else(|e| panic!("listing failed after {:?}: {e}", t.elapsed()));
     let took = t.elapsed();
-    assert_eq!(names.iter().filter(|n| n.contains(" Queue 6")).count(), 4500);
+    assert_eq!(
+        names.iter().filter(|n| n.contains(" Queue 6")).count(),
+        4500
+    );
     let s = m.emu().stats();
-    assert!(took > tune.read_timeout, "the listing must outlast the read timeout for this test to mean anything: {took:?}");
+    assert!(
+        took > tune.read_timeout,
+        "the listing must outlast the read timeout for this test to mean anything: {took:?}"
+    );
     assert_eq!(s.throttled, 0, "{s:?}");
-    eprintln!("[faults] {} sessions listed in {took:?} over {} call-log requests, read timeout {:?}", names.len(), s.call_log(), tune.read_timeout);
+    eprintln!(
+        "[faults] {} sessions listed in {took:?} over {} call-log requests, read timeout {:?}",
+        names.len(),
+        s.call_log(),
+        tune.read_timeout
+    );
     assert_no_foreign_panics();
 }
 
@@ -925,18 +1381,47 @@ fn a_session_directory_with_an_odd_session_id_can_be_entered() {
     let base = midnight(day);
     let mut cfg = settled_config(10, 3);
     cfg.extra_calls = vec![
-        call("7100000001", at(base, 7200), 30, Some("Plain"), Some("81000001")),
+        call(
+            "7100000001",
+            at(base, 7200),
+            30,
+            Some("Plain"),
+            Some("81000001"),
+        ),
         // Its name ends in the plain session's id.
-        call("x 7100000001", at(base, 7300), 30, Some("Spaced"), Some("81000002")),
-        call("71 00/../0003", at(base, 7400), 30, Some("Slashed"), Some("81000003")),
+        call(
+            "x 7100000001",
+            at(base, 7300),
+            30,
+            Some("Spaced"),
+            Some("81000002"),
+        ),
+        call(
+            "71 00/../0003",
+            at(base, 7400),
+            30,
+            Some("Slashed"),
+            Some("81000003"),
+        ),
     ];
     let m = mount(fault_stack(cfg, &Tune::default()));
     let dir = m.p(&day.to_string());
     let names = names_in(&dir).unwrap();
-    for (who, rec) in [("Plain", "81000001"), ("Spaced", "81000002"), ("Slashed", "81000003")] {
-        let name = names.iter().find(|n| n.contains(who)).unwrap_or_else(|| panic!("{who} listed: {names:?}"));
-        let inner = names_in(&dir.join(name)).unwrap_or_else(|e| panic!("{name:?} cannot be entered: {e}"));
-        assert!(inner.iter().any(|n| n.ends_with(&format!(" {rec}.mp3"))), "{name:?} holds {rec}: {inner:?}");
+    for (who, rec) in [
+        ("Plain", "81000001"),
+        ("Spaced", "81000002"),
+        ("Slashed", "81000003"),
+    ] {
+        let name = names
+            .iter()
+            .find(|n| n.contains(who))
+            .unwrap_or_else(|| panic!("{who} listed: {names:?}"));
+        let inner =
+            names_in(&dir.join(name)).unwrap_or_else(|e| panic!("{name:?} cannot be entered: {e}"));
+        assert!(
+            inner.iter().any(|n| n.ends_with(&format!(" {rec}.mp3"))),
+            "{name:?} holds {rec}: {inner:?}"
+        );
         assert_eq!(inner.len(), 2, "{name:?}: {inner:?}");
     }
     assert_no_foreign_panics();
@@ -954,18 +1439,43 @@ fn a_recording_id_ending_in_another_id_opens_its_own_bytes() {
     let base = midnight(day);
     let mut cfg = settled_config(10, 3);
     cfg.extra_calls = vec![
-        call("7200000001", at(base, 7200), 30, Some("Plain"), Some("81000011")),
-        call("7200000002", at(base, 7300), 45, Some("Spaced"), Some("9 81000011")),
+        call(
+            "7200000001",
+            at(base, 7200),
+            30,
+            Some("Plain"),
+            Some("81000011"),
+        ),
+        call(
+            "7200000002",
+            at(base, 7300),
+            45,
+            Some("Spaced"),
+            Some("9 81000011"),
+        ),
     ];
     let m = mount(fault_stack(cfg, &Tune::default()));
     let dir = m.p(&day.to_string());
-    let session = names_in(&dir).unwrap().into_iter().find(|n| n.contains("Spaced")).expect("the session is listed");
-    let file = names_in(&dir.join(&session)).unwrap().into_iter().find(|n| n.ends_with(".mp3")).expect("its recording is listed");
+    let session = names_in(&dir)
+        .unwrap()
+        .into_iter()
+        .find(|n| n.contains("Spaced"))
+        .expect("the session is listed");
+    let file = names_in(&dir.join(&session))
+        .unwrap()
+        .into_iter()
+        .find(|n| n.ends_with(".mp3"))
+        .expect("its recording is listed");
     let got = std::fs::read(dir.join(&session).join(&file)).unwrap();
     let own = m.emu().recording_bytes("9 81000011").unwrap();
     let other = m.emu().recording_bytes("81000011").unwrap();
     assert!(got != other, "{file:?} opened the other recording");
-    assert!(got == own, "{file:?}: {} bytes, want {}", got.len(), own.len());
+    assert!(
+        got == own,
+        "{file:?}: {} bytes, want {}",
+        got.len(),
+        own.len()
+    );
     assert_no_foreign_panics();
 }
 
@@ -977,18 +1487,29 @@ fn listing_while_the_api_hangs_fails_within_the_read_timeout() {
     if !can_mount() {
         return;
     }
-    let tune = Tune { read_timeout: Duration::from_secs(3), stall_timeout: Duration::from_secs(3), ..Tune::default() };
+    let tune = Tune {
+        read_timeout: Duration::from_secs(3),
+        stall_timeout: Duration::from_secs(3),
+        ..Tune::default()
+    };
     let m = mount(fault_stack(settled_config(30, 6), &tune));
-    m.emu().set_faults(Faults { hang: true, ..Faults::default() });
+    m.emu().set_faults(Faults {
+        hang: true,
+        ..Faults::default()
+    });
     let limit = tune.read_timeout + Duration::from_secs(6);
     let (a, b) = (m.p(&days_ago(2).to_string()), m.p(&days_ago(4).to_string()));
-    let first = std::thread::Builder::new().name("reader-ls-a".into()).spawn(move || {
-        let t = Instant::now();
-        (std::fs::read_dir(&a).map(|d| d.count()), t.elapsed())
-    });
+    let first = std::thread::Builder::new()
+        .name("reader-ls-a".into())
+        .spawn(move || {
+            let t = Instant::now();
+            (std::fs::read_dir(&a).map(|d| d.count()), t.elapsed())
+        });
     std::thread::sleep(Duration::from_millis(200));
     // A second listing waits behind the first one's lock: bounded all the same.
-    let (r, took) = bounded("ls-b", Duration::from_secs(120), move || std::fs::read_dir(&b).map(|d| d.count()));
+    let (r, took) = bounded("ls-b", Duration::from_secs(120), move || {
+        std::fs::read_dir(&b).map(|d| d.count())
+    });
     assert_eq!(errno_of(&r), Some(libc::EIO), "{r:?}");
     assert!(took < limit, "the second listing blocked {took:?}");
     let (r, took) = first.unwrap().join().unwrap();
@@ -996,7 +1517,10 @@ fn listing_while_the_api_hangs_fails_within_the_read_timeout() {
     assert!(took < limit, "the first listing blocked {took:?}");
     m.emu().set_faults(Faults::default());
     let a = m.p(&days_ago(2).to_string());
-    assert!(eventually(Duration::from_secs(30), || std::fs::read_dir(&a).ok()).is_some(), "listing recovered");
+    assert!(
+        eventually(Duration::from_secs(30), || std::fs::read_dir(&a).ok()).is_some(),
+        "listing recovered"
+    );
     assert_no_foreign_panics();
 }
 
@@ -1048,7 +1572,16 @@ fn ringfs_cmd(emu: &Emulator, cfg: &Config, mnt: &Path, state: &Path, log: &Path
     let mut c = Command::new(env!("CARGO_BIN_EXE_ringfs"));
     c.arg(emu.api_url())
         .arg(mnt)
-        .args(["--days", "4", "--tz", "UTC", "--cache-size", "8M", "--read-timeout", "10"])
+        .args([
+            "--days",
+            "4",
+            "--tz",
+            "UTC",
+            "--cache-size",
+            "8M",
+            "--read-timeout",
+            "10",
+        ])
         .arg("--state-file")
         .arg(state)
         .arg("--log-file")
@@ -1083,18 +1616,35 @@ fn the_binary_keeps_secrets_private_and_survives_sigkill() {
     // Tokens expire every 4 s: refreshes (and their tokens) happen during the run.
     cfg.access_ttl = Duration::from_secs(4);
     let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
-    emu.set_faults(Faults { drop_fraction: 0.2, error_5xx_fraction: 0.05, ..Faults::default() });
+    emu.set_faults(Faults {
+        drop_fraction: 0.2,
+        error_5xx_fraction: 0.05,
+        ..Faults::default()
+    });
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state/tokens.json");
     let log = tmp.path().join("ringfs.log");
-    let mp = MountPoint(tempfile::Builder::new().prefix("ringfs-bin-").tempdir().unwrap());
+    let mp = MountPoint(
+        tempfile::Builder::new()
+            .prefix("ringfs-bin-")
+            .tempdir()
+            .unwrap(),
+    );
     let mnt = mp.0.path().to_path_buf();
     let fig = Arc::new(Figures::default());
 
     // First mount, in the foreground.
-    let child = ringfs_cmd(&emu, &cfg, &mnt, &state, &log).arg("-f").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = ringfs_cmd(&emu, &cfg, &mnt, &state, &log)
+        .arg("-f")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut first = Child(Some(child));
-    assert!(eventually(Duration::from_secs(30), || is_mounted(&mnt).then_some(())).is_some(), "first mount came up");
+    assert!(
+        eventually(Duration::from_secs(30), || is_mounted(&mnt).then_some(())).is_some(),
+        "first mount came up"
+    );
     let pid = first.pid();
     let rss0 = vm_kib(pid, "VmRSS:");
 
@@ -1106,7 +1656,12 @@ fn the_binary_keeps_secrets_private_and_survives_sigkill() {
             continue;
         }
         match std::fs::read_dir(&d) {
-            Ok(_) => files.extend(walk_files(&d).into_iter().filter(|p| p.extension().is_some_and(|e| e == "mp3")).map(|p| d.join(p))),
+            Ok(_) => files.extend(
+                walk_files(&d)
+                    .into_iter()
+                    .filter(|p| p.extension().is_some_and(|e| e == "mp3"))
+                    .map(|p| d.join(p)),
+            ),
             Err(e) => fig.error("listing", &e),
         }
     }
@@ -1122,62 +1677,127 @@ fn the_binary_keeps_secrets_private_and_survives_sigkill() {
         }
     }
     let hwm = vm_kib(pid, "VmHWM:");
-    eprintln!("[faults] ringfs binary: VmRSS {rss0} KiB after mount, VmHWM {hwm} KiB after reading {read_bytes} bytes through an 8 MiB cache");
+    eprintln!(
+        "[faults] ringfs binary: VmRSS {rss0} KiB after mount, VmHWM {hwm} KiB after reading {read_bytes} bytes through an 8 MiB cache"
+    );
     // Budget 8 MiB plus a constant for the runtime, TLS, the listings and the allocator.
-    assert!(read_bytes > 24 << 20, "read enough to overflow the cache: {read_bytes}");
-    assert!(hwm < rss0 + (8 << 10) + (40 << 10), "peak RSS {hwm} KiB vs {rss0} KiB at start and an 8 MiB cache");
+    assert!(
+        read_bytes > 24 << 20,
+        "read enough to overflow the cache: {read_bytes}"
+    );
+    assert!(
+        hwm < rss0 + (8 << 10) + (40 << 10),
+        "peak RSS {hwm} KiB vs {rss0} KiB at start and an 8 MiB cache"
+    );
 
     // The token state file is private (and its directory).
     let meta = std::fs::metadata(&state).expect("state file written");
     assert_eq!(meta.mode() & 0o777, 0o600, "state file mode");
-    assert_eq!(std::fs::metadata(state.parent().unwrap()).unwrap().mode() & 0o077, 0, "state dir mode");
+    assert_eq!(
+        std::fs::metadata(state.parent().unwrap()).unwrap().mode() & 0o077,
+        0,
+        "state dir mode"
+    );
 
     // Another user can neither list nor read the mount.
     for (tool, target) in [("ls", mnt.clone()), ("cat", files[0].clone())] {
-        let out = Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", tool]).arg(&target).output().unwrap();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", tool])
+            .arg(&target)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && out.stdout.is_empty(), "nobody ran {tool} on the mount: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "nobody ran {tool} on the mount: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert!(err.contains("Permission denied"), "{tool} as nobody: {err}");
     }
 
     // SIGKILL during a read: the reader gets an error, not a hang, and the mount goes stale.
-    emu.set_faults(Faults { max_bytes_per_sec: Some(100 << 10), ..Faults::default() });
+    emu.set_faults(Faults {
+        max_bytes_per_sec: Some(100 << 10),
+        ..Faults::default()
+    });
     assert!(emu.recording_bytes(&recording_id_of(&big)).unwrap().len() > 1 << 20);
     let big2 = big.clone();
-    let reader = std::thread::Builder::new().name("reader-sigkill".into()).spawn(move || std::fs::read(&big2).map(|v| v.len())).unwrap();
+    let reader = std::thread::Builder::new()
+        .name("reader-sigkill".into())
+        .spawn(move || std::fs::read(&big2).map(|v| v.len()))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     first.signal(libc::SIGKILL);
     assert!(first.wait(Duration::from_secs(10)).is_some(), "ringfs died");
-    let (r, took) = bounded("read-after-sigkill", Duration::from_secs(30), move || reader.join().unwrap());
+    let (r, took) = bounded("read-after-sigkill", Duration::from_secs(30), move || {
+        reader.join().unwrap()
+    });
     eprintln!("[faults] read during SIGKILL: {r:?} after {took:?}");
     assert!(r.is_err(), "a read cut by SIGKILL fails: {r:?}");
     let mut stderr = String::new();
-    first.0.as_mut().unwrap().stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    first
+        .0
+        .as_mut()
+        .unwrap()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
     let stale = std::fs::metadata(&mnt);
-    assert_eq!(errno_of(&stale), Some(libc::ENOTCONN), "a killed mount is stale: {stale:?}");
+    assert_eq!(
+        errno_of(&stale),
+        Some(libc::ENOTCONN),
+        "a killed mount is stale: {stale:?}"
+    );
 
     // Mounting again on the stale mount point says how to clear it.
     let out = ringfs_cmd(&emu, &cfg, &mnt, &state, &log).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "mounting on a stale mount point fails");
-    assert!(err.contains("umount -l") || err.contains("fusermount3 -u"), "says how to clear it: {err}");
+    assert!(
+        !out.status.success(),
+        "mounting on a stale mount point fails"
+    );
+    assert!(
+        err.contains("umount -l") || err.contains("fusermount3 -u"),
+        "says how to clear it: {err}"
+    );
 
     // Cleared, it mounts again (in the background this time) and serves exact bytes.
-    assert!(Command::new("umount").arg("-l").arg(&mnt).status().unwrap().success());
+    assert!(
+        Command::new("umount")
+            .arg("-l")
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
     emu.set_faults(Faults::default());
     let out = ringfs_cmd(&emu, &cfg, &mnt, &state, &log).output().unwrap();
-    assert!(out.status.success(), "remount: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "remount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(is_mounted(&mnt));
     let want = emu.recording_bytes(&recording_id_of(&big)).unwrap();
     assert_eq!(fig.read_whole(&big, &want), Ok(()));
     // Unmount it the normal way; the daemon exits.
     assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
-    assert!(eventually(Duration::from_secs(10), || (!is_mounted(&mnt)).then_some(())).is_some());
+    assert!(
+        eventually(Duration::from_secs(10), || (!is_mounted(&mnt))
+            .then_some(()))
+        .is_some()
+    );
 
     // No secret in any log line, at trace level, through faults, refreshes and a SIGKILL.
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.lines().count() > 100 && text.contains("TRACE"), "the log is at trace level ({} lines)", text.lines().count());
+    assert!(
+        text.lines().count() > 100 && text.contains("TRACE"),
+        "the log is at trace level ({} lines)",
+        text.lines().count()
+    );
     let mut secrets: Vec<(&str, String)> = vec![
         ("client secret", cfg.client_secret.clone()),
         ("JWT", cfg.jwt.clone()),
@@ -1186,18 +1806,40 @@ fn the_binary_keeps_secrets_private_and_survives_sigkill() {
         ("refresh token", "U0pDMDFQMDFSRUYw".into()),
     ];
     for (i, part) in cfg.jwt.split('.').enumerate() {
-        secrets.push(if i == 0 { ("JWT header", part.into()) } else { ("JWT part", part.into()) });
+        secrets.push(if i == 0 {
+            ("JWT header", part.into())
+        } else {
+            ("JWT part", part.into())
+        });
     }
     for (what, s) in &secrets {
         if let Some(line) = text.lines().find(|l| l.contains(s.as_str())) {
             panic!("{what} in the log: {line}");
         }
     }
-    for bad in ["Bearer ", "Basic ", "assertion=", "refresh_token=", "panicked"] {
-        assert!(!text.contains(bad), "{bad:?} in the log: {}", text.lines().find(|l| l.contains(bad)).unwrap());
+    for bad in [
+        "Bearer ",
+        "Basic ",
+        "assertion=",
+        "refresh_token=",
+        "panicked",
+    ] {
+        assert!(
+            !text.contains(bad),
+            "{bad:?} in the log: {}",
+            text.lines().find(|l| l.contains(bad)).unwrap()
+        );
     }
-    fig.print("the_binary_keeps_secrets_private_and_survives_sigkill", &emu, None);
-    eprintln!("[faults] log: {} lines checked for {} secrets", text.lines().count(), secrets.len());
+    fig.print(
+        "the_binary_keeps_secrets_private_and_survives_sigkill",
+        &emu,
+        None,
+    );
+    eprintln!(
+        "[faults] log: {} lines checked for {} secrets",
+        text.lines().count(),
+        secrets.len()
+    );
     assert_no_foreign_panics();
 }
 
@@ -1209,12 +1851,24 @@ fn soak() {
     if !can_mount() {
         return;
     }
-    let secs: u64 = std::env::var("RINGFS_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let secs: u64 = std::env::var("RINGFS_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
     let mut cfg = settled_config(300, 10);
     cfg.access_ttl = Duration::from_secs(5);
     cfg.issue_refresh_tokens = false;
-    cfg.rate = RateLimits { window: Duration::from_secs(2), penalty: Duration::from_secs(3), heavy: 20, ..RateLimits::unlimited() };
-    let tune = Tune { cache_bytes: 16 << 20, read_timeout: Duration::from_secs(10), ..Tune::default() };
+    cfg.rate = RateLimits {
+        window: Duration::from_secs(2),
+        penalty: Duration::from_secs(3),
+        heavy: 20,
+        ..RateLimits::unlimited()
+    };
+    let tune = Tune {
+        cache_bytes: 16 << 20,
+        read_timeout: Duration::from_secs(10),
+        ..Tune::default()
+    };
     let m = mount(fault_stack(cfg, &tune));
     let files = date_recordings(&m);
     let fig = Arc::new(Figures::default());
@@ -1222,17 +1876,42 @@ fn soak() {
     let mut round = 0u64;
     let menu = [
         Faults::default(),
-        Faults { drop_fraction: 0.3, ..Faults::default() },
-        Faults { max_bytes_per_sec: Some(512 << 10), drop_fraction: 0.1, ..Faults::default() },
-        Faults { error_5xx_fraction: 0.3, ..Faults::default() },
-        Faults { force_429_fraction: 0.1, force_429_retry_after: Some(2), ..Faults::default() },
-        Faults { malformed_json_fraction: 0.5, page_overlap: 20, ..Faults::default() },
-        Faults { hang: true, ..Faults::default() },
-        Faults { unreachable: true, ..Faults::default() },
+        Faults {
+            drop_fraction: 0.3,
+            ..Faults::default()
+        },
+        Faults {
+            max_bytes_per_sec: Some(512 << 10),
+            drop_fraction: 0.1,
+            ..Faults::default()
+        },
+        Faults {
+            error_5xx_fraction: 0.3,
+            ..Faults::default()
+        },
+        Faults {
+            force_429_fraction: 0.1,
+            force_429_retry_after: Some(2),
+            ..Faults::default()
+        },
+        Faults {
+            malformed_json_fraction: 0.5,
+            page_overlap: 20,
+            ..Faults::default()
+        },
+        Faults {
+            hang: true,
+            ..Faults::default()
+        },
+        Faults {
+            unreachable: true,
+            ..Faults::default()
+        },
     ];
     while start.elapsed() < Duration::from_secs(secs) {
         round += 1;
-        m.emu().set_faults(menu[(round as usize) % menu.len()].clone());
+        m.emu()
+            .set_faults(menu[(round as usize) % menu.len()].clone());
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let (path, id, _) = files[((round * 8 + i) as usize * 7919) % files.len()].clone();
@@ -1260,7 +1939,13 @@ fn soak() {
     m.emu().set_faults(Faults::default());
     let (path, id, _) = files[0].clone();
     let want = m.emu().recording_bytes(&id).unwrap();
-    assert!(eventually(Duration::from_secs(60), || fig.read_whole(&path, &want).ok()).is_some(), "recovered after the soak");
+    assert!(
+        eventually(Duration::from_secs(60), || fig
+            .read_whole(&path, &want)
+            .ok())
+        .is_some(),
+        "recovered after the soak"
+    );
     fig.print("soak", m.emu(), Some(&m.stack.client));
     assert_no_foreign_panics();
 }
@@ -1278,17 +1963,53 @@ fn sigterm_right_after_the_mount_returns_unmounts() {
     let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     for round in 0..5 {
-        let mp = MountPoint(tempfile::Builder::new().prefix("ringfs-term-").tempdir().unwrap());
+        let mp = MountPoint(
+            tempfile::Builder::new()
+                .prefix("ringfs-term-")
+                .tempdir()
+                .unwrap(),
+        );
         let mnt = mp.0.path().to_path_buf();
-        let out = ringfs_cmd(&emu, &cfg, &mnt, &tmp.path().join("tokens.json"), &tmp.path().join("log")).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let pgrep = Command::new("pgrep").arg("-f").arg(format!("ringfs {} {}", emu.api_url(), mnt.display())).output().unwrap();
-        let pid: i32 = String::from_utf8_lossy(&pgrep.stdout).lines().next().expect("daemon running").trim().parse().unwrap();
+        let out = ringfs_cmd(
+            &emu,
+            &cfg,
+            &mnt,
+            &tmp.path().join("tokens.json"),
+            &tmp.path().join("log"),
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pgrep = Command::new("pgrep")
+            .arg("-f")
+            .arg(format!("ringfs {} {}", emu.api_url(), mnt.display()))
+            .output()
+            .unwrap();
+        let pid: i32 = String::from_utf8_lossy(&pgrep.stdout)
+            .lines()
+            .next()
+            .expect("daemon running")
+            .trim()
+            .parse()
+            .unwrap();
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let gone = eventually(Duration::from_secs(15), || (!is_mounted(&mnt)).then_some(()));
-        assert!(gone.is_some(), "round {round}: SIGTERM left {} mounted", mnt.display());
+        let gone = eventually(Duration::from_secs(15), || {
+            (!is_mounted(&mnt)).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "round {round}: SIGTERM left {} mounted",
+            mnt.display()
+        );
         let stale = std::fs::metadata(&mnt);
-        assert!(stale.is_ok(), "round {round}: the mount point is usable again: {stale:?}");
+        assert!(
+            stale.is_ok(),
+            "round {round}: the mount point is usable again: {stale:?}"
+        );
     }
     assert_no_foreign_panics();
 }

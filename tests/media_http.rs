@@ -57,7 +57,10 @@ fn serve(script: impl Fn(usize, Option<u64>) -> Answer + Send + Sync + 'static) 
                     // Drain the small form body, then answer with a token.
                     let len: usize = req
                         .lines()
-                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
                         .unwrap_or(0);
                     let mut body = vec![0u8; len];
                     let _ = conn.read_exact(&mut body);
@@ -85,7 +88,11 @@ fn serve(script: impl Fn(usize, Option<u64>) -> Answer + Send + Sync + 'static) 
             });
         }
     });
-    Server { base, requests, ranges }
+    Server {
+        base,
+        requests,
+        ranges,
+    }
 }
 
 fn client(base: &str) -> Client {
@@ -102,7 +109,10 @@ fn client(base: &str) -> Client {
 fn media(c: &Client) -> Arc<Media> {
     Media::new(
         Arc::new(ringfs::source::ApiMedia::new(c.clone())),
-        MediaConfig { read_timeout: Duration::from_secs(10), ..MediaConfig::default() },
+        MediaConfig {
+            read_timeout: Duration::from_secs(10),
+            ..MediaConfig::default()
+        },
     )
 }
 
@@ -110,7 +120,10 @@ async fn read_all(m: &Media, k: &RecordingKey) -> Vec<u8> {
     m.open(k, Priority::Interactive).await.unwrap();
     let mut out = Vec::new();
     loop {
-        let b = m.read(k, out.len() as u64, 128 << 10, Priority::Interactive).await.unwrap();
+        let b = m
+            .read(k, out.len() as u64, 128 << 10, Priority::Interactive)
+            .await
+            .unwrap();
         if b.is_empty() {
             break;
         }
@@ -121,20 +134,35 @@ async fn read_all(m: &Media, k: &RecordingKey) -> Vec<u8> {
 }
 
 /// A 200 delimited by its connection, from `from` (Range ignored) or a 206 from the range start.
-fn close_delimited(body: &[u8], range: Option<u64>, honour_range: bool, cut: Option<usize>) -> Answer {
+fn close_delimited(
+    body: &[u8],
+    range: Option<u64>,
+    honour_range: bool,
+    cut: Option<usize>,
+) -> Answer {
     match range.filter(|_| honour_range) {
         Some(a) if a as usize >= body.len() => Answer {
-            head: format!("HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */{}\r\ncontent-length: 0", body.len()),
+            head: format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */{}\r\ncontent-length: 0",
+                body.len()
+            ),
             body: Vec::new(),
             cut: None,
         },
         Some(a) => Answer {
             // A 206 whose total is unknown, delimited by the connection.
-            head: format!("HTTP/1.1 206 Partial Content\r\ncontent-type: audio/mpeg\r\ncontent-range: bytes {a}-{}/*", body.len() - 1),
+            head: format!(
+                "HTTP/1.1 206 Partial Content\r\ncontent-type: audio/mpeg\r\ncontent-range: bytes {a}-{}/*",
+                body.len() - 1
+            ),
             body: body[a as usize..].to_vec(),
             cut,
         },
-        None => Answer { head: "HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg".into(), body: body.to_vec(), cut },
+        None => Answer {
+            head: "HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg".into(),
+            body: body.to_vec(),
+            cut,
+        },
     }
 }
 
@@ -144,14 +172,24 @@ async fn a_body_delimited_by_its_connection_is_an_unconfirmed_end() {
     let t = truth.clone();
     let s = serve(move |_, range| close_delimited(&t, range, false, None));
     let c = client(&s.base);
-    let mut stream = c.open_media(&format!("{}/media/x", s.base), 0, Priority::Interactive).await.unwrap();
-    assert_eq!((stream.total_len(), stream.end()), (None, BodyEnd::Unconfirmed));
+    let mut stream = c
+        .open_media(&format!("{}/media/x", s.base), 0, Priority::Interactive)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stream.total_len(), stream.end()),
+        (None, BodyEnd::Unconfirmed)
+    );
     let mut got = Vec::new();
     while let Some(b) = stream.next_chunk().await.unwrap() {
         got.extend_from_slice(&b);
     }
     assert!(got == truth);
-    assert_eq!(stream.total_len(), None, "an end that a drop looks like too tells no length");
+    assert_eq!(
+        stream.total_len(),
+        None,
+        "an end that a drop looks like too tells no length"
+    );
 }
 
 #[tokio::test]
@@ -162,13 +200,20 @@ async fn a_whole_close_delimited_body_is_confirmed_by_one_more_request() {
         let s = serve(move |_, range| close_delimited(&t, range, honour_range, None));
         let c = client(&s.base);
         let m = media(&c);
-        let k = RecordingKey { id: "x".into(), content_uri: format!("{}/media/x", s.base) };
+        let k = RecordingKey {
+            id: "x".into(),
+            content_uri: format!("{}/media/x", s.base),
+        };
         let got = read_all(&m, &k).await;
         assert!(got == truth, "Range honoured: {honour_range}");
         assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
         // The whole body, then one request at its end that confirms it (416, or a 200 that ends
         // at the same byte).
-        assert_eq!(s.requests.load(Ordering::SeqCst), 2, "Range honoured: {honour_range}");
+        assert_eq!(
+            s.requests.load(Ordering::SeqCst),
+            2,
+            "Range honoured: {honour_range}"
+        );
         assert_eq!(s.ranges.lock().unwrap()[1], Some(truth.len() as u64));
     }
 }
@@ -179,16 +224,25 @@ async fn a_drop_in_a_close_delimited_body_is_never_taken_for_the_end() {
         let truth = content(500_000);
         let t = truth.clone();
         // The first answer breaks off after 123 457 bytes; that looks like a clean end.
-        let s = serve(move |n, range| close_delimited(&t, range, honour_range, (n == 0).then_some(123_457)));
+        let s = serve(move |n, range| {
+            close_delimited(&t, range, honour_range, (n == 0).then_some(123_457))
+        });
         let c = client(&s.base);
         let m = media(&c);
-        let k = RecordingKey { id: "x".into(), content_uri: format!("{}/media/x", s.base) };
+        let k = RecordingKey {
+            id: "x".into(),
+            content_uri: format!("{}/media/x", s.base),
+        };
         let got = read_all(&m, &k).await;
         assert_eq!(got.len(), truth.len(), "Range honoured: {honour_range}");
         assert!(got == truth);
         assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
         // Cut, resumed from the cut (which went on: it was a drop), then the end confirmed.
-        assert_eq!(s.requests.load(Ordering::SeqCst), 3, "Range honoured: {honour_range}");
+        assert_eq!(
+            s.requests.load(Ordering::SeqCst),
+            3,
+            "Range honoured: {honour_range}"
+        );
         assert_eq!(s.ranges.lock().unwrap()[1], Some(123_457));
     }
 }
@@ -202,15 +256,30 @@ async fn a_chunked_body_without_a_length_ends_at_its_last_chunk() {
         let mut body = format!("{:x}\r\n", t.len()).into_bytes();
         body.extend_from_slice(&t);
         body.extend_from_slice(b"\r\n0\r\n\r\n");
-        Answer { head: "HTTP/1.1 200 OK\r\ncontent-type: audio/x-wav\r\ntransfer-encoding: chunked".into(), body, cut: None }
+        Answer {
+            head: "HTTP/1.1 200 OK\r\ncontent-type: audio/x-wav\r\ntransfer-encoding: chunked"
+                .into(),
+            body,
+            cut: None,
+        }
     });
     let c = client(&s.base);
     let m = media(&c);
-    let k = RecordingKey { id: "x".into(), content_uri: format!("{}/media/x", s.base) };
+    let k = RecordingKey {
+        id: "x".into(),
+        content_uri: format!("{}/media/x", s.base),
+    };
     assert!(read_all(&m, &k).await == truth);
     assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
-    assert_eq!(m.known("x").and_then(|k| k.content_type), Some("audio/x-wav".into()));
-    assert_eq!(s.requests.load(Ordering::SeqCst), 1, "the last chunk is a sure end: no request to confirm it");
+    assert_eq!(
+        m.known("x").and_then(|k| k.content_type),
+        Some("audio/x-wav".into())
+    );
+    assert_eq!(
+        s.requests.load(Ordering::SeqCst),
+        1,
+        "the last chunk is a sure end: no request to confirm it"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +287,8 @@ async fn a_json_body_cut_short_is_resent_within_the_requests_one_retry_budget() 
     // Three 503s, then a 200 that announces 100 bytes of JSON and breaks off after 10 (a body
     // that fails after a good status), over and over. The resends of the body and the retries
     // of the request share one bound: each apart, they would multiply.
-    let s = serve(|n, _| match n % 4 {
+    let s = serve(|n, _| {
+        match n % 4 {
         3 => Answer {
             head: "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100".into(),
             body: br#"{"id":"1","contentUri":"http://x/1"}"#.repeat(3),
@@ -229,6 +299,7 @@ async fn a_json_body_cut_short_is_resent_within_the_requests_one_retry_budget() 
             body: b"{}".to_vec(),
             cut: None,
         },
+    }
     });
     let mut cfg = ClientConfig::new(Credentials {
         server_url: s.base.clone(),
@@ -240,7 +311,14 @@ async fn a_json_body_cut_short_is_resent_within_the_requests_one_retry_budget() 
     cfg.backoff_base = Duration::from_millis(5);
     cfg.backoff_max = Duration::from_millis(20);
     let c = Client::new(cfg).unwrap();
-    let e = c.recording_meta("1", Priority::Interactive).await.unwrap_err();
+    let e = c
+        .recording_meta("1", Priority::Interactive)
+        .await
+        .unwrap_err();
     assert!(e.is_transient(), "{e}");
-    assert_eq!(s.requests.load(Ordering::SeqCst), 5, "max_retries + 1 sends in all");
+    assert_eq!(
+        s.requests.load(Ordering::SeqCst),
+        5,
+        "max_retries + 1 sends in all"
+    );
 }

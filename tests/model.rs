@@ -133,7 +133,13 @@ fn build(seed: u64) -> Case {
             _ => Host::Recoverable,
         };
         let content_type = r.pick(&["audio/mpeg", "audio/wav", "audio/x-wav"]);
-        recs.push(Rec { id: format!("r{i}"), len, seed: r.next(), content_type, host });
+        recs.push(Rec {
+            id: format!("r{i}"),
+            len,
+            seed: r.next(),
+            content_type,
+            host,
+        });
     }
     let readers_n = 1 + r.below(3) as usize;
     let max_read = r.pick(&[4096u32, 65536, 131072]);
@@ -171,9 +177,18 @@ fn build(seed: u64) -> Case {
                 0 => Op::Stat,
                 1 => Op::Reopen,
                 2 => Op::Sleep(r.pick(&[10, 500, 1500, 40_000])),
-                3 | 4 => Op::Read { at: Pos::Abs(r.below(len + 2 * cs as u64 + 1)), size },
-                5 => Op::Read { at: Pos::Abs(len.saturating_sub(r.below(cs as u64 + 2))), size },
-                _ => Op::Read { at: Pos::Next, size },
+                3 | 4 => Op::Read {
+                    at: Pos::Abs(r.below(len + 2 * cs as u64 + 1)),
+                    size,
+                },
+                5 => Op::Read {
+                    at: Pos::Abs(len.saturating_sub(r.below(cs as u64 + 2))),
+                    size,
+                },
+                _ => Op::Read {
+                    at: Pos::Next,
+                    size,
+                },
             };
             ops.push(op);
         }
@@ -182,8 +197,16 @@ fn build(seed: u64) -> Case {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let fake = FakeSource::new().with_piece(piece as usize);
     // Slow bodies, but not so slow that a read would need more than its timeout.
-    let fake = if piece >= 4096 && r.chance(30) { fake.with_piece_delay(Duration::from_millis(r.pick(&[1, 20]))) } else { fake };
-    let fake = if r.chance(20) { fake.with_open_latency(Duration::from_millis(r.pick(&[5, 200]))) } else { fake };
+    let fake = if piece >= 4096 && r.chance(30) {
+        fake.with_piece_delay(Duration::from_millis(r.pick(&[1, 20])))
+    } else {
+        fake
+    };
+    let fake = if r.chance(20) {
+        fake.with_open_latency(Duration::from_millis(r.pick(&[5, 200])))
+    } else {
+        fake
+    };
     let host_of: HashMap<String, Rec> = recs.iter().map(|x| (x.id.clone(), x.clone())).collect();
     let l = ledger.clone();
     // Per recording, how many answers so far could have brought no new byte (the budget).
@@ -242,7 +265,13 @@ fn build(seed: u64) -> Case {
             // The response ends before the content, or without saying that the content ends.
             explain();
         }
-        let reply = Reply::Body { length, range, bare_416: r.chance(50), drop_at, close_delimited };
+        let reply = Reply::Body {
+            length,
+            range,
+            bare_416: r.chance(50),
+            drop_at,
+            close_delimited,
+        };
         if std::env::var_os("RINGFS_MODEL_SEED").is_some() {
             println!("request {n} for {id} at {offset}: {reply:?}");
         }
@@ -252,14 +281,26 @@ fn build(seed: u64) -> Case {
     for rec in &recs {
         fake.add(
             &rec.id,
-            FakeRecording { content_type: Some(rec.content_type.to_string()), ..FakeRecording::new(rec.len, rec.seed) },
+            FakeRecording {
+                content_type: Some(rec.content_type.to_string()),
+                ..FakeRecording::new(rec.len, rec.seed)
+            },
         );
     }
-    Case { recs, config, readers, ledger, fake: Arc::new(fake) }
+    Case {
+        recs,
+        config,
+        readers,
+        ledger,
+        fake: Arc::new(fake),
+    }
 }
 
 fn key(id: &str) -> RecordingKey {
-    RecordingKey { id: id.into(), content_uri: format!("https://media.example/{id}") }
+    RecordingKey {
+        id: id.into(),
+        content_uri: format!("https://media.example/{id}"),
+    }
 }
 
 #[derive(Default)]
@@ -271,7 +312,11 @@ struct Counts {
 
 /// Runs one case; `Err` says what went wrong.
 fn run(case: &Case, counts: &Counts, verbose: bool) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
     rt.block_on(async {
         let media = Media::new(case.fake.clone(), case.config.clone());
         let mut tasks = Vec::new();
@@ -408,8 +453,18 @@ fn run(case: &Case, counts: &Counts, verbose: bool) -> Result<(), String> {
 }
 
 fn describe(case: &Case) -> String {
-    let recs: Vec<String> = case.recs.iter().map(|r| format!("{}: {} bytes, {:?}", r.id, r.len, r.host)).collect();
-    format!("recordings [{}], chunk {}, cache {}, readers {}", recs.join("; "), case.config.chunk_size, case.config.cache_bytes, case.readers.len())
+    let recs: Vec<String> = case
+        .recs
+        .iter()
+        .map(|r| format!("{}: {} bytes, {:?}", r.id, r.len, r.host))
+        .collect();
+    format!(
+        "recordings [{}], chunk {}, cache {}, readers {}",
+        recs.join("; "),
+        case.config.chunk_size,
+        case.config.cache_bytes,
+        case.readers.len()
+    )
 }
 
 #[test]
@@ -418,21 +473,31 @@ fn media_path_matches_the_model() {
     if let Ok(seed) = std::env::var("RINGFS_MODEL_SEED") {
         let seed: u64 = seed.parse().expect("RINGFS_MODEL_SEED is a number");
         let case = build(seed);
-        let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_test_writer()
+            .try_init();
         println!("case {seed}: {}", describe(&case));
         if let Err(e) = run(&case, &counts, true) {
             panic!("model case {seed} failed: {e}");
         }
         return;
     }
-    let cases: u64 = std::env::var("RINGFS_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
-    let base = std::env::var("RINGFS_MODEL_BASE").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5EED_0000u64);
+    let cases: u64 = std::env::var("RINGFS_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let base = std::env::var("RINGFS_MODEL_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5EED_0000u64);
     let t = std::time::Instant::now();
     let mut requests = 0;
     for i in 0..cases {
         let seed = base + i;
         let case = build(seed);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&case, &counts, false)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&case, &counts, false)));
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!(

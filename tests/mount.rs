@@ -14,7 +14,11 @@ use common::*;
 use jiff::Timestamp;
 
 /// Recording ids the call log shows now (visible, with a recording, in the window of `days`).
-fn visible_recordings(m: &Mounted, days: u32, settled: Duration) -> BTreeMap<String, ringfs::emulator::CallInfo> {
+fn visible_recordings(
+    m: &Mounted,
+    days: u32,
+    settled: Duration,
+) -> BTreeMap<String, ringfs::emulator::CallInfo> {
     let now = Timestamp::now();
     let w = ringfs::catalog::Window::last_days(days, jiff::tz::TimeZone::UTC);
     let (first, _) = w.bounds(now);
@@ -47,8 +51,16 @@ fn seed_call_is_reachable_three_ways() {
     let by_rec = std::fs::read(m.p("by-recording/44444444.mp3")).unwrap();
     assert_eq!(by_rec, direct, "by-recording bytes");
     let after = m.emu().stats();
-    assert_eq!(after.media() - before.media(), 1, "one media request for lookup + read");
-    assert_eq!(after.call_log(), before.call_log(), "no call-log request for a recording id");
+    assert_eq!(
+        after.media() - before.media(),
+        1,
+        "one media request for lookup + read"
+    );
+    assert_eq!(
+        after.call_log(),
+        before.call_log(),
+        "no call-log request for a recording id"
+    );
 
     // by-session: one call-log query by sessionId (approach 1).
     let entries: Vec<String> = std::fs::read_dir(m.p("by-session/1234567890"))
@@ -56,20 +68,37 @@ fn seed_call_is_reachable_three_ways() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(entries.contains(&"call.json".to_string()), "{entries:?}");
-    let rec = entries.iter().find(|n| n.ends_with(" 44444444.mp3")).expect("recording in by-session");
+    let rec = entries
+        .iter()
+        .find(|n| n.ends_with(" 44444444.mp3"))
+        .expect("recording in by-session");
     assert!(rec.contains("in +14155550100 John Smith"), "{rec}");
     let bytes = std::fs::read(m.p(&format!("by-session/1234567890/{rec}"))).unwrap();
     assert_eq!(bytes, direct);
     let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(m.p("by-session/1234567890/call.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(m.p("by-session/1234567890/call.json")).unwrap())
+            .unwrap();
     assert_eq!(json["sessionId"], "1234567890");
     assert_eq!(json["recording"]["id"], "44444444");
     let s = m.emu().stats();
-    assert_eq!(s.call_log() - after.call_log(), 1, "one call-log request for by-session");
-    assert_eq!(s.media(), after.media(), "second read of the seed recording came from the cache");
+    assert_eq!(
+        s.call_log() - after.call_log(),
+        1,
+        "one call-log request for by-session"
+    );
+    assert_eq!(
+        s.media(),
+        after.media(),
+        "second read of the seed recording came from the cache"
+    );
 
     // And in its date directory.
-    let seed = m.emu().calls().into_iter().find(|c| c.session_id == "1234567890").unwrap();
+    let seed = m
+        .emu()
+        .calls()
+        .into_iter()
+        .find(|c| c.session_id == "1234567890")
+        .unwrap();
     let date = seed.start.to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
     let day = m.p(&date.to_string());
     let session_dir = std::fs::read_dir(&day)
@@ -77,7 +106,13 @@ fn seed_call_is_reachable_three_ways() {
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().ends_with(" 1234567890"))
         .expect("seed session in its date");
-    assert!(session_dir.file_name().unwrap().to_string_lossy().contains(" in +14155550100 John Smith "));
+    assert!(
+        session_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains(" in +14155550100 John Smith ")
+    );
 }
 
 #[test]
@@ -87,23 +122,55 @@ fn unknown_ids_and_probes_cost_nothing_twice() {
     }
     let m = mount(stack(quick_config(20, 3), |_| {}));
     let s0 = m.emu().stats();
-    for probe in [".DS_Store", "._x", ".Trash-0", ".hidden", "autorun.inf", ".xdg-volume-info", "by-session/.DS_Store"] {
+    for probe in [
+        ".DS_Store",
+        "._x",
+        ".Trash-0",
+        ".hidden",
+        "autorun.inf",
+        ".xdg-volume-info",
+        "by-session/.DS_Store",
+    ] {
         let e = std::fs::metadata(m.p(probe)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{probe}");
     }
-    assert_eq!(std::fs::metadata(m.p("1999-01-01")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
-    assert_eq!(std::fs::metadata(m.p("not-a-date")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(
+        std::fs::metadata(m.p("1999-01-01"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        std::fs::metadata(m.p("not-a-date"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
     let s1 = m.emu().stats();
     assert_eq!(s1.by_endpoint, s0.by_endpoint, "probes spent requests");
 
-    assert_eq!(std::fs::metadata(m.p("by-session/999000999")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
-    assert_eq!(std::fs::metadata(m.p("by-recording/999000999.mp3")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(
+        std::fs::metadata(m.p("by-session/999000999"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        std::fs::metadata(m.p("by-recording/999000999.mp3"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
     let s2 = m.emu().stats();
     assert!(s2.call_log() - s1.call_log() <= 1);
     // Asked again: the negative cache answers.
     let _ = std::fs::metadata(m.p("by-session/999000999"));
     let _ = std::fs::metadata(m.p("by-recording/999000999.mp3"));
-    assert_eq!(m.emu().stats().by_endpoint, s2.by_endpoint, "negative cache");
+    assert_eq!(
+        m.emu().stats().by_endpoint,
+        s2.by_endpoint,
+        "negative cache"
+    );
     // Ids that cannot be ids are refused without a request.
     assert!(std::fs::metadata(m.p("by-session/..%2f")).is_err());
     assert_eq!(m.emu().stats().by_endpoint, s2.by_endpoint);
@@ -115,13 +182,16 @@ fn read_only_everywhere() {
         return;
     }
     let m = mount(stack(quick_config(10, 2), |_| {}));
-    let rofs = |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    let rofs =
+        |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
     rofs(std::fs::write(m.p("new.txt"), b"x"));
     rofs(std::fs::create_dir(m.p("newdir")));
     rofs(std::fs::write(m.p("by-recording/44444444.mp3"), b"x"));
     rofs(std::fs::remove_file(m.p("by-recording/44444444.mp3")));
     rofs(std::fs::rename(m.p("by-session"), m.p("x")));
-    let f = std::fs::OpenOptions::new().append(true).open(m.p("by-recording/44444444.mp3"));
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("by-recording/44444444.mp3"));
     assert_eq!(f.unwrap_err().raw_os_error(), Some(libc::EROFS));
 }
 
@@ -143,13 +213,20 @@ fn private_by_default() {
             .arg(m.path())
             .output()
             .unwrap();
-        assert!(!out.status.success(), "nobody listed the mount: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "nobody listed the mount: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
             .arg(m.p("by-recording/44444444.mp3"))
             .output()
             .unwrap();
-        assert!(!out.status.success() && out.stdout.is_empty(), "nobody read a recording");
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "nobody read a recording"
+        );
     } else {
         panic!("setpriv (util-linux) is needed for this test");
     }
@@ -169,11 +246,17 @@ fn every_recording_is_byte_identical_and_costs_are_minimal() {
     let s0 = m.emu().stats();
     let files = recordings_under(m.path());
     let s1 = m.emu().stats();
-    let date_files: Vec<_> = files.iter().filter(|p| !p.starts_with("by-session") && !p.starts_with("by-recording")).collect();
+    let date_files: Vec<_> = files
+        .iter()
+        .filter(|p| !p.starts_with("by-session") && !p.starts_with("by-recording"))
+        .collect();
     let n = date_files.len() as u64;
     assert!(n >= 30, "too few recordings listed: {n}");
     let cl = s1.call_log() - s0.call_log();
-    assert!(cl <= 2 * n.div_ceil(1000) + 2, "full walk spent {cl} call-log requests for {n} recordings");
+    assert!(
+        cl <= 2 * n.div_ceil(1000) + 2,
+        "full walk spent {cl} call-log requests for {n} recordings"
+    );
     assert_eq!(s1.media(), s0.media(), "listing spent media requests");
     let listed: BTreeSet<String> = date_files.iter().map(|p| recording_id_of(p)).collect();
     for (id, call) in &expected {
@@ -188,7 +271,10 @@ fn every_recording_is_byte_identical_and_costs_are_minimal() {
         .iter()
         .filter(|p| {
             let id = recording_id_of(p);
-            m.emu().calls().iter().any(|c| c.recording_id.as_deref() == Some(&id) && c.fetchable_at < now)
+            m.emu()
+                .calls()
+                .iter()
+                .any(|c| c.recording_id.as_deref() == Some(&id) && c.fetchable_at < now)
         })
         .collect();
     let s2 = m.emu().stats();
@@ -197,23 +283,40 @@ fn every_recording_is_byte_identical_and_costs_are_minimal() {
         let got = std::fs::read(m.path().join(p)).unwrap();
         let id = recording_id_of(p);
         let want = m.emu().recording_bytes(&id).unwrap();
-        assert!(got == want, "{} differs ({} vs {} bytes)", p.display(), got.len(), want.len());
+        assert!(
+            got == want,
+            "{} differs ({} vs {} bytes)",
+            p.display(),
+            got.len(),
+            want.len()
+        );
         let meta = std::fs::metadata(m.path().join(p)).unwrap();
         assert_eq!(meta.len(), want.len() as u64, "size after open is exact");
         bytes_total += got.len();
     }
     let s3 = m.emu().stats();
-    assert_eq!(s3.media() - s2.media(), readable.len() as u64, "one media request per recording");
+    assert_eq!(
+        s3.media() - s2.media(),
+        readable.len() as u64,
+        "one media request per recording"
+    );
     assert_eq!(s3.call_log(), s2.call_log());
     assert!(bytes_total > 0);
 
     // Read again: everything is within the cache budget (512 MiB in these tests), so the
     // kernel's page cache or ours serves it, zero requests.
-    assert!((bytes_total as u64) < 512 << 20, "{bytes_total} bytes do not fit the budget");
+    assert!(
+        (bytes_total as u64) < 512 << 20,
+        "{bytes_total} bytes do not fit the budget"
+    );
     for p in &readable {
         let _ = std::fs::read(m.path().join(p)).unwrap();
     }
-    assert_eq!(m.emu().stats().by_endpoint, s3.by_endpoint, "second read spent requests");
+    assert_eq!(
+        m.emu().stats().by_endpoint,
+        s3.by_endpoint,
+        "second read spent requests"
+    );
     eprintln!(
         "full walk of {days} days: {n} recordings listed with {cl} call-log requests; {} read ({bytes_total} bytes) with {} media requests; re-read with 0",
         readable.len(),
@@ -228,19 +331,40 @@ fn listing_one_date_costs_at_most_one_request() {
     }
     let m = mount(stack(quick_config(300, 30), |_| {}));
     let s0 = m.emu().stats();
-    let root: Vec<String> = std::fs::read_dir(m.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let root: Vec<String> = std::fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(root.len(), 30 + 2, "{root:?}");
     assert!(root.contains(&"by-session".to_string()) && root.contains(&"by-recording".to_string()));
-    assert_eq!(m.emu().stats().by_endpoint, s0.by_endpoint, "listing the root spent requests");
-    let date = (Timestamp::now() - jiff::SignedDuration::from_hours(24 * 10)).to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
-    let out = Command::new("ls").arg("-l").arg(m.p(&date.to_string())).output().unwrap();
+    assert_eq!(
+        m.emu().stats().by_endpoint,
+        s0.by_endpoint,
+        "listing the root spent requests"
+    );
+    let date = (Timestamp::now() - jiff::SignedDuration::from_hours(24 * 10))
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(m.p(&date.to_string()))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let s1 = m.emu().stats();
     assert_eq!(s1.call_log() - s0.call_log(), 1, "cold ls -l of a date");
     // Warm: nothing.
-    let out = Command::new("ls").arg("-lR").arg(m.p(&date.to_string())).output().unwrap();
+    let out = Command::new("ls")
+        .arg("-lR")
+        .arg(m.p(&date.to_string()))
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(m.emu().stats().by_endpoint, s1.by_endpoint, "warm ls -lR of a date");
+    assert_eq!(
+        m.emu().stats().by_endpoint,
+        s1.by_endpoint,
+        "warm ls -lR of a date"
+    );
 }
 
 #[test]
@@ -257,19 +381,62 @@ fn real_programs_read_through_the_mount() {
     assert_eq!(seed.len(), 1);
     let file = dir.join(&seed[0]);
     for tool in ["ffprobe", "sox", "mpg123", "rsync"] {
-        assert!(have(tool), "{tool} is needed (apt-get install ffmpeg sox libsox-fmt-mp3 mpg123 rsync)");
+        assert!(
+            have(tool),
+            "{tool} is needed (apt-get install ffmpeg sox libsox-fmt-mp3 mpg123 rsync)"
+        );
     }
-    let out = Command::new("ffprobe").args(["-v", "error", "-show_entries", "format=duration,format_name", "-of", "json"]).arg(&file).output().unwrap();
-    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration,format_name",
+            "-of",
+            "json",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let probe: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let duration: f64 = probe["format"]["duration"].as_str().unwrap().parse().unwrap();
-    let seed_call = m.emu().calls().into_iter().find(|c| c.session_id == "1234567890").unwrap();
-    assert!((duration - seed_call.duration_s as f64).abs() < 1.0, "ffprobe {duration} vs {}", seed_call.duration_s);
-    let out = Command::new("sox").arg(&file).args(["-n", "stat"]).output().unwrap();
-    assert!(out.status.success(), "sox: {}", String::from_utf8_lossy(&out.stderr));
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let seed_call = m
+        .emu()
+        .calls()
+        .into_iter()
+        .find(|c| c.session_id == "1234567890")
+        .unwrap();
+    assert!(
+        (duration - seed_call.duration_s as f64).abs() < 1.0,
+        "ffprobe {duration} vs {}",
+        seed_call.duration_s
+    );
+    let out = Command::new("sox")
+        .arg(&file)
+        .args(["-n", "stat"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sox: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // cp -r and rsync -a of a whole date directory: identical trees.
-    let date = seed_call.start.to_zoned_datetime(jiff::tz::TimeZone::UTC).date().to_string();
+    let date = seed_call
+        .start
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
     let src = m.p(&date);
     // The account mixes MP3 and WAV (a format setting changed over time), which only each
     // response's Content-Type reveals: a file listed as `.mp3` turns `.wav` once it is opened.
@@ -278,9 +445,19 @@ fn real_programs_read_through_the_mount() {
         let _ = std::fs::File::open(src.join(rel)).unwrap();
     }
     let tmp = tempfile::tempdir().unwrap();
-    let st = Command::new("cp").arg("-r").arg(&src).arg(tmp.path().join("cp")).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(tmp.path().join("cp"))
+        .status()
+        .unwrap();
     assert!(st.success());
-    let st = Command::new("rsync").arg("-a").arg(format!("{}/", src.display())).arg(tmp.path().join("rsync")).status().unwrap();
+    let st = Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", src.display()))
+        .arg(tmp.path().join("rsync"))
+        .status()
+        .unwrap();
     assert!(st.success());
     let files = walk_files(&src);
     assert!(!files.is_empty());
@@ -288,12 +465,33 @@ fn real_programs_read_through_the_mount() {
         let orig = std::fs::read(src.join(rel)).unwrap();
         if rel.extension().is_some_and(|e| e == "mp3" || e == "wav") {
             let want = m.emu().recording_bytes(&recording_id_of(rel)).unwrap();
-            assert!(orig == want, "{} differs from a direct download", rel.display());
-            let kind = if want.starts_with(b"RIFF") { "wav" } else { "mp3" };
-            assert_eq!(rel.extension().unwrap(), kind, "extension follows the content type: {}", rel.display());
+            assert!(
+                orig == want,
+                "{} differs from a direct download",
+                rel.display()
+            );
+            let kind = if want.starts_with(b"RIFF") {
+                "wav"
+            } else {
+                "mp3"
+            };
+            assert_eq!(
+                rel.extension().unwrap(),
+                kind,
+                "extension follows the content type: {}",
+                rel.display()
+            );
         }
-        assert!(std::fs::read(tmp.path().join("cp").join(rel)).unwrap() == orig, "cp: {}", rel.display());
-        assert!(std::fs::read(tmp.path().join("rsync").join(rel)).unwrap() == orig, "rsync: {}", rel.display());
+        assert!(
+            std::fs::read(tmp.path().join("cp").join(rel)).unwrap() == orig,
+            "cp: {}",
+            rel.display()
+        );
+        assert!(
+            std::fs::read(tmp.path().join("rsync").join(rel)).unwrap() == orig,
+            "rsync: {}",
+            rel.display()
+        );
     }
     assert_eq!(walk_files(&tmp.path().join("cp")), files);
     assert_eq!(walk_files(&tmp.path().join("rsync")), files);
@@ -327,19 +525,34 @@ fn names_are_safe_and_time_zones_move_calls() {
     }
     let days = 90;
     let m = mount(stack(quick_config(400, days), |fc| {
-        fc.window = ringfs::catalog::Window::last_days(days, jiff::tz::TimeZone::get("America/New_York").unwrap());
+        fc.window = ringfs::catalog::Window::last_days(
+            days,
+            jiff::tz::TimeZone::get("America/New_York").unwrap(),
+        );
     }));
     let tz = jiff::tz::TimeZone::get("America/New_York").unwrap();
     let calls = m.emu().calls();
     // A call whose caller name has a '/': listed, with the slash neutralised.
     let slashed = calls
         .iter()
-        .find(|c| c.recording_id.is_some() && (c.from_name.as_deref().unwrap_or("").contains('/') || c.to_name.as_deref().unwrap_or("").contains('/')))
+        .find(|c| {
+            c.recording_id.is_some()
+                && (c.from_name.as_deref().unwrap_or("").contains('/')
+                    || c.to_name.as_deref().unwrap_or("").contains('/'))
+        })
         .expect("the emulator has a name with '/'");
     let date = slashed.start.to_zoned_datetime(tz.clone()).date();
     let dir = m.p(&date.to_string());
-    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(names.iter().any(|n| n.ends_with(&format!(" {}", slashed.session_id))), "{names:?}");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with(&format!(" {}", slashed.session_id))),
+        "{names:?}"
+    );
     // Every name in every date is within the limits.
     for d in std::fs::read_dir(m.path()).unwrap() {
         let d = d.unwrap().path();
@@ -348,7 +561,10 @@ fn names_are_safe_and_time_zones_move_calls() {
         }
         for e in std::fs::read_dir(&d).unwrap() {
             let name = e.unwrap().file_name().into_string().unwrap();
-            assert!(name.len() <= 255 && !name.contains(':') && !name.chars().any(char::is_control), "{name:?}");
+            assert!(
+                name.len() <= 255 && !name.contains(':') && !name.chars().any(char::is_control),
+                "{name:?}"
+            );
         }
     }
     // Calls near UTC midnight land on the New York date of their start.
@@ -360,7 +576,10 @@ fn names_are_safe_and_time_zones_move_calls() {
             t.hour() == 23 && t.minute() >= 59 || t.hour() == 0 && t.minute() == 0
         })
         .collect();
-    assert!(!near_midnight.is_empty(), "the emulator has calls at UTC midnight edges");
+    assert!(
+        !near_midnight.is_empty(),
+        "the emulator has calls at UTC midnight edges"
+    );
     for c in near_midnight {
         let local = c.start.to_zoned_datetime(tz.clone());
         let dir = m.p(&local.date().to_string());
@@ -369,7 +588,13 @@ fn names_are_safe_and_time_zones_move_calls() {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .any(|n| n.starts_with(&prefix) && n.ends_with(&format!(" {}", c.session_id)));
-        assert!(found, "call {} at {} not in {}", c.session_id, local, dir.display());
+        assert!(
+            found,
+            "call {} at {} not in {}",
+            c.session_id,
+            local,
+            dir.display()
+        );
     }
 }
 
@@ -383,10 +608,16 @@ fn a_new_call_appears_in_today_without_a_remount() {
     cfg.record_delay = Duration::from_millis(500);
     cfg.recording_delay = Duration::from_millis(1500);
     let m = mount(stack(cfg, |fc| fc.recent_ttl = Duration::from_millis(500)));
-    let today = Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC).date().to_string();
+    let today = Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
     let start = Timestamp::now();
     let list = || -> BTreeSet<String> {
-        std::fs::read_dir(m.p(&today)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
+        std::fs::read_dir(m.p(&today))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
     };
     let before = list();
     let new_session = eventually(Duration::from_secs(20), || {
@@ -396,12 +627,17 @@ fn a_new_call_appears_in_today_without_a_remount() {
     .expect("a new call appeared in today's directory");
     // Its recording becomes readable (EAGAIN until the emulator finished "processing" it).
     let dir = m.p(&today).join(&new_session);
-    let file = recordings_under(&dir).into_iter().next().expect("recording file");
+    let file = recordings_under(&dir)
+        .into_iter()
+        .next()
+        .expect("recording file");
     let id = recording_id_of(&file);
-    let got = eventually(Duration::from_secs(20), || match std::fs::read(dir.join(&file)) {
-        Ok(b) => Some(b),
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => None,
-        Err(e) => panic!("unexpected error {e}"),
+    let got = eventually(Duration::from_secs(20), || {
+        match std::fs::read(dir.join(&file)) {
+            Ok(b) => Some(b),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => None,
+            Err(e) => panic!("unexpected error {e}"),
+        }
     })
     .expect("recording became readable");
     assert_eq!(got, m.emu().recording_bytes(&id).unwrap());
@@ -419,7 +655,12 @@ fn chunked_range_ignored_media_is_never_truncated() {
     }
     let mut cfg = quick_config(30, 3);
     cfg.format = AudioFormat::Wav;
-    cfg.media = MediaBehaviour { omit_content_length: true, ignore_range: true, x_wav: true, ..MediaBehaviour::default() };
+    cfg.media = MediaBehaviour {
+        omit_content_length: true,
+        ignore_range: true,
+        x_wav: true,
+        ..MediaBehaviour::default()
+    };
     cfg.faults.max_bytes_per_sec = Some(4 << 20);
     let m = mount(stack(cfg, |_| {}));
     let files = recordings_under(m.path());
@@ -430,7 +671,8 @@ fn chunked_range_ignored_media_is_never_truncated() {
         let truth = m.emu().recording_bytes(&id).unwrap();
         let mut f = std::fs::File::open(&path).unwrap();
         let mut head = vec![0u8; 70_000.min(truth.len())];
-        f.read_exact(&mut head).unwrap_or_else(|e| panic!("{rel:?} ({} bytes): {e}", truth.len()));
+        f.read_exact(&mut head)
+            .unwrap_or_else(|e| panic!("{rel:?} ({} bytes): {e}", truth.len()));
         // A stat while the download is running: must not publish a lower bound as the size.
         let _ = std::fs::metadata(&path).unwrap();
         let mut rest = Vec::new();
@@ -439,7 +681,11 @@ fn chunked_range_ignored_media_is_never_truncated() {
         assert_eq!(head.len(), truth.len(), "{rel:?}: length through the mount");
         assert!(head == truth, "{rel:?}: bytes differ");
         drop(f);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), truth.len() as u64, "{rel:?}: st_size once read");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            truth.len() as u64,
+            "{rel:?}: st_size once read"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), truth, "{rel:?}: second read");
     }
 }
@@ -454,11 +700,17 @@ fn a_mixed_media_host_never_yields_wrong_bytes() {
     if !can_mount() {
         return;
     }
-    let seed = std::env::var("RINGFS_MIX_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let seed = std::env::var("RINGFS_MIX_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
     eprintln!("[mixed media] seed {seed} (replay: RINGFS_MIX_SEED={seed})");
     let mut cfg = quick_config(60, 4);
     cfg.format = AudioFormat::Mixed;
-    cfg.media = MediaBehaviour { mixed: Some(seed), ..MediaBehaviour::default() };
+    cfg.media = MediaBehaviour {
+        mixed: Some(seed),
+        ..MediaBehaviour::default()
+    };
     let m = mount(stack(cfg, |_| {}));
     let files = recordings_under(m.path());
     assert!(files.len() >= 20, "{}", files.len());
@@ -519,7 +771,11 @@ fn a_mixed_media_host_never_yields_wrong_bytes() {
         };
         assert_eq!(got.len(), truth.len(), "{rel:?} ({q:?}): length");
         assert!(got == truth, "{rel:?} ({q:?}): bytes differ");
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), truth.len() as u64, "{rel:?} ({q:?}): st_size once read");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            truth.len() as u64,
+            "{rel:?} ({q:?}): st_size once read"
+        );
         bytes += got.len() as u64;
         // Requests: one, plus one per thing the host did that calls for another.
         let spent = m.emu().stats().media_of(&id);
@@ -529,8 +785,15 @@ fn a_mixed_media_host_never_yields_wrong_bytes() {
             RangeMode::Capped(cap) => len.div_ceil(cap.max(1)),
             _ => 1,
         };
-        let bound = pieces + 2 + q.errors_first as u64 + q.not_found_first as u64 + 2 * q.drop_at.len() as u64;
-        assert!(spent <= bound, "{rel:?} ({q:?}): {spent} media requests, bound {bound}");
+        let bound = pieces
+            + 2
+            + q.errors_first as u64
+            + q.not_found_first as u64
+            + 2 * q.drop_at.len() as u64;
+        assert!(
+            spent <= bound,
+            "{rel:?} ({q:?}): {spent} media requests, bound {bound}"
+        );
     }
     eprintln!(
         "[mixed media] {} recordings, {bytes} bytes identical, {retried} opens retried after a 404, {requests} media requests",

@@ -52,21 +52,34 @@ pub(crate) struct Tokens {
 impl Tokens {
     /// Parses a token answer received at `now_ms`.
     pub fn from_response(v: &Value, now_ms: i64) -> Result<Tokens, String> {
-        let access = v.get("access_token").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or("no access_token")?;
+        let access = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or("no access_token")?;
         let ttl = v
             .get("expires_in")
-            .and_then(|e| e.as_u64().or_else(|| e.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|e| {
+                e.as_u64()
+                    .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
+            })
             .ok_or("no expires_in")?;
-        let refresh = v.get("refresh_token").and_then(Value::as_str).filter(|s| !s.is_empty());
-        let refresh_ttl = v
-            .get("refresh_token_expires_in")
-            .and_then(|e| e.as_u64().or_else(|| e.as_str().and_then(|s| s.parse().ok())));
+        let refresh = v
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        let refresh_ttl = v.get("refresh_token_expires_in").and_then(|e| {
+            e.as_u64()
+                .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
+        });
         Ok(Tokens {
             access: Secret(access.to_owned()),
             access_expires_at: now_ms.saturating_add((ttl as i64).saturating_mul(1000)),
             access_ttl: ttl,
             refresh: refresh.map(|r| Secret(r.to_owned())),
-            refresh_expires_at: refresh.and(refresh_ttl).map(|t| now_ms.saturating_add((t as i64).saturating_mul(1000))),
+            refresh_expires_at: refresh
+                .and(refresh_ttl)
+                .map(|t| now_ms.saturating_add((t as i64).saturating_mul(1000))),
         })
     }
 
@@ -134,7 +147,10 @@ fn read_state(path: &Path) -> Option<StateData> {
     {
         use std::os::unix::fs::PermissionsExt;
         if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!("state file {} is readable by other users: ignoring the tokens in it", path.display());
+            tracing::warn!(
+                "state file {} is readable by other users: ignoring the tokens in it",
+                path.display()
+            );
             return None;
         }
     }
@@ -168,8 +184,15 @@ pub(crate) fn load(path: &Path, creds: &Credentials) -> Option<Tokens> {
 }
 
 /// Stores (or with `None`, forgets) the tokens for these credentials, keeping other entries.
-pub(crate) fn store(path: &Path, creds: &Credentials, tokens: Option<&Tokens>) -> Result<(), ApiError> {
-    let err = |source| ApiError::StateFile { path: path.to_owned(), source };
+pub(crate) fn store(
+    path: &Path,
+    creds: &Credentials,
+    tokens: Option<&Tokens>,
+) -> Result<(), ApiError> {
+    let err = |source| ApiError::StateFile {
+        path: path.to_owned(),
+        source,
+    };
     let mut data = read_state(path).unwrap_or_default();
     data.version = 1;
     let key = state_key(creds);
@@ -192,7 +215,10 @@ pub(crate) fn store(path: &Path, creds: &Credentials, tokens: Option<&Tokens>) -
         }
     }
     let bytes = serde_json::to_vec_pretty(&data).map_err(|e| err(std::io::Error::other(e)))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.exists() {
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true);
@@ -200,7 +226,10 @@ pub(crate) fn store(path: &Path, creds: &Credentials, tokens: Option<&Tokens>) -
         std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
         b.create(dir).map_err(err)?;
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "state".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into());
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -253,7 +282,8 @@ mod tests {
         assert_eq!(t.usable_refresh(now).map(|s| s.0.as_str()), Some("R"));
         assert!(t.usable_refresh(now + 604_796_000).is_none());
         // Short lifetimes renew a fifth early, not 60 s early.
-        let t = Tokens::from_response(&json!({"access_token": "A", "expires_in": 10}), now).unwrap();
+        let t =
+            Tokens::from_response(&json!({"access_token": "A", "expires_in": 10}), now).unwrap();
         assert!(t.access_fresh(now + 7_999));
         assert!(!t.access_fresh(now + 8_000));
         assert!(t.refresh.is_none() && t.usable_refresh(now).is_none());
@@ -268,9 +298,16 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.json");
-        let t = Tokens::from_response(&json!({"access_token": "A1", "expires_in": 60, "refresh_token": "R1"}), 5).unwrap();
+        let t = Tokens::from_response(
+            &json!({"access_token": "A1", "expires_in": 60, "refresh_token": "R1"}),
+            5,
+        )
+        .unwrap();
         store(&path, &creds("jwt-1"), Some(&t)).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(load(&path, &creds("jwt-1")), Some(t.clone()));
         // Another JWT (another user) does not get these tokens.
         assert_eq!(load(&path, &creds("jwt-2")), None);
@@ -285,7 +322,10 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(load(&path, &creds("jwt-1")), None);
         store(&path, &creds("jwt-1"), Some(&t)).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         // Garbage is ignored, not fatal.
         std::fs::write(&path, b"{not json").unwrap();
         assert_eq!(load(&path, &creds("jwt-1")), None);

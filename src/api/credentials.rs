@@ -53,7 +53,10 @@ impl Credentials {
     /// `#` comments, an `export ` prefix and quotes around values are accepted). The file must not
     /// be accessible by group or others (`mode & 0o077 == 0`).
     pub fn from_file(path: &Path) -> Result<Self, ApiError> {
-        let io = |source| ApiError::StateFile { path: path.to_owned(), source };
+        let io = |source| ApiError::StateFile {
+            path: path.to_owned(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
         #[cfg(unix)]
         {
@@ -71,15 +74,25 @@ impl Credentials {
         let _ = meta;
         let text = std::fs::read_to_string(path).map_err(io)?;
         let pairs = parse_env_file(&text);
-        Self::from_lookup(|name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        Self::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
     }
 
     /// Builds credentials from any name -> value lookup (empty values count as missing).
     pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ApiError> {
         let get = |names: &[&str]| {
-            names.iter().find_map(|n| lookup(n).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()))
+            names.iter().find_map(|n| {
+                lookup(n)
+                    .map(|v| v.trim().to_owned())
+                    .filter(|v| !v.is_empty())
+            })
         };
-        let missing = |names: &[&str]| ApiError::Credentials(format!("{} is not set", names.join(" or ")));
+        let missing =
+            |names: &[&str]| ApiError::Credentials(format!("{} is not set", names.join(" or ")));
         let server_url = get(SERVER).unwrap_or_else(|| DEFAULT_SERVER_URL.to_owned());
         let server_url = server_url.trim_end_matches('/').to_owned();
         if url::Url::parse(&server_url).is_err() {
@@ -121,7 +134,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -134,10 +150,20 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.server_url, DEFAULT_SERVER_URL);
-        assert_eq!((c.client_id.as_str(), c.client_secret.as_str(), c.jwt.as_str()), ("id1", "sec1", "jwt1"));
+        assert_eq!(
+            (
+                c.client_id.as_str(),
+                c.client_secret.as_str(),
+                c.jwt.as_str()
+            ),
+            ("id1", "sec1", "jwt1")
+        );
 
         let c = Credentials::from_lookup(lookup(&[
-            ("RINGCENTRAL_SERVER_URL", "https://platform.ringcentral.biz/"),
+            (
+                "RINGCENTRAL_SERVER_URL",
+                "https://platform.ringcentral.biz/",
+            ),
             ("RINGCENTRAL_CLIENT_ID", "id2"),
             ("RINGCENTRAL_CLIENT_SECRET", "sec2"),
             ("RINGCENTRAL_JWT_TOKEN", "jwt2"),
@@ -149,8 +175,11 @@ mod tests {
 
     #[test]
     fn missing_setting_is_named_not_valued() {
-        let e = Credentials::from_lookup(lookup(&[("RC_CLIENT_ID", "id1"), ("RC_JWT", "jwt-value-xyz")]))
-            .unwrap_err();
+        let e = Credentials::from_lookup(lookup(&[
+            ("RC_CLIENT_ID", "id1"),
+            ("RC_JWT", "jwt-value-xyz"),
+        ]))
+        .unwrap_err();
         let s = e.to_string();
         assert!(s.contains("RC_CLIENT_SECRET"), "{s}");
         assert!(!s.contains("jwt-value-xyz"));
@@ -165,7 +194,10 @@ mod tests {
             jwt: "eyJ-jwt".into(),
         };
         let d = format!("{c:?}");
-        assert!(d.contains("cid") && !d.contains("very-secret") && !d.contains("eyJ-jwt"), "{d}");
+        assert!(
+            d.contains("cid") && !d.contains("very-secret") && !d.contains("eyJ-jwt"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The service answered with a non-success status.
-    #[error("{context}: service answered {status}{}: {message}", code_suffix(error_code))]
+    #[error(
+        "{context}: service answered {status}{}: {message}",
+        code_suffix(error_code)
+    )]
     Service {
         /// HTTP status code.
         status: u16,
@@ -146,7 +149,9 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Service { status, .. } => *status == 429 || *status >= 500,
-            ApiError::Transport { .. } | ApiError::Timeout { .. } | ApiError::Truncated { .. } => true,
+            ApiError::Transport { .. } | ApiError::Timeout { .. } | ApiError::Truncated { .. } => {
+                true
+            }
             _ => false,
         }
     }
@@ -156,7 +161,12 @@ impl ApiError {
     /// `{"error","error_description","errors":[..]}`.
     pub(crate) fn from_body(status: u16, body: &[u8], context: impl Into<String>) -> ApiError {
         let (error_code, message) = parse_error_body(body);
-        ApiError::Service { status, error_code, message, context: context.into() }
+        ApiError::Service {
+            status,
+            error_code,
+            message,
+            context: context.into(),
+        }
     }
 }
 
@@ -169,12 +179,20 @@ pub(crate) fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
     let code = v
         .get("errorCode")
         .and_then(|c| c.as_str())
-        .or_else(|| first.and_then(|f| f.get("errorCode")).and_then(|c| c.as_str()))
+        .or_else(|| {
+            first
+                .and_then(|f| f.get("errorCode"))
+                .and_then(|c| c.as_str())
+        })
         .map(str::to_owned);
     let message = v
         .get("message")
         .and_then(|c| c.as_str())
-        .or_else(|| first.and_then(|f| f.get("message")).and_then(|c| c.as_str()))
+        .or_else(|| {
+            first
+                .and_then(|f| f.get("message"))
+                .and_then(|c| c.as_str())
+        })
         .or_else(|| v.get("error_description").and_then(|c| c.as_str()))
         .or_else(|| v.get("error").and_then(|c| c.as_str()))
         .unwrap_or_default()
@@ -193,7 +211,10 @@ mod tests {
         assert_eq!(e.status(), Some(404));
         assert_eq!(e.error_code(), Some("CMN-102"));
         assert!(e.is_not_found() && e.is_service() && !e.is_forbidden());
-        assert_eq!(e.to_string(), "GET recording 1: service answered 404 CMN-102: Resource not found");
+        assert_eq!(
+            e.to_string(),
+            "GET recording 1: service answered 404 CMN-102: Resource not found"
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED, TRANSFER_ENCODING};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED, TRANSFER_ENCODING,
+};
 
 use super::Priority;
 use super::error::ApiError;
@@ -122,48 +124,89 @@ fn interpret(status: u16, headers: &HeaderMap, asked: u64) -> Result<Answer, Str
     match status {
         206 => {
             let cr = header(headers, CONTENT_RANGE).ok_or("206 without Content-Range")?;
-            let (range, total) = parse_content_range(cr).ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
+            let (range, total) =
+                parse_content_range(cr).ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
             let (a, b) = range.ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
             if a > asked || b < a || b < asked {
-                return Err(format!("asked for bytes from {asked}, got Content-Range {cr:?}"));
+                return Err(format!(
+                    "asked for bytes from {asked}, got Content-Range {cr:?}"
+                ));
             }
             if total.is_some_and(|t| b >= t) {
                 return Err(format!("Content-Range {cr:?} beyond its total"));
             }
-            if let Some(len) = header(headers, CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
+            if let Some(len) =
+                header(headers, CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
                 && len != b - a + 1
             {
-                return Err(format!("Content-Length {len} does not match Content-Range {cr:?}"));
+                return Err(format!(
+                    "Content-Length {len} does not match Content-Range {cr:?}"
+                ));
             }
-            let end = if total == Some(b + 1) { BodyEnd::Content } else { BodyEnd::At(b + 1) };
-            Ok(Answer { start: a, total, end })
+            let end = if total == Some(b + 1) {
+                BodyEnd::Content
+            } else {
+                BodyEnd::At(b + 1)
+            };
+            Ok(Answer {
+                start: a,
+                total,
+                end,
+            })
         }
         416 => {
-            let total = header(headers, CONTENT_RANGE).and_then(parse_content_range).and_then(|(_, t)| t);
+            let total = header(headers, CONTENT_RANGE)
+                .and_then(parse_content_range)
+                .and_then(|(_, t)| t);
             match total {
-                Some(t) if t <= asked => Ok(Answer { start: asked, total: Some(t), end: BodyEnd::Content }),
-                Some(t) => Err(format!("416 for bytes from {asked}, but the content is {t} bytes long")),
-                None => Ok(Answer { start: asked, total: None, end: BodyEnd::PastEnd }),
+                Some(t) if t <= asked => Ok(Answer {
+                    start: asked,
+                    total: Some(t),
+                    end: BodyEnd::Content,
+                }),
+                Some(t) => Err(format!(
+                    "416 for bytes from {asked}, but the content is {t} bytes long"
+                )),
+                None => Ok(Answer {
+                    start: asked,
+                    total: None,
+                    end: BodyEnd::PastEnd,
+                }),
             }
         }
         _ => {
             // The whole content: Range was not asked for, or was ignored.
             let total = header(headers, CONTENT_LENGTH).and_then(|v| v.trim().parse().ok());
-            Ok(Answer { start: 0, total, end: BodyEnd::Content })
+            Ok(Answer {
+                start: 0,
+                total,
+                end: BodyEnd::Content,
+            })
         }
     }
 }
 
 fn media_type(h: &HeaderMap) -> Option<String> {
     header(h, CONTENT_TYPE)
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .filter(|v| !v.is_empty())
 }
 
 impl MediaStream {
     /// Sends one request for the content from `offset` and reads its headers. Transient failures
     /// are returned, not retried: the caller owns the retry budget.
-    pub(crate) async fn open(transport: Transport, uri: String, offset: u64, prio: Priority) -> Result<MediaStream, ApiError> {
+    pub(crate) async fn open(
+        transport: Transport,
+        uri: String,
+        offset: u64,
+        prio: Priority,
+    ) -> Result<MediaStream, ApiError> {
         let context = format!("GET media {}", short_uri(&uri));
         let mut req = Req::get(uri, RateGroup::Heavy, context.clone());
         req.range_from = (offset > 0).then_some(offset);
@@ -173,22 +216,36 @@ impl MediaStream {
         let status = resp.status().as_u16();
         let headers = resp.headers();
         let mut answer =
-            interpret(status, headers, offset).map_err(|detail| ApiError::ContentMismatch { context: context.clone(), detail })?;
-        let chunked = header(headers, TRANSFER_ENCODING).is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+            interpret(status, headers, offset).map_err(|detail| ApiError::ContentMismatch {
+                context: context.clone(),
+                detail,
+            })?;
+        let chunked = header(headers, TRANSFER_ENCODING)
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         if status != 416 && answer.end == BodyEnd::Content && answer.total.is_none() && !chunked {
             answer.end = BodyEnd::Unconfirmed;
         }
         // A 416's headers describe its error body, not the recording.
-        let content_type = if status == 416 { None } else { media_type(headers) };
+        let content_type = if status == 416 {
+            None
+        } else {
+            media_type(headers)
+        };
         let validator = if status == 416 {
             None
         } else {
-            header(headers, ETAG).or_else(|| header(headers, LAST_MODIFIED)).map(str::to_owned)
+            header(headers, ETAG)
+                .or_else(|| header(headers, LAST_MODIFIED))
+                .map(str::to_owned)
         };
         if answer.start < offset {
             tracing::debug!(context = %context, offset, from = answer.start, "server ignored Range; skipping to the offset");
         }
-        let body = if status == 416 { None } else { Some(Box::pin(resp.bytes_stream()) as Body) };
+        let body = if status == 416 {
+            None
+        } else {
+            Some(Box::pin(resp.bytes_stream()) as Body)
+        };
         Ok(MediaStream {
             transport,
             context,
@@ -234,7 +291,9 @@ impl MediaStream {
     /// what that end means). An error (drop, stall, mismatch) is final for this response.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
         loop {
-            let Some(body) = self.body.as_mut() else { return Ok(None) };
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
             match self.transport.next_body_chunk(body, &self.context).await {
                 Err(e) => {
                     self.body = None;
@@ -279,7 +338,9 @@ impl MediaStream {
                         // No length, chunked: this clean end (the last chunk) is the content's
                         // end (the body ran from byte 0, skipped bytes included), even before
                         // the offset asked for. Delimited by the connection: only a candidate.
-                        None if self.end == BodyEnd::Content => self.total_len = Some(self.body_pos),
+                        None if self.end == BodyEnd::Content => {
+                            self.total_len = Some(self.body_pos)
+                        }
                         None => {}
                     }
                     return Ok(None);
@@ -289,7 +350,10 @@ impl MediaStream {
     }
 
     fn mismatch(&self, detail: String) -> ApiError {
-        ApiError::ContentMismatch { context: self.context.clone(), detail }
+        ApiError::ContentMismatch {
+            context: self.context.clone(),
+            detail,
+        }
     }
 }
 
@@ -313,9 +377,18 @@ mod tests {
 
     #[test]
     fn content_range_forms() {
-        assert_eq!(parse_content_range("bytes 0-99/1000"), Some((Some((0, 99)), Some(1000))));
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((Some((5, 9)), None)));
-        assert_eq!(parse_content_range("bytes */1000"), Some((None, Some(1000))));
+        assert_eq!(
+            parse_content_range("bytes 0-99/1000"),
+            Some((Some((0, 99)), Some(1000)))
+        );
+        assert_eq!(
+            parse_content_range("bytes 5-9/*"),
+            Some((Some((5, 9)), None))
+        );
+        assert_eq!(
+            parse_content_range("bytes */1000"),
+            Some((None, Some(1000)))
+        );
         assert_eq!(parse_content_range("items 0-1/2"), None);
         assert_eq!(parse_content_range("bytes x-1/2"), None);
     }
@@ -323,36 +396,100 @@ mod tests {
     #[test]
     fn interprets_answers() {
         let a = interpret(206, &h(&[(CONTENT_RANGE, "bytes 100-999/1000")]), 100).unwrap();
-        assert_eq!(a, Answer { start: 100, total: Some(1000), end: BodyEnd::Content });
+        assert_eq!(
+            a,
+            Answer {
+                start: 100,
+                total: Some(1000),
+                end: BodyEnd::Content
+            }
+        );
         // A capped range: the response ends before the content does.
         let a = interpret(206, &h(&[(CONTENT_RANGE, "bytes 100-199/1000")]), 100).unwrap();
-        assert_eq!(a, Answer { start: 100, total: Some(1000), end: BodyEnd::At(200) });
+        assert_eq!(
+            a,
+            Answer {
+                start: 100,
+                total: Some(1000),
+                end: BodyEnd::At(200)
+            }
+        );
         // Unknown total: the end of the range is all that is known.
         let a = interpret(206, &h(&[(CONTENT_RANGE, "bytes 100-199/*")]), 100).unwrap();
-        assert_eq!(a, Answer { start: 100, total: None, end: BodyEnd::At(200) });
+        assert_eq!(
+            a,
+            Answer {
+                start: 100,
+                total: None,
+                end: BodyEnd::At(200)
+            }
+        );
         // Starting earlier than asked is fine (we skip); later, or ending before it, is not.
-        assert_eq!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 50-999/1000")]), 100).unwrap().start, 50);
+        assert_eq!(
+            interpret(206, &h(&[(CONTENT_RANGE, "bytes 50-999/1000")]), 100)
+                .unwrap()
+                .start,
+            50
+        );
         assert!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 150-999/1000")]), 100).is_err());
         assert!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 0-50/1000")]), 100).is_err());
         assert!(interpret(206, &h(&[]), 100).is_err());
         assert!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 0-1000/1000")]), 0).is_err());
-        assert!(interpret(206, &h(&[(CONTENT_RANGE, "bytes 0-9/1000"), (CONTENT_LENGTH, "11")]), 0).is_err());
+        assert!(
+            interpret(
+                206,
+                &h(&[(CONTENT_RANGE, "bytes 0-9/1000"), (CONTENT_LENGTH, "11")]),
+                0
+            )
+            .is_err()
+        );
         // 200: Range ignored; the length is the total; start at 0.
         let a = interpret(200, &h(&[(CONTENT_LENGTH, "1000")]), 100).unwrap();
-        assert_eq!(a, Answer { start: 0, total: Some(1000), end: BodyEnd::Content });
+        assert_eq!(
+            a,
+            Answer {
+                start: 0,
+                total: Some(1000),
+                end: BodyEnd::Content
+            }
+        );
         let a = interpret(200, &h(&[]), 0).unwrap();
-        assert_eq!(a, Answer { start: 0, total: None, end: BodyEnd::Content });
+        assert_eq!(
+            a,
+            Answer {
+                start: 0,
+                total: None,
+                end: BodyEnd::Content
+            }
+        );
         // 416: with the length, or only "nothing here".
         let a = interpret(416, &h(&[(CONTENT_RANGE, "bytes */1000")]), 1000).unwrap();
-        assert_eq!(a, Answer { start: 1000, total: Some(1000), end: BodyEnd::Content });
+        assert_eq!(
+            a,
+            Answer {
+                start: 1000,
+                total: Some(1000),
+                end: BodyEnd::Content
+            }
+        );
         let a = interpret(416, &h(&[]), 1000).unwrap();
-        assert_eq!(a, Answer { start: 1000, total: None, end: BodyEnd::PastEnd });
+        assert_eq!(
+            a,
+            Answer {
+                start: 1000,
+                total: None,
+                end: BodyEnd::PastEnd
+            }
+        );
         assert!(interpret(416, &h(&[(CONTENT_RANGE, "bytes */2000")]), 1000).is_err());
     }
 
     #[test]
     fn media_type_normalized() {
-        assert_eq!(media_type(&h(&[(CONTENT_TYPE, "Audio/MPEG; charset=x")])).as_deref(), Some("audio/mpeg"));
+        assert_eq!(
+            media_type(&h(&[(CONTENT_TYPE, "Audio/MPEG; charset=x")])).as_deref(),
+            Some("audio/mpeg")
+        );
         assert_eq!(media_type(&h(&[])), None);
         assert_eq!(short_uri("https://m/x?access_token=abc"), "https://m/x");
     }

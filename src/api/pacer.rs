@@ -69,7 +69,12 @@ pub enum RateGroup {
 
 impl RateGroup {
     /// All groups, in index order.
-    pub const ALL: [RateGroup; 4] = [RateGroup::Light, RateGroup::Medium, RateGroup::Heavy, RateGroup::Auth];
+    pub const ALL: [RateGroup; 4] = [
+        RateGroup::Light,
+        RateGroup::Medium,
+        RateGroup::Heavy,
+        RateGroup::Auth,
+    ];
 
     /// The name the service uses in `X-Rate-Limit-Group`.
     pub fn name(self) -> &'static str {
@@ -97,7 +102,9 @@ impl RateGroup {
     }
 
     fn from_name(name: &str) -> Option<RateGroup> {
-        RateGroup::ALL.into_iter().find(|g| g.name().eq_ignore_ascii_case(name.trim()))
+        RateGroup::ALL
+            .into_iter()
+            .find(|g| g.name().eq_ignore_ascii_case(name.trim()))
     }
 }
 
@@ -119,7 +126,9 @@ impl Default for Pacers {
 impl Pacers {
     /// One pacer per group with contract defaults.
     pub fn new() -> Self {
-        Pacers { groups: RateGroup::ALL.map(|g| Arc::new(GroupPacer::new(g))) }
+        Pacers {
+            groups: RateGroup::ALL.map(|g| Arc::new(GroupPacer::new(g))),
+        }
     }
 
     /// The pacer of `group`.
@@ -268,7 +277,11 @@ impl GroupPacer {
             s.queue.insert((prio, id));
             (prio, id)
         };
-        let mut guard = QueueGuard { pacer: self, key, granted: false };
+        let mut guard = QueueGuard {
+            pacer: self,
+            key,
+            granted: false,
+        };
         // A new, more urgent waiter may now be the head.
         self.notify.notify_waiters();
         loop {
@@ -280,7 +293,10 @@ impl GroupPacer {
                 Decision::Grant => {
                     guard.granted = true;
                     tracing::trace!(group = self.group.name(), ?prio, "pacer: granted");
-                    return Permit { pacer: Arc::clone(self), id: key.1 };
+                    return Permit {
+                        pacer: Arc::clone(self),
+                        id: key.1,
+                    };
                 }
                 Decision::WaitUntil(t) => {
                     tokio::select! {
@@ -308,10 +324,15 @@ impl GroupPacer {
             return Decision::WaitNotify;
         }
         let keep = s.window + margin(s.window);
-        s.sends.retain(|e| e.open || now.saturating_duration_since(e.at) < keep);
+        s.sends
+            .retain(|e| e.open || now.saturating_duration_since(e.at) < keep);
         if (s.sends.len() as u64) < u64::from(s.limit.max(1)) {
             s.queue.remove(&key);
-            s.sends.push(Sent { id: key.1, at: now, open: true });
+            s.sends.push(Sent {
+                id: key.1,
+                at: now,
+                open: true,
+            });
             s.in_flight += 1;
             drop(s);
             // The next waiter becomes the head.
@@ -332,7 +353,11 @@ impl GroupPacer {
             let mut s = self.lock();
             s.hold_until = Some(s.hold_until.map_or(until, |h| h.max(until)));
         }
-        tracing::debug!(group = self.group.name(), hold_ms = d.as_millis() as u64, "pacer: group on hold");
+        tracing::debug!(
+            group = self.group.name(),
+            hold_ms = d.as_millis() as u64,
+            "pacer: group on hold"
+        );
         self.notify.notify_waiters();
     }
 
@@ -363,12 +388,24 @@ impl GroupPacer {
         if let Some(rem) = remaining.filter(|_| status != 429) {
             let server_used = u64::from(s.limit).saturating_sub(rem);
             let window = s.window;
-            let ours = s.sends.iter().filter(|e| e.open || now.saturating_duration_since(e.at) < window).count() as u64;
+            let ours = s
+                .sends
+                .iter()
+                .filter(|e| e.open || now.saturating_duration_since(e.at) < window)
+                .count() as u64;
             if server_used > ours {
                 let extra = (server_used - ours).min(u64::from(s.limit));
-                tracing::debug!(group = self.group.name(), extra, "pacer: service counted more sends than we did");
+                tracing::debug!(
+                    group = self.group.name(),
+                    extra,
+                    "pacer: service counted more sends than we did"
+                );
                 for _ in 0..extra {
-                    s.sends.push(Sent { id: PHANTOM, at: now, open: false });
+                    s.sends.push(Sent {
+                        id: PHANTOM,
+                        at: now,
+                        open: false,
+                    });
                 }
             }
         }
@@ -489,7 +526,10 @@ mod tests {
         }
         // And the pacer does not dawdle: 10 sends at 3 per (10 ms answer + 1 s + 250 ms margin)
         // need 3 waits.
-        assert!(*times.last().unwrap() <= Duration::from_millis(3 * 1260 + 50), "{times:?}");
+        assert!(
+            *times.last().unwrap() <= Duration::from_millis(3 * 1260 + 50),
+            "{times:?}"
+        );
     }
 
     /// The service counts a request when it arrives, anywhere up to its answer. A slow request
@@ -507,8 +547,16 @@ mod tests {
         drop(permit);
         drop(g.acquire(Priority::Interactive).await);
         // 800 ms in flight, then the whole window and its margin.
-        assert!(sent.elapsed() >= Duration::from_millis(800 + 1250), "{:?}", sent.elapsed());
-        assert!(sent.elapsed() < Duration::from_millis(800 + 1250 + 50), "{:?}", sent.elapsed());
+        assert!(
+            sent.elapsed() >= Duration::from_millis(800 + 1250),
+            "{:?}",
+            sent.elapsed()
+        );
+        assert!(
+            sent.elapsed() < Duration::from_millis(800 + 1250 + 50),
+            "{:?}",
+            sent.elapsed()
+        );
     }
 
     /// A request in flight longer than the window still holds its slot.
@@ -521,11 +569,18 @@ mod tests {
         let g2 = Arc::clone(&g);
         let second = tokio::spawn(async move { g2.acquire(Priority::Interactive).await });
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(!second.is_finished(), "granted while the only slot was in flight");
+        assert!(
+            !second.is_finished(),
+            "granted while the only slot was in flight"
+        );
         drop(permit);
         let t = Instant::now();
         let _second = second.await.unwrap();
-        assert!(t.elapsed() >= Duration::from_millis(1250), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(1250),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -537,7 +592,14 @@ mod tests {
         drop(first);
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (i, prio) in [Priority::Background, Priority::Background, Priority::Interactive].into_iter().enumerate() {
+        for (i, prio) in [
+            Priority::Background,
+            Priority::Background,
+            Priority::Interactive,
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let g = Arc::clone(&g);
             let order = Arc::clone(&order);
             tasks.push(tokio::spawn(async move {
@@ -582,12 +644,20 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!second.is_finished());
         // The answer teaches a lower limit: 1 per 5 s.
-        p.observe(RateGroup::Heavy, 200, &headers(&[("x-rate-limit-limit", "1"), ("x-rate-limit-window", "5")]));
+        p.observe(
+            RateGroup::Heavy,
+            200,
+            &headers(&[("x-rate-limit-limit", "1"), ("x-rate-limit-window", "5")]),
+        );
         let t = Instant::now();
         drop(first);
         let _second = second.await.unwrap();
         // The first answer arrived at 2 s; the second waits for it to leave the 5 s (+500 ms) log.
-        assert!(t.elapsed() >= Duration::from_millis(5500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(5500),
+            "{:?}",
+            t.elapsed()
+        );
         assert_eq!(g.limits(), (1, Duration::from_secs(5), true));
     }
 
@@ -598,12 +668,20 @@ mod tests {
         let permit = g.acquire(Priority::Interactive).await;
         // The service says 10 per 60 s and only 1 left after our single request: 8 sends by
         // someone else are counted.
-        let h = headers(&[("x-rate-limit-limit", "10"), ("x-rate-limit-window", "60"), ("x-rate-limit-remaining", "1")]);
+        let h = headers(&[
+            ("x-rate-limit-limit", "10"),
+            ("x-rate-limit-window", "60"),
+            ("x-rate-limit-remaining", "1"),
+        ]);
         // A 429's "remaining 0" does not fill the log (`Retry-After: 0`: no hold in this test).
         let held = p.observe(
             RateGroup::Heavy,
             429,
-            &headers(&[("x-rate-limit-limit", "10"), ("x-rate-limit-remaining", "0"), ("retry-after", "0")]),
+            &headers(&[
+                ("x-rate-limit-limit", "10"),
+                ("x-rate-limit-remaining", "0"),
+                ("retry-after", "0"),
+            ]),
         );
         assert_eq!(held, Some(Duration::ZERO));
         p.observe(RateGroup::Heavy, 200, &h);
@@ -625,10 +703,20 @@ mod tests {
         // The answer names its group; the hold is in force as soon as it is observed, while the
         // permit is still held (the caller has not even read the body yet), so no waiter woken by
         // the release can slip a request into the penalty.
-        let held = p.observe(RateGroup::Light, 429, &headers(&[("x-rate-limit-group", "Heavy")]));
+        let held = p.observe(
+            RateGroup::Light,
+            429,
+            &headers(&[("x-rate-limit-group", "Heavy")]),
+        );
         assert_eq!(held, Some(DEFAULT_RETRY_AFTER));
-        assert!(g.held_until().is_some(), "held before the permit is released");
-        assert!(p.get(RateGroup::Light).held_until().is_none(), "the named group is held, not the guessed one");
+        assert!(
+            g.held_until().is_some(),
+            "held before the permit is released"
+        );
+        assert!(
+            p.get(RateGroup::Light).held_until().is_none(),
+            "the named group is held, not the guessed one"
+        );
         let t = Instant::now();
         drop(permit);
         drop(g.acquire(Priority::Interactive).await);
@@ -642,22 +730,43 @@ mod tests {
         let g = Arc::clone(p.get(RateGroup::Heavy));
         drop(g.acquire(Priority::Background).await);
         // An interactive waiter gives up; the background one behind it must still proceed.
-        let cancelled = tokio::time::timeout(Duration::from_millis(100), g.acquire(Priority::Interactive)).await;
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(100), g.acquire(Priority::Interactive))
+                .await;
         assert!(cancelled.is_err());
         let t = Instant::now();
         drop(g.acquire(Priority::Background).await);
         // It waits out the window plus the pacer's margin (250 ms here), counted from the
         // first grant 100 ms earlier; a stuck queue head would make it wait forever.
-        assert!(t.elapsed() <= Duration::from_millis(1150), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() <= Duration::from_millis(1150),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
     fn parses_retry_after_and_group_names() {
-        assert_eq!(retry_after(&headers(&[("retry-after", "7")])), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(&headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])), None);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&headers(&[(
+                "retry-after",
+                "Wed, 21 Oct 2015 07:28:00 GMT"
+            )])),
+            None
+        );
         assert_eq!(retry_after(&HeaderMap::new()), None);
         assert_eq!(RateGroup::from_name("heavy"), Some(RateGroup::Heavy));
         assert_eq!(RateGroup::from_name("Auth"), Some(RateGroup::Auth));
-        assert_eq!(header_u64(&headers(&[("x-rate-limit-window", "60s")]), "x-rate-limit-window"), Some(60));
+        assert_eq!(
+            header_u64(
+                &headers(&[("x-rate-limit-window", "60s")]),
+                "x-rate-limit-window"
+            ),
+            Some(60)
+        );
     }
 }

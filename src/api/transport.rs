@@ -307,7 +307,11 @@ impl Transport {
                         detail: format!("invalid JSON: {e}"),
                     });
                 }
-                Err(e) if e.is_transient() && req.retry_transient && retries < self.shared.cfg.max_retries => {
+                Err(e)
+                    if e.is_transient()
+                        && req.retry_transient
+                        && retries < self.shared.cfg.max_retries =>
+                {
                     let d = self.backoff(retries);
                     retries += 1;
                     bump(&self.shared.counters.retries);
@@ -371,7 +375,12 @@ impl Transport {
 
     /// [`Transport::execute`], spending retries from `retries` (shared with a caller that also
     /// retries, so that one bound covers both).
-    async fn execute_counted(&self, req: &Req, prio: Priority, retries: &mut u32) -> Result<reqwest::Response, ApiError> {
+    async fn execute_counted(
+        &self,
+        req: &Req,
+        prio: Priority,
+        retries: &mut u32,
+    ) -> Result<reqwest::Response, ApiError> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
         let mut auth_retried = false;

@@ -138,7 +138,8 @@ struct Args {
 }
 
 fn secs(s: f64, name: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s).with_context(|| format!("--{name}: {s} is not a duration in seconds"))
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("--{name}: {s} is not a duration in seconds"))
 }
 
 impl Args {
@@ -194,7 +195,10 @@ impl Args {
                 error_5xx_fraction: fraction(self.error_5xx_fraction, "error-5xx-fraction")?,
                 force_429_fraction: fraction(self.force_429_fraction, "force-429-fraction")?,
                 force_429_retry_after: self.force_429_retry_after,
-                malformed_json_fraction: fraction(self.malformed_json_fraction, "malformed-json-fraction")?,
+                malformed_json_fraction: fraction(
+                    self.malformed_json_fraction,
+                    "malformed-json-fraction",
+                )?,
                 ..Faults::default()
             },
             extra_calls: Vec::new(),
@@ -232,7 +236,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     let config = args.config()?;
-    let api = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let api = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let media = tokio::net::TcpListener::bind(args.media_listen)
         .await
         .with_context(|| format!("binding {}", args.media_listen))?;

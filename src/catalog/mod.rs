@@ -100,7 +100,9 @@ pub fn sanitize(text: &str) -> String {
             '/' | '\\' | ':' => '-',
             c if c.is_control() => ' ',
             // Bidi marks, embeddings, overrides and isolates; zero-width characters.
-            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
             | '\u{feff}' => continue,
             c if c.is_whitespace() => ' ',
             c => c,
@@ -139,10 +141,19 @@ pub fn party_label(party: &Party) -> String {
         .filter(|n| !n.is_empty())
         .map(str::to_string)
         .or_else(|| {
-            party.extension_number.as_deref().filter(|n| !n.is_empty()).map(|n| format!("ext {n}"))
+            party
+                .extension_number
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("ext {n}"))
         })
         .unwrap_or_else(|| "unknown".to_string());
-    match party.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+    match party
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
         Some(name) => format!("{number} {name}"),
         None => number,
     }
@@ -150,7 +161,11 @@ pub fn party_label(party: &Party) -> String {
 
 /// The party on the other end of the line, seen from the account.
 pub fn other_party(record: &CallRecord) -> &Party {
-    if record.inbound { &record.from } else { &record.to }
+    if record.inbound {
+        &record.from
+    } else {
+        &record.to
+    }
 }
 
 fn direction_word(record: &CallRecord) -> &'static str {
@@ -163,7 +178,11 @@ fn compose(prefix: &str, party: &str, suffix: &str) -> String {
     let room = NAME_MAX.saturating_sub(prefix.len() + suffix.len() + 1);
     let party = sanitize(party);
     let party = truncate_bytes(&party, room);
-    if party.is_empty() { format!("{prefix}{suffix}") } else { format!("{prefix} {party}{suffix}") }
+    if party.is_empty() {
+        format!("{prefix}{suffix}")
+    } else {
+        format!("{prefix} {party}{suffix}")
+    }
 }
 
 /// `HH-MM-SS in +14155550100 John Smith 1234567890`: one directory per call session.
@@ -183,7 +202,11 @@ pub fn recording_file_name(
     tz: &TimeZone,
 ) -> String {
     let local = record.start_time.to_zoned_datetime(tz.clone());
-    let prefix = format!("{} {}", local.strftime("%Y-%m-%d %H-%M-%S"), direction_word(record));
+    let prefix = format!(
+        "{} {}",
+        local.strftime("%Y-%m-%d %H-%M-%S"),
+        direction_word(record)
+    );
     let suffix = format!(" {}.{}", sanitize(recording_id), kind.extension());
     compose(&prefix, &party_label(other_party(record)), &suffix)
 }
@@ -205,7 +228,11 @@ pub fn split_recording_name(name: &str) -> Option<(&str, AudioKind)> {
 /// RingCentral ids are decimal or alphanumeric tokens; anything else cannot be one and is refused
 /// before it costs a request.
 pub fn is_plausible_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Names that desktops, shells and thumbnailers probe for on every mount. They never exist here;
@@ -280,13 +307,22 @@ mod tests {
             party(Some("+16505550100"), None, Some("Jane Doe")),
         );
         let tz = TimeZone::UTC;
-        assert_eq!(session_dir_name(&r, &tz), "14-05-12 in +14155550100 John Smith 1234567890");
+        assert_eq!(
+            session_dir_name(&r, &tz),
+            "14-05-12 in +14155550100 John Smith 1234567890"
+        );
         assert_eq!(
             recording_file_name(&r, "44444444", AudioKind::Mp3, &tz),
             "2026-11-23 14-05-12 in +14155550100 John Smith 44444444.mp3"
         );
-        assert_eq!(split_recording_name("2026-11-23 14-05-12 in x 44444444.mp3"), Some(("44444444", AudioKind::Mp3)));
-        assert_eq!(split_recording_name("44444444.wav"), Some(("44444444", AudioKind::Wav)));
+        assert_eq!(
+            split_recording_name("2026-11-23 14-05-12 in x 44444444.mp3"),
+            Some(("44444444", AudioKind::Mp3))
+        );
+        assert_eq!(
+            split_recording_name("44444444.wav"),
+            Some(("44444444", AudioKind::Wav))
+        );
         assert_eq!(split_recording_name("44444444.ogg"), None);
     }
 
@@ -298,14 +334,30 @@ mod tests {
             party(Some("+16505550100"), None, Some("Jane Doe")),
             party(None, Some("101"), None),
         );
-        assert_eq!(session_dir_name(&r, &TimeZone::UTC), "09-00-00 out ext 101 1234567890");
-        let r = record(false, "2026-11-23T09:00:00Z", Party::default(), Party::default());
-        assert_eq!(session_dir_name(&r, &TimeZone::UTC), "09-00-00 out unknown 1234567890");
+        assert_eq!(
+            session_dir_name(&r, &TimeZone::UTC),
+            "09-00-00 out ext 101 1234567890"
+        );
+        let r = record(
+            false,
+            "2026-11-23T09:00:00Z",
+            Party::default(),
+            Party::default(),
+        );
+        assert_eq!(
+            session_dir_name(&r, &TimeZone::UTC),
+            "09-00-00 out unknown 1234567890"
+        );
     }
 
     #[test]
     fn local_time_zone_moves_the_clock() {
-        let r = record(true, "2026-11-24T07:59:00Z", party(Some("+1"), None, None), Party::default());
+        let r = record(
+            true,
+            "2026-11-24T07:59:00Z",
+            party(Some("+1"), None, None),
+            Party::default(),
+        );
         let la = TimeZone::get("America/Los_Angeles").unwrap();
         assert_eq!(session_dir_name(&r, &la), "23-59-00 in +1 1234567890");
     }
@@ -313,9 +365,17 @@ mod tests {
     #[test]
     fn hostile_names_are_neutralised() {
         let name = "Evil/../..:\u{202e}gpj.exe\n\t\u{0}x";
-        let r = record(true, "2026-11-23T14:05:12Z", party(Some("+1"), None, Some(name)), Party::default());
+        let r = record(
+            true,
+            "2026-11-23T14:05:12Z",
+            party(Some("+1"), None, Some(name)),
+            Party::default(),
+        );
         let dir = session_dir_name(&r, &TimeZone::UTC);
-        assert!(!dir.contains('/') && !dir.contains(':') && !dir.contains('\u{202e}'), "{dir}");
+        assert!(
+            !dir.contains('/') && !dir.contains(':') && !dir.contains('\u{202e}'),
+            "{dir}"
+        );
         assert!(!dir.chars().any(char::is_control), "{dir}");
         assert!(dir.ends_with(" 1234567890"));
         // A name that is only dots cannot become `.` or `..`.
@@ -326,7 +386,12 @@ mod tests {
     #[test]
     fn long_names_keep_the_id_and_fit() {
         let long = "Ω".repeat(300); // 600 bytes
-        let r = record(true, "2026-11-23T14:05:12Z", party(Some("+1"), None, Some(&long)), Party::default());
+        let r = record(
+            true,
+            "2026-11-23T14:05:12Z",
+            party(Some("+1"), None, Some(&long)),
+            Party::default(),
+        );
         let dir = session_dir_name(&r, &TimeZone::UTC);
         assert!(dir.len() <= NAME_MAX, "{}", dir.len());
         assert!(dir.ends_with(" 1234567890"));
@@ -338,23 +403,52 @@ mod tests {
     #[test]
     fn names_sort_chronologically() {
         let mk = |t: &str| {
-            session_dir_name(&record(true, t, party(Some("+9"), None, Some("Zed")), Party::default()), &TimeZone::UTC)
+            session_dir_name(
+                &record(
+                    true,
+                    t,
+                    party(Some("+9"), None, Some("Zed")),
+                    Party::default(),
+                ),
+                &TimeZone::UTC,
+            )
         };
-        let (a, b, c) = (mk("2026-11-23T09:05:00Z"), mk("2026-11-23T10:00:00Z"), mk("2026-11-23T23:59:59Z"));
+        let (a, b, c) = (
+            mk("2026-11-23T09:05:00Z"),
+            mk("2026-11-23T10:00:00Z"),
+            mk("2026-11-23T23:59:59Z"),
+        );
         assert!(a < b && b < c);
     }
 
     #[test]
     fn probes_and_dates() {
-        for p in [".DS_Store", "._foo", ".Trash-0", ".Trash", ".hidden", "autorun.inf", ".xdg-volume-info"] {
+        for p in [
+            ".DS_Store",
+            "._foo",
+            ".Trash-0",
+            ".Trash",
+            ".hidden",
+            "autorun.inf",
+            ".xdg-volume-info",
+        ] {
             assert!(is_probe_name(p), "{p}");
         }
         assert!(!is_probe_name("2026-11-23"));
-        assert_eq!(parse_date_dir("2026-11-23"), Some(jiff::civil::date(2026, 11, 23)));
+        assert_eq!(
+            parse_date_dir("2026-11-23"),
+            Some(jiff::civil::date(2026, 11, 23))
+        );
         assert_eq!(parse_date_dir("2026-11-3"), None);
         assert_eq!(parse_date_dir("2026-13-01"), None);
-        assert_eq!(AudioKind::from_content_type("audio/x-wav"), Some(AudioKind::Wav));
-        assert_eq!(AudioKind::from_content_type("audio/mpeg; charset=x"), Some(AudioKind::Mp3));
+        assert_eq!(
+            AudioKind::from_content_type("audio/x-wav"),
+            Some(AudioKind::Wav)
+        );
+        assert_eq!(
+            AudioKind::from_content_type("audio/mpeg; charset=x"),
+            Some(AudioKind::Mp3)
+        );
         assert_eq!(AudioKind::from_content_type("text/html"), None);
         assert!(!is_plausible_id("../etc"));
         assert!(is_plausible_id("44444444"));

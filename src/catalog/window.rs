@@ -22,7 +22,12 @@ pub struct Window {
 
 impl Window {
     pub fn last_days(days: u32, tz: TimeZone) -> Window {
-        Window { tz, since: None, until: None, days: days.max(1) }
+        Window {
+            tz,
+            since: None,
+            until: None,
+            days: days.max(1),
+        }
     }
 
     /// Today's local date in the window's zone.
@@ -33,9 +38,10 @@ impl Window {
     /// The first and last dates shown at `now` (inclusive); `first > last` means none.
     pub fn bounds(&self, now: Timestamp) -> (Date, Date) {
         let last = self.until.unwrap_or_else(|| self.today(now));
-        let first = self
-            .since
-            .unwrap_or_else(|| last.checked_sub((i64::from(self.days) - 1).days()).unwrap_or(last));
+        let first = self.since.unwrap_or_else(|| {
+            last.checked_sub((i64::from(self.days) - 1).days())
+                .unwrap_or(last)
+        });
         (first, last)
     }
 
@@ -62,7 +68,10 @@ impl Window {
     /// The instants `[start, end)` of a local date.
     pub fn date_range(&self, date: Date) -> (Timestamp, Timestamp) {
         let start = self.start_of(date);
-        let end = date.tomorrow().map(|d| self.start_of(d)).unwrap_or(Timestamp::MAX);
+        let end = date
+            .tomorrow()
+            .map(|d| self.start_of(d))
+            .unwrap_or(Timestamp::MAX);
         (start, end)
     }
 
@@ -106,8 +115,14 @@ mod tests {
         assert_eq!(s.to_string(), "2026-11-23T05:00:00Z");
         assert_eq!(e.to_string(), "2026-11-24T05:00:00Z");
         // 23:59 local on the 23rd is 04:59 UTC on the 24th, and belongs to the 23rd.
-        assert_eq!(w.date_of("2026-11-24T04:59:00Z".parse().unwrap()), date(2026, 11, 23));
-        assert_eq!(w.date_of("2026-11-24T05:00:00Z".parse().unwrap()), date(2026, 11, 24));
+        assert_eq!(
+            w.date_of("2026-11-24T04:59:00Z".parse().unwrap()),
+            date(2026, 11, 23)
+        );
+        assert_eq!(
+            w.date_of("2026-11-24T05:00:00Z".parse().unwrap()),
+            date(2026, 11, 24)
+        );
     }
 
     #[test]
@@ -120,8 +135,21 @@ mod tests {
 
     #[test]
     fn explicit_since_until() {
-        let w = Window { tz: TimeZone::UTC, since: Some(date(2026, 1, 30)), until: Some(date(2026, 2, 2)), days: 90 };
+        let w = Window {
+            tz: TimeZone::UTC,
+            since: Some(date(2026, 1, 30)),
+            until: Some(date(2026, 2, 2)),
+            days: 90,
+        };
         let now: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
-        assert_eq!(w.dates(now), vec![date(2026, 1, 30), date(2026, 1, 31), date(2026, 2, 1), date(2026, 2, 2)]);
+        assert_eq!(
+            w.dates(now),
+            vec![
+                date(2026, 1, 30),
+                date(2026, 1, 31),
+                date(2026, 2, 1),
+                date(2026, 2, 2)
+            ]
+        );
     }
 }

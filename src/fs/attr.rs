@@ -57,7 +57,6 @@ pub struct Opened {
 }
 
 impl Fs {
-
     pub(super) fn dir_attr(&self, ino: u64, mtime: SystemTime, ttl: Duration) -> Attr {
         Attr {
             ino,
@@ -81,7 +80,11 @@ impl Fs {
             uid: self.config.uid,
             gid: self.config.gid,
             mtime,
-            attr_ttl: if exact { self.config.stable_ttl } else { Duration::ZERO },
+            attr_ttl: if exact {
+                self.config.stable_ttl
+            } else {
+                Duration::ZERO
+            },
             entry_ttl: self.config.stable_ttl,
         }
     }
@@ -139,14 +142,24 @@ impl Fs {
     /// with direct I/O so that the kernel never cuts or pads reads by it. The bytes received so
     /// far are never published: a lower bound taken for the size truncates the file for good.
     pub(super) fn recording_size(&self, st: &State, rec: &KnownRecording) -> (u64, bool) {
-        if let Some(Known { size: Some(size), .. }) = self.media.known(&rec.id) {
+        if let Some(Known {
+            size: Some(size), ..
+        }) = self.media.known(&rec.id)
+        {
             return (size, true);
         }
         let kind = self.kind_of(st, &rec.id);
-        (catalog::estimated_size(kind, rec.duration.unwrap_or(60)), false)
+        (
+            catalog::estimated_size(kind, rec.duration.unwrap_or(60)),
+            false,
+        )
     }
 
     pub(super) fn kind_of(&self, st: &State, id: &str) -> AudioKind {
-        st.kinds.get(id).copied().or(st.account_kind).unwrap_or(self.config.assumed_format)
+        st.kinds
+            .get(id)
+            .copied()
+            .or(st.account_kind)
+            .unwrap_or(self.config.assumed_format)
     }
 }

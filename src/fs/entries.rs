@@ -7,9 +7,15 @@ use super::{DirEntry, Fs, Kind, Session, State};
 use crate::catalog;
 
 impl Fs {
-
-    pub(super) fn session_children(&self, st: &mut State, session: &str, by_session: bool) -> Vec<DirEntry> {
-        let Some(s) = st.index.sessions.get(session) else { return Vec::new() };
+    pub(super) fn session_children(
+        &self,
+        st: &mut State,
+        session: &str,
+        by_session: bool,
+    ) -> Vec<DirEntry> {
+        let Some(s) = st.index.sessions.get(session) else {
+            return Vec::new();
+        };
         let tz = &self.config.window.tz;
         let named: Vec<(String, String)> = s
             .recordings()
@@ -21,15 +27,25 @@ impl Fs {
                     .find(|r| r.recordings.iter().any(|x| x.id == rec.id))
                     .unwrap_or(s.first());
                 let kind = self.kind_of(st, rec.id.as_str());
-                (rec.id.to_string(), catalog::recording_file_name(record, rec.id.as_str(), kind, tz))
+                (
+                    rec.id.to_string(),
+                    catalog::recording_file_name(record, rec.id.as_str(), kind, tz),
+                )
             })
             .collect();
         let mut out: Vec<DirEntry> = named
             .into_iter()
-            .map(|(id, name)| DirEntry { ino: st.inodes.ino(Node::RecFile { id, by_session }), kind: Kind::File, name })
+            .map(|(id, name)| DirEntry {
+                ino: st.inodes.ino(Node::RecFile { id, by_session }),
+                kind: Kind::File,
+                name,
+            })
             .collect();
         out.push(DirEntry {
-            ino: st.inodes.ino(Node::CallJson { session: session.to_string(), by_session }),
+            ino: st.inodes.ino(Node::CallJson {
+                session: session.to_string(),
+                by_session,
+            }),
             kind: Kind::File,
             name: CALL_JSON.to_string(),
         });
@@ -48,7 +64,9 @@ impl Fs {
     pub(super) fn session_named(&self, st: &State, date: Date, name: &str) -> Option<String> {
         let tz = &self.config.window.tz;
         let on_date = st.index.by_date.get(&date)?;
-        let matches = |s: &Session| !s.recordings().is_empty() && catalog::session_dir_name(s.first(), tz) == name;
+        let matches = |s: &Session| {
+            !s.recordings().is_empty() && catalog::session_dir_name(s.first(), tz) == name
+        };
         let last = name.rsplit(' ').next().unwrap_or(name);
         if on_date.contains(last)
             && let Some(s) = st.index.sessions.get(last)
@@ -56,7 +74,10 @@ impl Fs {
         {
             return Some(s.session_id.clone());
         }
-        st.index.sessions_on(date).find(|s| matches(s)).map(|s| s.session_id.clone())
+        st.index
+            .sessions_on(date)
+            .find(|s| matches(s))
+            .map(|s| s.session_id.clone())
     }
 
     pub(super) fn date_children(&self, st: &mut State, date: Date) -> Vec<DirEntry> {
@@ -65,13 +86,21 @@ impl Fs {
             .index
             .sessions_on(date)
             .filter(|s| !s.recordings().is_empty())
-            .map(|s| (catalog::session_dir_name(s.first(), &tz), s.session_id.clone()))
+            .map(|s| {
+                (
+                    catalog::session_dir_name(s.first(), &tz),
+                    s.session_id.clone(),
+                )
+            })
             .collect();
         named.sort();
         named
             .into_iter()
             .map(|(name, session)| DirEntry {
-                ino: st.inodes.ino(Node::SessionDir { session, by_session: false }),
+                ino: st.inodes.ino(Node::SessionDir {
+                    session,
+                    by_session: false,
+                }),
                 kind: Kind::Dir,
                 name,
             })

@@ -66,8 +66,14 @@ impl FsError {
                 tracing::warn!("recording {id}: timed out waiting for the media host");
                 FsError::TimedOut
             }
-            e @ MediaError::NotAvailable(_) => FsError::NotYet { id: id.to_string(), source: e },
-            e @ (MediaError::Failed(_) | MediaError::Transient(_)) => FsError::Media { id: id.to_string(), source: e },
+            e @ MediaError::NotAvailable(_) => FsError::NotYet {
+                id: id.to_string(),
+                source: e,
+            },
+            e @ (MediaError::Failed(_) | MediaError::Transient(_)) => FsError::Media {
+                id: id.to_string(),
+                source: e,
+            },
         }
     }
 

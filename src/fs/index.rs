@@ -13,8 +13,8 @@ use std::time::Instant;
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use crate::model::{CallRecord, RecordingRef};
 use crate::catalog::Window;
+use crate::model::{CallRecord, RecordingRef};
 
 /// One call session: every call-log record that carries its `sessionId`.
 #[derive(Debug, Clone)]
@@ -94,13 +94,21 @@ impl Index {
             let session = self
                 .sessions
                 .entry(session_id.clone())
-                .or_insert_with(|| Session { session_id: session_id.clone(), records: Vec::new() });
-            let old_date = session.records.first().map(|r| window.date_of(r.start_time));
+                .or_insert_with(|| Session {
+                    session_id: session_id.clone(),
+                    records: Vec::new(),
+                });
+            let old_date = session
+                .records
+                .first()
+                .map(|r| window.date_of(r.start_time));
             match session.records.iter_mut().find(|r| r.id == record.id) {
                 Some(existing) => *existing = record,
                 None => session.records.push(record),
             }
-            session.records.sort_by_key(|r| (r.start_time, r.id.clone()));
+            session
+                .records
+                .sort_by_key(|r| (r.start_time, r.id.clone()));
             let new_date = window.date_of(session.records[0].start_time);
             if let Some(old) = old_date.filter(|d| *d != new_date)
                 && let Some(set) = self.by_date.get_mut(&old)
@@ -123,7 +131,10 @@ impl Index {
     ) {
         let first = window.date_of(from);
         // `to` is exclusive: a query ending exactly at midnight does not cover the next date.
-        let last = window.date_of(to.checked_sub(jiff::SignedDuration::from_nanos(1)).unwrap_or(to));
+        let last = window.date_of(
+            to.checked_sub(jiff::SignedDuration::from_nanos(1))
+                .unwrap_or(to),
+        );
         let cut = oldest_partial.map(|t| window.date_of(t));
         let mut d = first;
         while d <= last {
@@ -164,7 +175,10 @@ mod tests {
             inbound: true,
             from: Party::default(),
             to: Party::default(),
-            recordings: vec![RecordingRef { id: recording.into(), content_uri: format!("http://m/{recording}") }],
+            recordings: vec![RecordingRef {
+                id: recording.into(),
+                content_uri: format!("http://m/{recording}"),
+            }],
             raw: serde_json::Value::Null,
         }
     }
@@ -174,7 +188,13 @@ mod tests {
         let w = Window::last_days(10, TimeZone::UTC);
         let mut ix = Index::default();
         ix.add_records(vec![rec("a", "s1", "2026-11-23T10:00:00Z", "r1")], &w);
-        ix.add_records(vec![rec("a", "s1", "2026-11-23T10:00:00Z", "r1"), rec("b", "s1", "2026-11-23T10:00:05Z", "r2")], &w);
+        ix.add_records(
+            vec![
+                rec("a", "s1", "2026-11-23T10:00:00Z", "r1"),
+                rec("b", "s1", "2026-11-23T10:00:05Z", "r2"),
+            ],
+            &w,
+        );
         let s = &ix.sessions["s1"];
         assert_eq!(s.records.len(), 2);
         assert_eq!(s.recordings().len(), 2);
@@ -189,11 +209,20 @@ mod tests {
         let from: Timestamp = "2026-11-20T00:00:00Z".parse().unwrap();
         let to: Timestamp = "2026-11-24T00:00:00Z".parse().unwrap();
         let now = Instant::now();
-        ix.mark_listed(&w, from, to, Some("2026-11-22T13:00:00Z".parse().unwrap()), now);
+        ix.mark_listed(
+            &w,
+            from,
+            to,
+            Some("2026-11-22T13:00:00Z".parse().unwrap()),
+            now,
+        );
         assert!(ix.listed.contains_key(&date(2026, 11, 23)));
         assert!(!ix.listed.contains_key(&date(2026, 11, 22)));
         assert!(!ix.listed.contains_key(&date(2026, 11, 21)));
-        assert!(!ix.listed.contains_key(&date(2026, 11, 24)), "`to` is exclusive");
+        assert!(
+            !ix.listed.contains_key(&date(2026, 11, 24)),
+            "`to` is exclusive"
+        );
         ix.mark_listed(&w, from, to, None, now);
         for d in 20..=23 {
             assert!(ix.listed.contains_key(&date(2026, 11, d)));
@@ -208,6 +237,9 @@ mod tests {
         let to: Timestamp = "2026-11-21T12:00:00Z".parse().unwrap();
         ix.mark_listed(&w, from, to, None, Instant::now());
         assert!(!ix.listed.contains_key(&date(2026, 11, 20)));
-        assert!(ix.listed.contains_key(&date(2026, 11, 21)), "a query ending at now covers today so far");
+        assert!(
+            ix.listed.contains_key(&date(2026, 11, 21)),
+            "a query ending at now covers today so far"
+        );
     }
 }

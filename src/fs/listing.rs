@@ -14,7 +14,6 @@ use super::{Fs, FsError, ScopeChoice, State, index};
 use crate::api::{ApiError, Priority, Scope};
 
 impl Fs {
-
     pub(super) fn is_listed(&self, st: &State, date: Date, now: Timestamp) -> bool {
         match st.index.listed.get(&date) {
             None => false,
@@ -31,7 +30,8 @@ impl Fs {
         }
         // Dropping the listing midway (see `bounded`) is safe: nothing is recorded until a page
         // has arrived.
-        self.bounded(|| format!("listing {date}"), self.list_date(date)).await?
+        self.bounded(|| format!("listing {date}"), self.list_date(date))
+            .await?
     }
 
     /// Runs `f`, an operation waiting on the API, and fails with [`FsError::TimedOut`] (EIO)
@@ -43,7 +43,11 @@ impl Fs {
     /// operation: every page that arrives, for this operation or for the listing ahead of it,
     /// restarts the clock. A date of 20,000 recordings takes two minutes at RingCentral's 10
     /// pages a minute, and must not fail while pages flow.
-    pub(super) async fn bounded<T>(&self, what: impl FnOnce() -> String, f: impl std::future::Future<Output = T>) -> Result<T, FsError> {
+    pub(super) async fn bounded<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, FsError> {
         let mut pages = self.pages.subscribe();
         tokio::pin!(f);
         loop {
@@ -79,14 +83,31 @@ impl Fs {
     fn plan(&self, st: &State, date: Date, now: Timestamp) -> PagePlan {
         let w = &self.config.window;
         let cursor = st.index.cursor.as_ref().filter(|c| {
-            c.created.elapsed() < self.config.recent_ttl || !self.is_recent(w.date_of(c.oldest), now)
+            c.created.elapsed() < self.config.recent_ttl
+                || !self.is_recent(w.date_of(c.oldest), now)
         });
-        plan::plan_page(date, |d| self.is_listed(st, d, now), w, st.density, cursor, now)
+        plan::plan_page(
+            date,
+            |d| self.is_listed(st, d, now),
+            w,
+            st.density,
+            cursor,
+            now,
+        )
     }
 
     async fn run_page(&self, plan: PagePlan) -> Result<(), FsError> {
         let scope = self.scope().await?;
-        let result = self.log.page(scope, plan.from, plan.to, plan.next.clone(), Priority::Interactive).await;
+        let result = self
+            .log
+            .page(
+                scope,
+                plan.from,
+                plan.to,
+                plan.next.clone(),
+                Priority::Interactive,
+            )
+            .await;
         let page = match result {
             Ok(page) => page,
             // The caller loops and plans again, in the extension's call log.
@@ -95,7 +116,10 @@ impl Fs {
                 if plan.next.is_some() {
                     self.state().index.cursor = None;
                 }
-                return Err(FsError::api(format!("listing calls {} .. {}", plan.from, plan.to), e));
+                return Err(FsError::api(
+                    format!("listing calls {} .. {}", plan.from, plan.to),
+                    e,
+                ));
             }
         };
         self.pages.send_modify(|n| *n += 1);
@@ -109,14 +133,26 @@ impl Fs {
         let first_request = plan.next.is_none();
         match page.next {
             Some(next) => {
-                let prev_oldest = st.index.cursor.as_ref().filter(|_| !first_request).map(|c| c.oldest);
+                let prev_oldest = st
+                    .index
+                    .cursor
+                    .as_ref()
+                    .filter(|_| !first_request)
+                    .map(|c| c.oldest);
                 let oldest = oldest.or(prev_oldest).unwrap_or(plan.to);
-                st.index.mark_listed(w, plan.from, plan.to, Some(oldest), at);
+                st.index
+                    .mark_listed(w, plan.from, plan.to, Some(oldest), at);
                 if first_request && st.density.is_none() && count > 0 {
                     let secs = plan.to.duration_since(oldest).as_secs_f64().max(60.0);
                     st.density = Some(count as f64 / secs);
                 }
-                st.index.cursor = Some(index::Cursor { from: plan.from, to: plan.to, next, oldest, created: at });
+                st.index.cursor = Some(index::Cursor {
+                    from: plan.from,
+                    to: plan.to,
+                    next,
+                    oldest,
+                    created: at,
+                });
             }
             None => {
                 st.index.mark_listed(w, plan.from, plan.to, None, at);
@@ -146,7 +182,9 @@ impl Fs {
     /// and only here, once.
     pub(super) fn switch_scope_on(&self, scope: Scope, e: &ApiError) -> bool {
         if self.config.scope == ScopeChoice::Auto && scope == Scope::Account && e.is_forbidden() {
-            tracing::info!("this user may not read the account call log ({e}); using the extension call log");
+            tracing::info!(
+                "this user may not read the account call log ({e}); using the extension call log"
+            );
             self.state().scope = Some(Scope::Extension);
             true
         } else {

@@ -12,7 +12,6 @@ use crate::catalog::{self, AudioKind};
 use crate::media::{Known, MediaError, RecordingKey};
 
 impl Fs {
-
     fn negative_hit(&self, key: &str) -> bool {
         let mut st = self.state();
         match st.negative.get(key) {
@@ -34,7 +33,13 @@ impl Fs {
     }
 
     pub(super) async fn resolve_session(&self, session_id: &str) -> Result<(), FsError> {
-        if self.state().index.sessions.get(session_id).is_some_and(|s| !s.recordings().is_empty()) {
+        if self
+            .state()
+            .index
+            .sessions
+            .get(session_id)
+            .is_some_and(|s| !s.recordings().is_empty())
+        {
             return Ok(());
         }
         let key = format!("s:{session_id}");
@@ -45,19 +50,32 @@ impl Fs {
         let since = Timestamp::now()
             .checked_sub(jiff::SignedDuration::try_from(self.config.retention).unwrap_or_default())
             .unwrap_or(Timestamp::MIN);
-        let find = self.log.find_session(scope, session_id, since, Priority::Interactive);
-        let records = match self.bounded(|| format!("looking up session {session_id}"), find).await? {
+        let find = self
+            .log
+            .find_session(scope, session_id, since, Priority::Interactive);
+        let records = match self
+            .bounded(|| format!("looking up session {session_id}"), find)
+            .await?
+        {
             Ok(r) => r,
             Err(e) if e.is_not_found() => Vec::new(),
             Err(e) if self.switch_scope_on(scope, &e) => {
-                let find = self.log.find_session(Scope::Extension, session_id, since, Priority::Interactive);
+                let find = self.log.find_session(
+                    Scope::Extension,
+                    session_id,
+                    since,
+                    Priority::Interactive,
+                );
                 self.bounded(|| format!("looking up session {session_id}"), find)
                     .await?
                     .map_err(|e| FsError::api(format!("looking up session {session_id}"), e))?
             }
             Err(e) => return Err(FsError::api(format!("looking up session {session_id}"), e)),
         };
-        let records: Vec<_> = records.into_iter().filter(|r| r.session_id == session_id).collect();
+        let records: Vec<_> = records
+            .into_iter()
+            .filter(|r| r.session_id == session_id)
+            .collect();
         if records.iter().all(|r| r.recordings.is_empty()) {
             self.remember_absent(key);
             return Err(FsError::NotFound);
@@ -77,7 +95,10 @@ impl Fs {
         // Approach 2: the media URL built from the id. Opening it starts the download that the
         // read will use, so when it works it costs nothing extra.
         if let Some(url) = self.log.recording_content_url(id) {
-            let rk = RecordingKey { id: id.to_string(), content_uri: url.clone() };
+            let rk = RecordingKey {
+                id: id.to_string(),
+                content_uri: url.clone(),
+            };
             match self.media.open(&rk, Priority::Interactive).await {
                 Ok(known) => {
                     self.media.close(&rk);
@@ -91,9 +112,16 @@ impl Fs {
         }
         // Approach 3's fallback: ask the API where the recording lives.
         let meta = self.log.recording_meta(id, Priority::Interactive);
-        match self.bounded(|| format!("looking up recording {id}"), meta).await? {
+        match self
+            .bounded(|| format!("looking up recording {id}"), meta)
+            .await?
+        {
             Ok(meta) => {
-                if let Some(kind) = meta.content_type.as_deref().and_then(AudioKind::from_content_type) {
+                if let Some(kind) = meta
+                    .content_type
+                    .as_deref()
+                    .and_then(AudioKind::from_content_type)
+                {
                     self.state().kinds.insert(id.to_string(), kind);
                 }
                 self.add_bare_recording(id, meta.content_uri, meta.duration);
@@ -108,17 +136,25 @@ impl Fs {
     }
 
     fn add_bare_recording(&self, id: &str, content_uri: String, duration: Option<u64>) {
-        self.state().index.recordings.entry(id.to_string()).or_insert(KnownRecording {
-            id: id.to_string(),
-            content_uri,
-            session_id: None,
-            start: None,
-            duration,
-        });
+        self.state()
+            .index
+            .recordings
+            .entry(id.to_string())
+            .or_insert(KnownRecording {
+                id: id.to_string(),
+                content_uri,
+                session_id: None,
+                start: None,
+                duration,
+            });
     }
 
     pub(super) fn learn_kind(&self, id: &str, known: &Known) {
-        if let Some(kind) = known.content_type.as_deref().and_then(AudioKind::from_content_type) {
+        if let Some(kind) = known
+            .content_type
+            .as_deref()
+            .and_then(AudioKind::from_content_type)
+        {
             let mut st = self.state();
             st.kinds.insert(id.to_string(), kind);
             if st.account_kind.is_none() {

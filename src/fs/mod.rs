@@ -90,7 +90,11 @@ pub trait CallLog: Send + Sync + 'static {
         prio: Priority,
     ) -> BoxFuture<'a, Result<Vec<CallRecord>, ApiError>>;
     /// Recording metadata (official `contentUri` and content type).
-    fn recording_meta<'a>(&'a self, id: &'a str, prio: Priority) -> BoxFuture<'a, Result<RecordingMeta, ApiError>>;
+    fn recording_meta<'a>(
+        &'a self,
+        id: &'a str,
+        prio: Priority,
+    ) -> BoxFuture<'a, Result<RecordingMeta, ApiError>>;
     /// The media URL built from a recording id (the seed's approach 2), when a media host is known.
     fn recording_content_url(&self, id: &str) -> Option<String>;
 }
@@ -241,7 +245,12 @@ impl Fs {
         if catalog::is_probe_name(name) {
             return Err(FsError::NotFound);
         }
-        let parent_node = self.state().inodes.node(parent).cloned().ok_or(FsError::NotFound)?;
+        let parent_node = self
+            .state()
+            .inodes
+            .node(parent)
+            .cloned()
+            .ok_or(FsError::NotFound)?;
         let node = match parent_node {
             Node::Root => match name {
                 BY_SESSION => Node::BySession,
@@ -262,16 +271,30 @@ impl Fs {
                 }
                 self.ensure_date(date).await?;
                 let st = self.state();
-                let session = self.session_named(&st, date, name).ok_or(FsError::NotFound)?;
-                Node::SessionDir { session, by_session: false }
+                let session = self
+                    .session_named(&st, date, name)
+                    .ok_or(FsError::NotFound)?;
+                Node::SessionDir {
+                    session,
+                    by_session: false,
+                }
             }
             Node::BySession => {
                 self.resolve_session(name).await?;
-                Node::SessionDir { session: name.to_string(), by_session: true }
+                Node::SessionDir {
+                    session: name.to_string(),
+                    by_session: true,
+                }
             }
-            Node::SessionDir { session, by_session } => {
+            Node::SessionDir {
+                session,
+                by_session,
+            } => {
                 if name == CALL_JSON {
-                    Node::CallJson { session, by_session }
+                    Node::CallJson {
+                        session,
+                        by_session,
+                    }
                 } else {
                     let mut st = self.state();
                     let children = self.session_children(&mut st, &session, by_session);
@@ -282,11 +305,15 @@ impl Fs {
                     let stem = |n: &str| n.rsplit_once('.').map(|(s, _)| s.to_owned());
                     let is_recording = |n: &str| catalog::split_recording_name(n).is_some();
                     let entry = children.iter().find(|e| e.name == name).or_else(|| {
-                        children
-                            .iter()
-                            .find(|e| is_recording(name) && is_recording(&e.name) && stem(&e.name) == stem(name))
+                        children.iter().find(|e| {
+                            is_recording(name)
+                                && is_recording(&e.name)
+                                && stem(&e.name) == stem(name)
+                        })
                     });
-                    entry.and_then(|e| st.inodes.node(e.ino).cloned()).ok_or(FsError::NotFound)?
+                    entry
+                        .and_then(|e| st.inodes.node(e.ino).cloned())
+                        .ok_or(FsError::NotFound)?
                 }
             }
             Node::ByRecording => {
@@ -299,7 +326,9 @@ impl Fs {
                 self.resolve_recording(id).await?;
                 Node::ByRecFile(id.to_string())
             }
-            Node::CallJson { .. } | Node::RecFile { .. } | Node::ByRecFile(_) => return Err(FsError::NotDir),
+            Node::CallJson { .. } | Node::RecFile { .. } | Node::ByRecFile(_) => {
+                return Err(FsError::NotDir);
+            }
         };
         let mut st = self.state();
         let ino = st.inodes.ino(node.clone());
@@ -309,7 +338,12 @@ impl Fs {
     /// The entries of a directory (without `.` and `..`), computed once per `opendir` so that
     /// readdir paging is consistent.
     pub async fn opendir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
-        let node = self.state().inodes.node(ino).cloned().ok_or(FsError::NotFound)?;
+        let node = self
+            .state()
+            .inodes
+            .node(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)?;
         match node {
             Node::Root => {
                 let now = Timestamp::now();
@@ -324,8 +358,16 @@ impl Fs {
                         name: catalog::date_dir_name(date),
                     });
                 }
-                out.push(DirEntry { ino: st.inodes.ino(Node::BySession), kind: Kind::Dir, name: BY_SESSION.into() });
-                out.push(DirEntry { ino: st.inodes.ino(Node::ByRecording), kind: Kind::Dir, name: BY_RECORDING.into() });
+                out.push(DirEntry {
+                    ino: st.inodes.ino(Node::BySession),
+                    kind: Kind::Dir,
+                    name: BY_SESSION.into(),
+                });
+                out.push(DirEntry {
+                    ino: st.inodes.ino(Node::ByRecording),
+                    kind: Kind::Dir,
+                    name: BY_RECORDING.into(),
+                });
                 Ok(out)
             }
             Node::Date(date) => {
@@ -336,7 +378,10 @@ impl Fs {
                 let mut st = self.state();
                 Ok(self.date_children(&mut st, date))
             }
-            Node::SessionDir { session, by_session } => {
+            Node::SessionDir {
+                session,
+                by_session,
+            } => {
                 let mut st = self.state();
                 if !st.index.sessions.contains_key(&session) {
                     return Err(FsError::NotFound);
@@ -356,7 +401,10 @@ impl Fs {
                 Ok(ids
                     .into_iter()
                     .map(|id| DirEntry {
-                        ino: st.inodes.ino(Node::SessionDir { session: id.clone(), by_session: true }),
+                        ino: st.inodes.ino(Node::SessionDir {
+                            session: id.clone(),
+                            by_session: true,
+                        }),
                         kind: Kind::Dir,
                         name: id,
                     })
@@ -370,11 +418,17 @@ impl Fs {
                     .into_iter()
                     .map(|id| {
                         let name = catalog::by_recording_name(&id, self.kind_of(&st, &id));
-                        DirEntry { ino: st.inodes.ino(Node::ByRecFile(id)), kind: Kind::File, name }
+                        DirEntry {
+                            ino: st.inodes.ino(Node::ByRecFile(id)),
+                            kind: Kind::File,
+                            name,
+                        }
                     })
                     .collect())
             }
-            Node::CallJson { .. } | Node::RecFile { .. } | Node::ByRecFile(_) => Err(FsError::NotDir),
+            Node::CallJson { .. } | Node::RecFile { .. } | Node::ByRecFile(_) => {
+                Err(FsError::NotDir)
+            }
         }
     }
 
@@ -382,44 +436,81 @@ impl Fs {
     /// here (waiting for the response headers, about one round trip), so the size and format are
     /// known before the first read.
     pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
-        let node = self.state().inodes.node(ino).cloned().ok_or(FsError::NotFound)?;
+        let node = self
+            .state()
+            .inodes
+            .node(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)?;
         if write {
             return Err(FsError::ReadOnly);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         match node {
-            Node::CallJson { .. } => Ok(Opened { fh, keep_cache: true, direct_io: false }),
+            Node::CallJson { .. } => Ok(Opened {
+                fh,
+                keep_cache: true,
+                direct_io: false,
+            }),
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
                 let (key, start, duration) = {
                     let st = self.state();
                     let rec = st.index.recordings.get(&id).ok_or(FsError::NotFound)?;
-                    (RecordingKey { id: id.clone(), content_uri: rec.content_uri.clone() }, rec.start, rec.duration)
+                    (
+                        RecordingKey {
+                            id: id.clone(),
+                            content_uri: rec.content_uri.clone(),
+                        },
+                        rec.start,
+                        rec.duration,
+                    )
                 };
                 let known = match self.media.open(&key, Priority::Interactive).await {
                     Ok(known) => known,
                     Err(MediaError::NotAvailable(msg)) => {
                         // Listed but not fetchable: the call has just ended and the recording
                         // is still being processed, or it is gone.
-                        let ended = start.and_then(|s| s.checked_add(jiff::SignedDuration::from_secs(duration.unwrap_or(0) as i64)).ok());
-                        let recent = ended.is_none_or(|e| Timestamp::now().duration_since(e).as_secs() < 3600);
+                        let ended = start.and_then(|s| {
+                            s.checked_add(jiff::SignedDuration::from_secs(
+                                duration.unwrap_or(0) as i64
+                            ))
+                            .ok()
+                        });
+                        let recent = ended
+                            .is_none_or(|e| Timestamp::now().duration_since(e).as_secs() < 3600);
                         let e = MediaError::NotAvailable(msg);
-                        return Err(if recent { FsError::NotYet { id, source: e } } else { FsError::Media { id, source: e } });
+                        return Err(if recent {
+                            FsError::NotYet { id, source: e }
+                        } else {
+                            FsError::Media { id, source: e }
+                        });
                     }
                     Err(e) => return Err(FsError::media(&id, e)),
                 };
                 self.learn_kind(&id, &known);
                 self.state().handles.insert(fh, key);
                 let direct_io = known.size.is_none();
-                Ok(Opened { fh, keep_cache: !direct_io, direct_io })
+                Ok(Opened {
+                    fh,
+                    keep_cache: !direct_io,
+                    direct_io,
+                })
             }
-            Node::Root | Node::Date(_) | Node::SessionDir { .. } | Node::BySession | Node::ByRecording => {
-                Err(FsError::IsDir)
-            }
+            Node::Root
+            | Node::Date(_)
+            | Node::SessionDir { .. }
+            | Node::BySession
+            | Node::ByRecording => Err(FsError::IsDir),
         }
     }
 
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let node = self.state().inodes.node(ino).cloned().ok_or(FsError::NotFound)?;
+        let node = self
+            .state()
+            .inodes
+            .node(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)?;
         match node {
             Node::CallJson { session, .. } => {
                 let st = self.state();
@@ -430,8 +521,16 @@ impl Fs {
                 Ok(Bytes::copy_from_slice(&json[start..end]))
             }
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
-                let key = self.state().handles.get(&fh).cloned().ok_or(FsError::BadHandle)?;
-                self.media.read(&key, offset, size, Priority::Interactive).await.map_err(|e| FsError::media(&id, e))
+                let key = self
+                    .state()
+                    .handles
+                    .get(&fh)
+                    .cloned()
+                    .ok_or(FsError::BadHandle)?;
+                self.media
+                    .read(&key, offset, size, Priority::Interactive)
+                    .await
+                    .map_err(|e| FsError::media(&id, e))
             }
             _ => Err(FsError::IsDir),
         }
@@ -450,7 +549,13 @@ fn has_time_prefix(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() > 9
         && b[8] == b' '
-        && b[..8].iter().enumerate().all(|(i, c)| if i % 3 == 2 { *c == b'-' } else { c.is_ascii_digit() })
+        && b[..8].iter().enumerate().all(|(i, c)| {
+            if i % 3 == 2 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
 }
 
 /// `call.json`: the session's record as the API returned it (an array when the session has

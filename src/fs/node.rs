@@ -14,10 +14,19 @@ pub(super) enum Node {
     Root,
     Date(Date),
     /// A session directory, in a date (`by_session == false`) or under by-session.
-    SessionDir { session: String, by_session: bool },
-    CallJson { session: String, by_session: bool },
+    SessionDir {
+        session: String,
+        by_session: bool,
+    },
+    CallJson {
+        session: String,
+        by_session: bool,
+    },
     /// A recording file in a session directory.
-    RecFile { id: String, by_session: bool },
+    RecFile {
+        id: String,
+        by_session: bool,
+    },
     BySession,
     ByRecording,
     /// `by-recording/<id>.<ext>`.
@@ -53,4 +62,3 @@ impl Inodes {
         self.nodes.get(usize::try_from(ino).ok()?.checked_sub(1)?)
     }
 }
-

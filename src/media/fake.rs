@@ -57,7 +57,12 @@ pub struct FakeRecording {
 impl FakeRecording {
     /// An `audio/mpeg` recording of `len` bytes whose responses tell their length.
     pub fn new(len: u64, seed: u64) -> Self {
-        FakeRecording { len, seed, content_type: Some("audio/mpeg".into()), send_length: true }
+        FakeRecording {
+            len,
+            seed,
+            content_type: Some("audio/mpeg".into()),
+            send_length: true,
+        }
     }
 }
 
@@ -110,7 +115,13 @@ pub enum Reply {
 impl Reply {
     /// The plain answer: length stated, Range honoured, no drop.
     pub fn plain() -> Reply {
-        Reply::Body { length: true, range: FakeRange::Honour, bare_416: false, drop_at: None, close_delimited: false }
+        Reply::Body {
+            length: true,
+            range: FakeRange::Honour,
+            bare_416: false,
+            drop_at: None,
+            close_delimited: false,
+        }
     }
 }
 
@@ -191,8 +202,13 @@ impl FakeSource {
 
     /// Serves `rec` under `id`.
     pub fn add(&self, id: &str, rec: FakeRecording) {
-        let content = (rec.len <= MATERIALIZE_MAX).then(|| Bytes::from(expected(rec.seed, 0, rec.len)));
-        self.state.lock().unwrap().recordings.insert(id.to_string(), (rec, content));
+        let content =
+            (rec.len <= MATERIALIZE_MAX).then(|| Bytes::from(expected(rec.seed, 0, rec.len)));
+        self.state
+            .lock()
+            .unwrap()
+            .recordings
+            .insert(id.to_string(), (rec, content));
     }
 
     /// Applies `fault` to a future request (the first request without a fault yet).
@@ -246,16 +262,34 @@ impl MediaSource for FakeSource {
                 return Err(e);
             }
             let Some((rec, content)) = rec else {
-                return Err(MediaError::NotAvailable(format!("recording {id}: no such recording")));
+                return Err(MediaError::NotAvailable(format!(
+                    "recording {id}: no such recording"
+                )));
             };
             let reply = match &self.replies {
                 Some(f) if fault.is_none() => f(&id, offset, n),
-                _ => Reply::Body { length: rec.send_length, range: FakeRange::Honour, bare_416: false, drop_at: None, close_delimited: false },
+                _ => Reply::Body {
+                    length: rec.send_length,
+                    range: FakeRange::Honour,
+                    bare_416: false,
+                    drop_at: None,
+                    close_delimited: false,
+                },
             };
             let (length, range, bare_416, drop_at, close_delimited) = match reply {
-                Reply::NotFound => return Err(MediaError::NotAvailable(format!("recording {id}: 404"))),
-                Reply::Unavailable => return Err(MediaError::Transient(format!("recording {id}: 503"))),
-                Reply::Body { length, range, bare_416, drop_at, close_delimited } => (length, range, bare_416, drop_at, close_delimited),
+                Reply::NotFound => {
+                    return Err(MediaError::NotAvailable(format!("recording {id}: 404")));
+                }
+                Reply::Unavailable => {
+                    return Err(MediaError::Transient(format!("recording {id}: 503")));
+                }
+                Reply::Body {
+                    length,
+                    range,
+                    bare_416,
+                    drop_at,
+                    close_delimited,
+                } => (length, range, bare_416, drop_at, close_delimited),
             };
             let close_delimited = close_delimited && !length;
             let (fail_after, end_after) = match fault {
@@ -276,20 +310,36 @@ impl MediaSource for FakeSource {
                 match range {
                     FakeRange::Capped(cap) if ranged => {
                         let stop = (offset + cap.max(1)).min(rec.len);
-                        let end = if stop == rec.len && length { BodyEnd::Content } else { BodyEnd::At(stop) };
+                        let end = if stop == rec.len && length {
+                            BodyEnd::Content
+                        } else {
+                            BodyEnd::At(stop)
+                        };
                         (offset, stop, length.then_some(rec.len), end)
                     }
-                    FakeRange::Ignore if ranged => (0, rec.len, length.then_some(rec.len), BodyEnd::Content),
+                    FakeRange::Ignore if ranged => {
+                        (0, rec.len, length.then_some(rec.len), BodyEnd::Content)
+                    }
                     _ => (offset, rec.len, length.then_some(rec.len), BodyEnd::Content),
                 }
             };
             // Only a body whose end nothing announces is delimited by its connection.
             let close_delimited = close_delimited && end == BodyEnd::Content && !past_end;
-            let end = if close_delimited { BodyEnd::Unconfirmed } else { end };
+            let end = if close_delimited {
+                BodyEnd::Unconfirmed
+            } else {
+                end
+            };
             // A drop is an error, but where the connection delimits the body it is an end.
             let (fail_after, end_after) = match drop_at {
                 Some(at) if close_delimited => (fail_after, end_after.or(Some(at))),
-                Some(at) => (fail_after.or(Some((at, MediaError::Transient(format!("recording {id}: dropped at {at}"))))), end_after),
+                Some(at) => (
+                    fail_after.or(Some((
+                        at,
+                        MediaError::Transient(format!("recording {id}: dropped at {at}")),
+                    ))),
+                    end_after,
+                ),
                 None => (fail_after, end_after),
             };
             self.counters.live_bodies.fetch_add(1, Ordering::SeqCst);
@@ -384,7 +434,9 @@ impl MediaBody for FakeBody {
                     tokio::time::sleep(self.piece_delay).await;
                 }
                 let limit = *self.limit.borrow();
-                let mut end = (self.pos + self.piece as u64).min(self.stop).min(limit.max(self.pos + 1));
+                let mut end = (self.pos + self.piece as u64)
+                    .min(self.stop)
+                    .min(limit.max(self.pos + 1));
                 if let Some((n, _)) = &self.fail_after {
                     end = end.min(*n).max(self.pos + 1);
                 }
@@ -393,7 +445,9 @@ impl MediaBody for FakeBody {
                 }
                 let start = self.pos;
                 self.pos = end;
-                self.counters.bytes_sent.fetch_add(end - start, Ordering::SeqCst);
+                self.counters
+                    .bytes_sent
+                    .fetch_add(end - start, Ordering::SeqCst);
                 if end <= self.from {
                     continue; // skipped: before the offset asked for
                 }

@@ -442,7 +442,10 @@ impl Rec {
         Rec {
             id: Arc::from(key.id.as_str()),
             key: key.clone(),
-            known: stored.as_ref().map(|s| Known { size: s.size, content_type: s.content_type.clone() }),
+            known: stored.as_ref().map(|s| Known {
+                size: s.size,
+                content_type: s.content_type.clone(),
+            }),
             validator: None,
             size_upper: None,
             seen: stored.map_or(0, |s| s.stored),
@@ -474,12 +477,20 @@ impl Rec {
     }
 
     fn failure_of(&self, download: u64) -> Option<MediaError> {
-        self.failures.iter().find(|(id, _)| *id == download).map(|(_, e)| e.clone())
+        self.failures
+            .iter()
+            .find(|(id, _)| *id == download)
+            .map(|(_, e)| e.clone())
     }
 
     /// Checks a response's headers against what earlier responses said. `Err` means the response
     /// is not the same content: its bytes must not be mixed with what is cached.
-    fn check(&self, total: Option<u64>, content_type: Option<&str>, validator: Option<&str>) -> Result<(), String> {
+    fn check(
+        &self,
+        total: Option<u64>,
+        content_type: Option<&str>,
+        validator: Option<&str>,
+    ) -> Result<(), String> {
         if let (Some(a), Some(b)) = (self.exact_size(), total)
             && a != b
         {
@@ -487,14 +498,22 @@ impl Rec {
         }
         if let Some(t) = total {
             if t < self.seen {
-                return Err(format!("{} bytes were received, this response says the length is {t}", self.seen));
+                return Err(format!(
+                    "{} bytes were received, this response says the length is {t}",
+                    self.seen
+                ));
             }
             if self.size_upper.is_some_and(|u| t > u) {
-                return Err(format!("an earlier response ended at {}, this one says the length is {t}", self.size_upper.unwrap_or(0)));
+                return Err(format!(
+                    "an earlier response ended at {}, this one says the length is {t}",
+                    self.size_upper.unwrap_or(0)
+                ));
             }
         }
-        if let (Some(a), Some(b)) = (self.known.as_ref().and_then(|k| k.content_type.as_deref()), content_type)
-            && a != b
+        if let (Some(a), Some(b)) = (
+            self.known.as_ref().and_then(|k| k.content_type.as_deref()),
+            content_type,
+        ) && a != b
         {
             return Err(format!("content type was {a}, this response says {b}"));
         }
@@ -530,7 +549,10 @@ impl Rec {
 
     /// The failure reads get at once while cooling down, if it is still in force.
     fn cooling(&self, now: Instant) -> Option<MediaError> {
-        self.cool_down.as_ref().filter(|(until, _)| *until > now).map(|(_, e)| e.clone())
+        self.cool_down
+            .as_ref()
+            .filter(|(until, _)| *until > now)
+            .map(|(_, e)| e.clone())
     }
 }
 
@@ -566,7 +588,12 @@ impl Inner {
             // reader that has not reached them yet go only when nothing read is left. The scan
             // from the LRU end stops at the first read entry, and unread entries are few (the
             // read-ahead windows), so it is short.
-            let victim = self.cache.iter().rev().find(|(_, e)| e.read).map(|(k, _)| k.clone());
+            let victim = self
+                .cache
+                .iter()
+                .rev()
+                .find(|(_, e)| e.read)
+                .map(|(k, _)| k.clone());
             let popped = match victim {
                 Some(k) => self.cache.pop_entry(&k),
                 None => self.cache.pop_lru(),
@@ -581,7 +608,12 @@ impl Inner {
 
     /// Inserts a chunk prefix unless a longer prefix of the same chunk is already there.
     fn insert(&mut self, key: ChunkKey, data: Bytes) {
-        if data.is_empty() || self.cache.peek(&key).is_some_and(|old| old.data.len() >= data.len()) {
+        if data.is_empty()
+            || self
+                .cache
+                .peek(&key)
+                .is_some_and(|old| old.data.len() >= data.len())
+        {
             return;
         }
         let len = data.len() as u64;
@@ -592,14 +624,24 @@ impl Inner {
     }
 
     /// Copies the bytes of `[*pos, end)` that are present into `out`, advancing `*pos`.
-    fn copy_present(&mut self, id: &Arc<str>, pos: &mut u64, end: u64, cs: usize, out: &mut BytesMut) {
+    fn copy_present(
+        &mut self,
+        id: &Arc<str>,
+        pos: &mut u64,
+        end: u64,
+        cs: usize,
+        out: &mut BytesMut,
+    ) {
         let cs64 = cs as u64;
         while *pos < end {
             let idx = *pos / cs64;
             let within = (*pos - idx * cs64) as usize;
             let want = (end - *pos).min(cs64 - within as u64) as usize;
             let key = (id.clone(), idx);
-            let read_before = self.cache.peek_mut(&key).map(|e| std::mem::replace(&mut e.read, true));
+            let read_before = self
+                .cache
+                .peek_mut(&key)
+                .map(|e| std::mem::replace(&mut e.read, true));
             if read_before == Some(true) {
                 self.cache.promote(&key);
             }
@@ -612,7 +654,11 @@ impl Inner {
                 }
             }
             let rec = &self.recs[id];
-            let Some(d) = rec.downloads.iter().find(|d| d.buf_start <= *pos && *pos < d.pos) else {
+            let Some(d) = rec
+                .downloads
+                .iter()
+                .find(|d| d.buf_start <= *pos && *pos < d.pos)
+            else {
                 break;
             };
             let from = (*pos - d.buf_start) as usize;
@@ -626,14 +672,20 @@ impl Inner {
     /// waiters are woken (and get `Failed`'s error). A failure starts the recording's cool-down;
     /// any other end, once no download of the recording is left, starts its budget afresh.
     fn end_download(&mut self, id: &Arc<str>, download: u64, why: End, cs: usize, budget: u64) {
-        let Some(rec) = self.recs.get_mut(id) else { return };
-        let Some(i) = rec.downloads.iter().position(|d| d.id == download) else { return };
+        let Some(rec) = self.recs.get_mut(id) else {
+            return;
+        };
+        let Some(i) = rec.downloads.iter().position(|d| d.id == download) else {
+            return;
+        };
         let d = rec.downloads.swap_remove(i);
         tracing::debug!(recording = %id, download, start = d.start, pos = d.pos, why = ?why, "download ended");
         match why {
             End::Failed(e) => {
                 rec.failures_in_a_row += 1;
-                let pause = COOL_DOWN_FIRST.saturating_mul(1 << (rec.failures_in_a_row - 1).min(6)).min(COOL_DOWN_MAX);
+                let pause = COOL_DOWN_FIRST
+                    .saturating_mul(1 << (rec.failures_in_a_row - 1).min(6))
+                    .min(COOL_DOWN_MAX);
                 rec.cool_down = Some((Instant::now() + pause, e.clone()));
                 rec.strikes = 0;
                 rec.drops = 0;
@@ -690,29 +742,51 @@ impl Shared {
         let stored = self.disk.as_ref()?.get(id)?.stored;
         let cs = self.cs() as u64;
         let from = pos / cs * cs;
-        let in_memory = g.cache.peek(&(id.clone(), pos / cs)).map_or(0, |e| e.data.len() as u64);
+        let in_memory = g
+            .cache
+            .peek(&(id.clone(), pos / cs))
+            .map_or(0, |e| e.data.len() as u64);
         let covers = stored > pos;
         if !covers && stored <= from + in_memory {
             return None;
         }
-        let to = end.max(pos + 1).div_ceil(cs).saturating_add(DISK_READ_CHUNKS).saturating_mul(cs).min(stored);
-        Some(DiskLoad { from, len: (to - from) as usize, covers })
+        let to = end
+            .max(pos + 1)
+            .div_ceil(cs)
+            .saturating_add(DISK_READ_CHUNKS)
+            .saturating_mul(cs)
+            .min(stored);
+        Some(DiskLoad {
+            from,
+            len: (to - from) as usize,
+            covers,
+        })
     }
 
     /// Reads `[from, from + len)` (from a chunk boundary) from the disk store in a blocking task
     /// and puts it into the LRU, chunk by chunk. `false` when the store had nothing there (it may
     /// have just discarded the recording as damaged).
     async fn load_from_disk(&self, id: &Arc<str>, from: u64, len: usize) -> bool {
-        let Some(disk) = self.disk.clone() else { return false };
+        let Some(disk) = self.disk.clone() else {
+            return false;
+        };
         let key = id.to_string();
-        let got = tokio::task::spawn_blocking(move || disk.read(&key, from, len)).await.ok().flatten();
-        let Some(bytes) = got.filter(|b| !b.is_empty()) else { return false };
+        let got = tokio::task::spawn_blocking(move || disk.read(&key, from, len))
+            .await
+            .ok()
+            .flatten();
+        let Some(bytes) = got.filter(|b| !b.is_empty()) else {
+            return false;
+        };
         let cs = self.cs();
         let mut g = self.lock();
         g.stats.disk_reads += 1;
         for (i, piece) in bytes.chunks(cs).enumerate() {
             // A copy per chunk: entries evicted one by one each free their memory.
-            g.insert((id.clone(), from / cs as u64 + i as u64), Bytes::copy_from_slice(piece));
+            g.insert(
+                (id.clone(), from / cs as u64 + i as u64),
+                Bytes::copy_from_slice(piece),
+            );
         }
         g.evict(self.config.cache_bytes);
         true
@@ -808,7 +882,11 @@ impl Media {
 
     /// A media layer over `source` with `disk` below its memory cache (see "The disk tier" in
     /// the module docs); `None`: memory only, as [`Media::new`].
-    pub fn with_disk(source: Arc<dyn MediaSource>, mut config: MediaConfig, disk: Option<Arc<DiskStore>>) -> Arc<Media> {
+    pub fn with_disk(
+        source: Arc<dyn MediaSource>,
+        mut config: MediaConfig,
+        disk: Option<Arc<DiskStore>>,
+    ) -> Arc<Media> {
         config.chunk_size = config.chunk_size.max(1);
         Arc::new(Media {
             shared: Arc::new(Shared {
@@ -832,9 +910,10 @@ impl Media {
     /// cached; otherwise starts (or joins) a download and waits for its response headers, so size
     /// and content type are known on return.
     pub async fn open(&self, key: &RecordingKey, prio: Priority) -> Result<Known, MediaError> {
-        let known = tokio::time::timeout(self.shared.config.read_timeout, self.open_inner(key, prio))
-            .await
-            .map_err(|_| MediaError::TimedOut)??;
+        let known =
+            tokio::time::timeout(self.shared.config.read_timeout, self.open_inner(key, prio))
+                .await
+                .map_err(|_| MediaError::TimedOut)??;
         let mut g = self.shared.lock();
         let disk = g.disk.clone();
         let rec = g.rec(key);
@@ -881,7 +960,9 @@ impl Media {
                     }
                     let idx = missing / cs;
                     match g.cache.peek(&(id.clone(), idx)) {
-                        Some(e) if chunk_complete(e.data.len(), idx, cs as usize, bound) => missing = (idx + 1) * cs,
+                        Some(e) if chunk_complete(e.data.len(), idx, cs as usize, bound) => {
+                            missing = (idx + 1) * cs
+                        }
                         Some(e) => {
                             missing = idx * cs + e.data.len() as u64;
                             break;
@@ -890,16 +971,26 @@ impl Media {
                     }
                 }
                 // What the disk store holds from 0 is not missing either.
-                let stored = sh.disk.as_ref().and_then(|d| d.get(&id)).map_or(0, |s| s.stored);
+                let stored = sh
+                    .disk
+                    .as_ref()
+                    .and_then(|d| d.get(&id))
+                    .map_or(0, |s| s.stored);
                 let missing = missing.max(stored);
                 let fully_cached = bound.is_some_and(|b| missing >= b);
-                let disk_tail =
-                    if disk_loads < MAX_DISK_LOADS { sh.disk_wanted(g, &id, missing, missing) } else { None };
+                let disk_tail = if disk_loads < MAX_DISK_LOADS {
+                    sh.disk_wanted(g, &id, missing, missing)
+                } else {
+                    None
+                };
                 if let (true, Some(k)) = (fully_cached, &known) {
                     Step::Done(k.clone())
                 } else if let Some(e) = failure {
                     Step::Fail(e)
-                } else if let (Some(k), true) = (&known, any_headers || known.as_ref().is_some_and(|k| k.size.is_some())) {
+                } else if let (Some(k), true) = (
+                    &known,
+                    any_headers || known.as_ref().is_some_and(|k| k.size.is_some()),
+                ) {
                     // Headers already told what there is to know. No download starts here: a
                     // reopened file is often served from the kernel's page cache, or not read
                     // at all (a file manager's stat-and-close), and a request spent on it would
@@ -913,7 +1004,9 @@ impl Media {
                     waited = Some(d);
                     Step::Wait
                 } else if starts >= MAX_STARTS {
-                    Step::Fail(MediaError::Failed(format!("recording {id}: downloads keep stopping before their headers")))
+                    Step::Fail(MediaError::Failed(format!(
+                        "recording {id}: downloads keep stopping before their headers"
+                    )))
                 } else if let Some(DiskLoad { from, len, .. }) = disk_tail {
                     // The stored part of the chunk where the download starts (see the disk tier).
                     Step::Load(from, len)
@@ -946,12 +1039,21 @@ impl Media {
         size: u32,
         prio: Priority,
     ) -> Result<Bytes, MediaError> {
-        tokio::time::timeout(self.shared.config.read_timeout, self.read_inner(key, offset, size, prio))
-            .await
-            .map_err(|_| MediaError::TimedOut)?
+        tokio::time::timeout(
+            self.shared.config.read_timeout,
+            self.read_inner(key, offset, size, prio),
+        )
+        .await
+        .map_err(|_| MediaError::TimedOut)?
     }
 
-    async fn read_inner(&self, key: &RecordingKey, offset: u64, size: u32, prio: Priority) -> Result<Bytes, MediaError> {
+    async fn read_inner(
+        &self,
+        key: &RecordingKey,
+        offset: u64,
+        size: u32,
+        prio: Priority,
+    ) -> Result<Bytes, MediaError> {
         let sh = &self.shared;
         let cs = sh.cs();
         let cfg = &sh.config;
@@ -984,7 +1086,11 @@ impl Media {
                 if pos > before {
                     starts = 0;
                 }
-                let disk = if pos < end && disk_loads < MAX_DISK_LOADS { sh.disk_wanted(g, &id, pos, end) } else { None };
+                let disk = if pos < end && disk_loads < MAX_DISK_LOADS {
+                    sh.disk_wanted(g, &id, pos, end)
+                } else {
+                    None
+                };
                 let rec = g.recs.get_mut(&id).expect("made above");
                 let far = cfg.far_seek;
                 if first_pass {
@@ -1011,7 +1117,12 @@ impl Media {
                 } else if let Some(e) = waited.and_then(|w| rec.failure_of(w)) {
                     g.stats.cache_misses += 1;
                     Step::Fail(e)
-                } else if let Some(DiskLoad { from, len, covers: true }) = disk {
+                } else if let Some(DiskLoad {
+                    from,
+                    len,
+                    covers: true,
+                }) = disk
+                {
                     Step::Load(from, len)
                 } else if let Some(d) = rec
                     .downloads
@@ -1078,14 +1189,20 @@ impl Media {
         let g = self.shared.lock();
         match g.recs.get(id) {
             Some(r) => r.known.clone(),
-            None => g.disk.as_ref()?.get(id).map(|s| Known { size: s.size, content_type: s.content_type }),
+            None => g.disk.as_ref()?.get(id).map(|s| Known {
+                size: s.size,
+                content_type: s.content_type,
+            }),
         }
     }
 
     /// Counters; `bytes_cached` is the current total.
     pub fn stats(&self) -> MediaStats {
         let g = self.shared.lock();
-        MediaStats { bytes_cached: g.total(), ..g.stats.clone() }
+        MediaStats {
+            bytes_cached: g.total(),
+            ..g.stats.clone()
+        }
     }
 }
 
@@ -1121,8 +1238,11 @@ async fn download_task(
     let mut at = start;
     let mut first = true;
     // Writes through to disk when it continues the stored prefix (see the disk tier).
-    let mut disk: Option<Writer> =
-        sh.disk.as_ref().filter(|d| d.get(&id).map_or(0, |s| s.stored) >= start).map(|d| d.writer(&id));
+    let mut disk: Option<Writer> = sh
+        .disk
+        .as_ref()
+        .filter(|d| d.get(&id).map_or(0, |s| s.stored) >= start)
+        .map(|d| d.writer(&id));
     loop {
         {
             let mut g = sh.lock();
@@ -1157,12 +1277,17 @@ async fn download_task(
         };
         {
             let mut g = sh.lock();
-            let Some(rec) = g.recs.get_mut(&id) else { return };
+            let Some(rec) = g.recs.get_mut(&id) else {
+                return;
+            };
             if !rec.downloads.iter().any(|d| d.id == download) {
                 return;
             }
-            if let Err(detail) = rec.check(body.total_len(), body.content_type(), body.validator()) {
-                let e = MediaError::Failed(format!("recording {id}: the media host's answers disagree: {detail}"));
+            if let Err(detail) = rec.check(body.total_len(), body.content_type(), body.validator())
+            {
+                let e = MediaError::Failed(format!(
+                    "recording {id}: the media host's answers disagree: {detail}"
+                ));
                 tracing::warn!("{e}");
                 g.end_download(&id, download, End::Failed(e), cs, budget);
                 return;
@@ -1171,7 +1296,11 @@ async fn download_task(
             if let Some(w) = disk.as_mut() {
                 w.learn(rec.exact_size(), body.content_type());
             }
-            let d = rec.downloads.iter_mut().find(|d| d.id == download).expect("checked");
+            let d = rec
+                .downloads
+                .iter_mut()
+                .find(|d| d.id == download)
+                .expect("checked");
             d.headers = true;
             data.notify_waiters();
         }
@@ -1183,9 +1312,13 @@ async fn download_task(
             notified.as_mut().enable();
             let next = {
                 let mut g = sh.lock();
-                let Some(rec) = g.recs.get_mut(&id) else { return };
+                let Some(rec) = g.recs.get_mut(&id) else {
+                    return;
+                };
                 let closed = rec.closed;
-                let Some(d) = rec.downloads.iter_mut().find(|d| d.id == download) else { return };
+                let Some(d) = rec.downloads.iter_mut().find(|d| d.id == download) else {
+                    return;
+                };
                 if d.pos < d.reader_pos.saturating_add(sh.config.readahead) {
                     Next::Pull
                 } else if closed {
@@ -1217,15 +1350,21 @@ async fn download_task(
             };
             let mut g = sh.lock();
             let g = &mut *g;
-            let Some(rec) = g.recs.get_mut(&id) else { return };
-            let Some(d) = rec.downloads.iter().find(|d| d.id == download) else { return };
+            let Some(rec) = g.recs.get_mut(&id) else {
+                return;
+            };
+            let Some(d) = rec.downloads.iter().find(|d| d.id == download) else {
+                return;
+            };
             let pos = d.pos;
             let piece = match piece {
                 Ok(Some(p)) => p,
                 Ok(None) => match body.end() {
                     BodyEnd::Content if body.total_len().is_some_and(|t| t > pos) => {
                         // Ended before its stated length: a server that closed early.
-                        break Some(MediaError::Transient(format!("recording {id}: body ended at byte {pos}")));
+                        break Some(MediaError::Transient(format!(
+                            "recording {id}: body ended at byte {pos}"
+                        )));
                     }
                     BodyEnd::Content => {
                         // The content ends here, or where the response now says it does (a
@@ -1280,7 +1419,9 @@ async fn download_task(
                     }
                     // A partial range that ended before its end: a drop.
                     BodyEnd::At(e) if pos < e => {
-                        break Some(MediaError::Transient(format!("recording {id}: range ended at byte {pos} of {e}")));
+                        break Some(MediaError::Transient(format!(
+                            "recording {id}: range ended at byte {pos} of {e}"
+                        )));
                     }
                     // A partial range ended where it said it would: one more request goes on.
                     BodyEnd::At(_) => break None,
@@ -1292,7 +1433,11 @@ async fn download_task(
             };
             let total = rec.exact_size();
             let rid = rec.id.clone();
-            let d = rec.downloads.iter_mut().find(|d| d.id == download).expect("checked");
+            let d = rec
+                .downloads
+                .iter_mut()
+                .find(|d| d.id == download)
+                .expect("checked");
             if total.is_some_and(|t| d.pos + piece.len() as u64 > t) {
                 let e = MediaError::Failed(format!("recording {id}: body longer than its length"));
                 tracing::warn!("{e}");
@@ -1337,7 +1482,10 @@ async fn download_task(
                     .cache
                     .peek(&(rid.clone(), pos / cs as u64))
                     .is_some_and(|e| chunk_complete(e.data.len(), pos / cs as u64, cs, total));
-                let covered = g.recs[&id].downloads.iter().any(|o| o.id != download && o.start <= pos && pos <= o.pos);
+                let covered = g.recs[&id]
+                    .downloads
+                    .iter()
+                    .any(|o| o.id != download && o.start <= pos && pos <= o.pos);
                 if next_cached || covered {
                     g.end_download(&id, download, End::Merged, cs, budget);
                     return;
@@ -1347,7 +1495,13 @@ async fn download_task(
         drop(body);
         at = {
             let g = sh.lock();
-            let Some(d) = g.recs.get(&id).and_then(|r| r.downloads.iter().find(|d| d.id == download)) else { return };
+            let Some(d) = g
+                .recs
+                .get(&id)
+                .and_then(|r| r.downloads.iter().find(|d| d.id == download))
+            else {
+                return;
+            };
             d.pos
         };
         match broke {
@@ -1355,7 +1509,9 @@ async fn download_task(
             // continues from `at`.
             None if progressed || awaits_confirmation(&sh, &id, at) => continue,
             None => {
-                let e = MediaError::Failed(format!("recording {id}: a partial response at byte {at} brought no byte"));
+                let e = MediaError::Failed(format!(
+                    "recording {id}: a partial response at byte {at} brought no byte"
+                ));
                 sh.after_failure(&id, download, e, false);
                 return;
             }
@@ -1369,7 +1525,10 @@ async fn download_task(
 
 /// Whether `at` is an end waiting to be confirmed (the request that confirms it brings nothing).
 fn awaits_confirmation(sh: &Shared, id: &Arc<str>, at: u64) -> bool {
-    sh.lock().recs.get(id).is_some_and(|r| r.candidate_end == Some(at))
+    sh.lock()
+        .recs
+        .get(id)
+        .is_some_and(|r| r.candidate_end == Some(at))
 }
 
 impl Shared {
@@ -1379,7 +1538,11 @@ impl Shared {
         loop {
             let deadline = {
                 let g = self.lock();
-                match g.recs.get(id).and_then(|r| r.downloads.iter().find(|d| d.id == download)) {
+                match g
+                    .recs
+                    .get(id)
+                    .and_then(|r| r.downloads.iter().find(|d| d.id == download))
+                {
                     Some(d) => d.last_read + self.config.read_timeout,
                     None => return,
                 }
@@ -1394,12 +1557,22 @@ impl Shared {
     /// Decides, under the lock, what a download does after a request failed (`progressed`: its
     /// body brought new bytes before it broke). Ends the download when the failure is final, the
     /// budget is spent, or nobody waits for it; otherwise counts the request against the budget.
-    fn after_failure(&self, id: &Arc<str>, download: u64, e: MediaError, progressed: bool) -> Retry {
+    fn after_failure(
+        &self,
+        id: &Arc<str>,
+        download: u64,
+        e: MediaError,
+        progressed: bool,
+    ) -> Retry {
         let cs = self.cs();
         let budget = self.config.cache_bytes;
         let mut g = self.lock();
-        let Some(rec) = g.recs.get_mut(id) else { return Retry::Ended };
-        let Some(d) = rec.downloads.iter().find(|d| d.id == download) else { return Retry::Ended };
+        let Some(rec) = g.recs.get_mut(id) else {
+            return Retry::Ended;
+        };
+        let Some(d) = rec.downloads.iter().find(|d| d.id == download) else {
+            return Retry::Ended;
+        };
         let wanted = d.last_read + self.config.read_timeout > Instant::now();
         let pos = d.pos;
         let end = match e {

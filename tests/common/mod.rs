@@ -26,7 +26,11 @@ pub fn quick_config(calls: usize, days: u32) -> Config {
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub fn client_for(emu: &Emulator, cfg: &Config) -> Client {
@@ -56,13 +60,22 @@ pub fn stack(cfg: Config, fs_config: impl FnOnce(&mut FsConfig)) -> Stack {
     rt.block_on(client.login()).unwrap();
     let media = Media::new(
         Arc::new(ringfs::source::ApiMedia::new(client.clone())),
-        MediaConfig { cache_bytes: 512 << 20, read_timeout: Duration::from_secs(20), ..MediaConfig::default() },
+        MediaConfig {
+            cache_bytes: 512 << 20,
+            read_timeout: Duration::from_secs(20),
+            ..MediaConfig::default()
+        },
     );
     let mut fc = FsConfig::new(Window::last_days(cfg.days, jiff::tz::TimeZone::UTC));
     fc.recent_ttl = Duration::from_secs(1);
     fs_config(&mut fc);
     let fs = Arc::new(Fs::new(Arc::new(client.clone()), media, fc));
-    Stack { rt, emu, client, fs }
+    Stack {
+        rt,
+        emu,
+        client,
+        fs,
+    }
 }
 
 /// A real mount of a [`Stack`] in a temporary directory; unmounted on drop.
@@ -96,19 +109,33 @@ pub fn can_mount() -> bool {
         if !(root && fuse) {
             // Past the test harness's capture (which takes only `print!`/`eprint!`), so the
             // reason shows in a normal run.
-            let _ = writeln!(std::io::stderr(), "skipped: needs root and /dev/fuse (the tests that mount return early)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: needs root and /dev/fuse (the tests that mount return early)"
+            );
         }
         root && fuse
     })
 }
 
 pub fn mount(stack: Stack) -> Mounted {
-    let dir = tempfile::Builder::new().prefix("ringfs-test-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ringfs-test-")
+        .tempdir()
+        .unwrap();
     let adapter = ringfs::fuse::FuseAdapter::new(stack.fs.clone(), stack.rt.handle().clone());
-    let settings = ringfs::fuse::MountSettings { fsname: "ringfs-test".into(), ..Default::default() };
-    let m = ringfs::fuse::mount(adapter, dir.path(), &settings).expect("mount (tests need root and /dev/fuse)");
+    let settings = ringfs::fuse::MountSettings {
+        fsname: "ringfs-test".into(),
+        ..Default::default()
+    };
+    let m = ringfs::fuse::mount(adapter, dir.path(), &settings)
+        .expect("mount (tests need root and /dev/fuse)");
     let bg = m.spawn().unwrap();
-    Mounted { stack, dir, bg: Some(bg) }
+    Mounted {
+        stack,
+        dir,
+        bg: Some(bg),
+    }
 }
 
 impl Drop for Mounted {
@@ -121,13 +148,19 @@ impl Drop for Mounted {
 /// Whether anything is mounted at `path` (per /proc/mounts).
 pub fn is_mounted(path: &Path) -> bool {
     let p = path.to_string_lossy();
-    std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split(' ').nth(1) == Some(&p))
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&p))
 }
 
 /// Unmounts `path` if anything is still mounted there (lazy, so a busy mount goes too).
 pub fn force_unmount(path: &Path) {
     if is_mounted(path) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(path).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(path)
+            .status();
     }
 }
 
@@ -166,11 +199,18 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
 
 /// The names in `dir`, in `read_dir` order, or the error of listing it.
 pub fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
-    std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name().into_string().unwrap())).collect()
+    std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().into_string().unwrap()))
+        .collect()
 }
 
 pub fn have(tool: &str) -> bool {
-    std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// The recording id at the end of a recording file name (`... <id>.mp3`).
