@@ -80,7 +80,7 @@ pub struct Flags {
     #[arg(long, default_value = "256M")]
     pub cache_size: String,
     /// Where fetched recordings are kept between mounts (0700); default
-    /// $XDG_CACHE_HOME/ringfs/<account>/ (~/.cache/...), per server and client id. `demo` keeps
+    /// $XDG_CACHE_HOME/ringfs/ACCOUNT/ (~/.cache/...), per server and client id. `demo` keeps
     /// none unless given one.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,

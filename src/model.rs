@@ -106,6 +106,15 @@ pub struct CallRecord {
     pub raw: Value,
 }
 
+/// One page of call-log records, and where the query goes on.
+#[derive(Debug, Clone, Default)]
+pub struct CallLogPage {
+    /// The usable records (broken ones are skipped).
+    pub records: Vec<CallRecord>,
+    /// `navigation.nextPage.uri`, absent on the last page.
+    pub next: Option<String>,
+}
+
 /// One end of a call; every field may be missing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Party {

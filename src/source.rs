@@ -19,10 +19,8 @@ impl CallLog for Client {
         prio: Priority,
     ) -> BoxFuture<'_, Result<Page, ApiError>> {
         Box::pin(async move {
-            let (records, next) = self
-                .call_log_page(scope, from, to, next.as_deref(), prio)
-                .await?;
-            Ok(Page { records, next })
+            self.call_log_page(scope, from, to, next.as_deref(), prio)
+                .await
         })
     }
 

@@ -16,7 +16,7 @@ use super::pacer::RateGroup;
 use super::recordings::MediaHost;
 use super::transport::{Req, Transport};
 use super::{Priority, Scope};
-use crate::model::CallRecord;
+use crate::model::{CallLogPage, CallRecord};
 
 /// Records per page; the service's maximum.
 const PER_PAGE: &str = "1000";
@@ -94,20 +94,9 @@ fn next_page(server: &str, next: &str, context: &str) -> Result<url::Url, ApiErr
     Ok(url)
 }
 
-/// One parsed call-log page.
-#[derive(Debug)]
-struct Page {
-    /// The usable records.
-    records: Vec<CallRecord>,
-    /// How many records were skipped as broken.
-    skipped: u64,
-    /// `navigation.nextPage.uri`.
-    next: Option<String>,
-}
-
-/// Parses a call-log page. A page without a `records` array is an error; broken records are
-/// logged and skipped.
-fn parse_page(body: &Value) -> Result<Page, String> {
+/// Parses a call-log page, with how many records were skipped as broken. A page without a
+/// `records` array is an error; broken records are logged and skipped.
+fn parse_page(body: &Value) -> Result<(CallLogPage, u64), String> {
     let records = body
         .get("records")
         .and_then(Value::as_array)
@@ -130,11 +119,7 @@ fn parse_page(body: &Value) -> Result<Page, String> {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
-    Ok(Page {
-        records: out,
-        skipped,
-        next,
-    })
+    Ok((CallLogPage { records: out, next }, skipped))
 }
 
 /// Sends `req` and reads one page; `decode_context` names it in a decoding error.
@@ -144,13 +129,13 @@ async fn read_page(
     req: &Req,
     decode_context: String,
     prio: Priority,
-) -> Result<Page, ApiError> {
+) -> Result<CallLogPage, ApiError> {
     let v = transport.get_json(req, prio).await?;
-    let page = parse_page(&v).map_err(|detail| ApiError::Decode {
+    let (page, skipped) = parse_page(&v).map_err(|detail| ApiError::Decode {
         context: decode_context,
         detail,
     })?;
-    transport.note_skipped(page.skipped);
+    transport.note_skipped(skipped);
     if let Some(r) = page
         .records
         .iter()
@@ -214,7 +199,7 @@ pub(crate) async fn recorded_page(
     to: Timestamp,
     next: Option<&str>,
     prio: Priority,
-) -> Result<(Vec<CallRecord>, Option<String>), ApiError> {
+) -> Result<CallLogPage, ApiError> {
     let context = format!("GET {} call log", scope.name());
     let req = match next {
         Some(uri) => {
@@ -224,8 +209,7 @@ pub(crate) async fn recorded_page(
         }
         None => request(transport, scope, query(Filter::Recorded, from, to), context),
     };
-    let page = read_page(transport, media, &req, req.context.clone(), prio).await?;
-    Ok((page.records, page.next))
+    read_page(transport, media, &req, req.context.clone(), prio).await
 }
 
 /// The records of one call session (`sessionId`), searching from `date_from` until now.
@@ -305,14 +289,14 @@ mod tests {
             ],
             "navigation": {"nextPage": {"uri": "https://platform.example/next?page=2"}}
         });
-        let p = parse_page(&page).unwrap();
+        let (p, skipped) = parse_page(&page).unwrap();
         assert_eq!(p.records.len(), 2);
-        assert_eq!(p.skipped, 3);
+        assert_eq!(skipped, 3);
         assert_eq!(
             p.next.as_deref(),
             Some("https://platform.example/next?page=2")
         );
-        let last = parse_page(&json!({"records": [], "navigation": {}})).unwrap();
+        let (last, _) = parse_page(&json!({"records": [], "navigation": {}})).unwrap();
         assert!(last.next.is_none() && last.records.is_empty());
         assert!(parse_page(&json!({"paging": {}})).is_err());
         assert!(parse_page(&json!([1, 2])).is_err());

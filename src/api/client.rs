@@ -17,7 +17,7 @@ use super::media::MediaStream;
 use super::recordings::{self, MediaHost};
 use super::transport::{ClientStats, Transport, TransportConfig};
 use super::{Priority, Scope, call_log};
-use crate::model::{CallRecord, RecordingMeta};
+use crate::model::{CallLogPage, CallRecord, RecordingMeta};
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -142,7 +142,7 @@ impl Client {
         to: jiff::Timestamp,
         next: Option<&str>,
         prio: Priority,
-    ) -> Result<(Vec<CallRecord>, Option<String>), ApiError> {
+    ) -> Result<CallLogPage, ApiError> {
         call_log::recorded_page(&self.transport, &self.media, scope, from, to, next, prio).await
     }
 

@@ -1,7 +1,9 @@
 //! The RingCentral client: auth, call log, recording media, and the request budget.
 //!
-//! This is the only code that talks to RingCentral and the only place that spends requests
-//! (see `shared/ringcentral-api.md` for the contract it follows). It names no FUSE type. The
+//! This is the only code that talks to RingCentral and the only place that spends requests. It
+//! follows RingCentral's published API (OAuth JWT grant, call log, recording content, rate
+//! groups); where the service's behaviour is undocumented it accepts every answer a server may
+//! give (see `media`). It names no FUSE type. The
 //! records it returns are [`crate::model`] types, re-exported here for callers of the client.
 //!
 //! The modules, each using only those listed after it:

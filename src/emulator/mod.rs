@@ -10,17 +10,17 @@
 //!
 //! # Layout
 //! From the bottom up: each module uses only modules listed before it.
-//! - [`audio`]: recording bytes generated on demand from `(key, offset)`; nothing is stored.
-//! - [`data`]: the calls of the account, deterministic from the seed (metadata only).
-//! - [`quirks`]: the media host's behaviour per recording, and what it has seen of each.
-//! - [`reply`]: RingCentral's JSON and error bodies.
-//! - [`state`]: what both hosts share: calls, tokens, rate buckets, faults, accounting.
-//! - [`rate`]: the gate in front of every RingCentral endpoint: rate limits, 429s, injected 5xx.
-//! - [`oauth`]: the token and revoke endpoints, and the token checks of the others.
-//! - [`call_log`]: the call log endpoints.
-//! - [`media`]: recording metadata and content, with the media quirks and faults.
-//! - [`files`]: the plain HTTP directory of the recordings on the media host.
-//! - [`server`]: the routers of both hosts and the accept loop (connection-level faults).
+//! - `audio`: recording bytes generated on demand from `(key, offset)`; nothing is stored.
+//! - `data`: the calls of the account, deterministic from the seed (metadata only).
+//! - `quirks`: the media host's behaviour per recording, and what it has seen of each.
+//! - `reply`: RingCentral's JSON and error bodies.
+//! - `state`: what both hosts share: calls, tokens, rate buckets, faults, accounting.
+//! - `rate`: the gate in front of every RingCentral endpoint: rate limits, 429s, injected 5xx.
+//! - `oauth`: the token and revoke endpoints, and the token checks of the others.
+//! - `call_log`: the call log endpoints.
+//! - `media`: recording metadata and content, with the media quirks and faults.
+//! - `files`: the plain HTTP directory of the recordings on the media host.
+//! - `server`: the routers of both hosts and the accept loop (connection-level faults).
 //!
 //! Start it in-process with [`Emulator::start`] (tests) or [`run`] with listeners you bound
 //! yourself (the `ringfs-emulator` binary). Both hosts listen on loopback ports; `contentUri`s in

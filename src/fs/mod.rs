@@ -16,7 +16,7 @@
 //! The root and the by-* directories are local. Listing a date asks the call log once for a span
 //! of dates that ends with that date and reaches back over every neighbouring date not yet
 //! listed, so the date is on the first page (one request when it has fewer than 1000 recordings)
-//! and older dates come along for free. Pages not read yet are kept as a [`index::Cursor`]: the
+//! and older dates come along for free. Pages not read yet are kept as a cursor (`index::Cursor`): the
 //! next older date continues that query with `navigation.nextPage` instead of starting over. Root
 //! entries are returned newest first, so `find`, `cp -r` and `rsync` walk the dates in the order
 //! the call log pages them: a full walk costs about ceil(N/1000) requests. Once the density of
@@ -61,13 +61,8 @@ pub use error::FsError;
 pub use index::{Index, KnownRecording, Session};
 use node::{BY_RECORDING, BY_SESSION, CALL_JSON, Inodes, Node};
 
-/// One page of the call log.
-#[derive(Debug, Clone, Default)]
-pub struct Page {
-    pub records: Vec<CallRecord>,
-    /// `navigation.nextPage.uri`, absent on the last page.
-    pub next: Option<String>,
-}
+/// One page of the call log (the model's type, named for the [`CallLog`] trait).
+pub use crate::model::CallLogPage as Page;
 
 /// What the filesystem needs from the call log. Implemented by [`crate::api::Client`]; a trait so
 /// the core can be driven by a scripted source in tests.
