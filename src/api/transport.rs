@@ -249,12 +249,10 @@ impl Transport {
     pub async fn logout(&self) -> Result<(), ApiError> {
         let sh = &self.shared;
         let mut st = sh.auth.lock().await;
-        self.load_state(&mut st);
+        self.load_state(&mut st).await;
         let tokens = st.tokens.take();
         sh.generation.fetch_add(1, Ordering::SeqCst);
-        if let Some(path) = &sh.cfg.state_file {
-            auth::store(path, &sh.cfg.credentials, None)?;
-        }
+        self.store_tokens(None).await?;
         drop(st);
         if let Some(t) = tokens {
             let mut req = self.token_req("revoke", "token revoke");
@@ -527,19 +525,39 @@ impl Transport {
         }
     }
 
-    fn load_state(&self, st: &mut AuthState) {
+    async fn load_state(&self, st: &mut AuthState) {
         if st.loaded {
             return;
         }
         st.loaded = true;
-        let sh = &self.shared;
-        if let Some(path) = &sh.cfg.state_file
-            && let Some(t) = auth::load(path, &sh.cfg.credentials)
-        {
+        if let Some(t) = self.stored_tokens().await {
             tracing::debug!("using tokens from the state file");
             st.tokens = Some(t);
-            sh.generation.fetch_add(1, Ordering::SeqCst);
+            self.shared.generation.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// The tokens the state file holds for these credentials. File I/O runs on the blocking
+    /// pool, not on a runtime worker that other requests and reads are waiting for.
+    async fn stored_tokens(&self) -> Option<Tokens> {
+        let path = self.shared.cfg.state_file.clone()?;
+        let creds = self.shared.cfg.credentials.clone();
+        tokio::task::spawn_blocking(move || auth::load(&path, &creds))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Writes (or with `None`, forgets) the tokens in the state file, fsync included, on the
+    /// blocking pool.
+    async fn store_tokens(&self, tokens: Option<Tokens>) -> Result<(), ApiError> {
+        let Some(path) = self.shared.cfg.state_file.clone() else {
+            return Ok(());
+        };
+        let creds = self.shared.cfg.credentials.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || auth::store(&path, &creds, tokens.as_ref())).await;
+        stored.unwrap_or_else(|e| Err(ApiError::Config(format!("saving tokens: {e}"))))
     }
 
     /// The current access token and its generation, renewing it first when needed. Holding the
@@ -547,7 +565,7 @@ impl Transport {
     async fn bearer(&self, prio: Priority) -> Result<(Secret, u64), ApiError> {
         let sh = &self.shared;
         let mut st = sh.auth.lock().await;
-        self.load_state(&mut st);
+        self.load_state(&mut st).await;
         if let Some(t) = &st.tokens
             && t.access_fresh(now_ms())
         {
@@ -555,10 +573,8 @@ impl Transport {
         }
         let tokens = self.renew(&st, prio).await?;
         let access = tokens.access.clone();
-        if let Some(path) = &sh.cfg.state_file
-            && let Err(e) = auth::store(path, &sh.cfg.credentials, Some(&tokens))
-        {
-            tracing::warn!("cannot save tokens: {e}");
+        if let Err(e) = self.store_tokens(Some(tokens.clone())).await {
+            tracing::warn!("cannot save tokens: {}", super::chain(&e));
         }
         st.tokens = Some(tokens);
         let generation = sh.generation.fetch_add(1, Ordering::SeqCst) + 1;
@@ -586,8 +602,7 @@ impl Transport {
                 Err(e) if e.is_service() && !e.is_transient() => {
                     tracing::info!("refresh refused ({e}); logging in with the JWT");
                     // Another process with the same state file may have used the refresh token.
-                    if let Some(path) = &sh.cfg.state_file
-                        && let Some(stored) = auth::load(path, &sh.cfg.credentials)
+                    if let Some(stored) = self.stored_tokens().await
                         && Some(&stored.access) != st.tokens.as_ref().map(|t| &t.access)
                         && stored.access_fresh(now_ms())
                     {
