@@ -5,7 +5,7 @@
 //! The modules are layered: each one uses only modules below it, and [`model`] uses none.
 //!
 //! ```text
-//! cli ──> source, fuse, fs, media, catalog, api, emulator
+//! cli ──> source, fuse, fs, media, store, catalog, api, emulator
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
 //! fs ──> catalog, media, api, model

@@ -7,7 +7,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::media::fake::expected;
+
+/// Deterministic content: the bytes `[offset, offset + len)` of a recording made from `seed`.
+fn expected(seed: u64, offset: u64, len: u64) -> Vec<u8> {
+    (offset..offset + len)
+        .map(|o| {
+            ((o ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ o as u8
+        })
+        .collect()
+}
 
 const ID: &str = "rec 1/with slash";
 
