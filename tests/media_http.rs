@@ -322,3 +322,21 @@ async fn a_json_body_cut_short_is_resent_within_the_requests_one_retry_budget() 
         "max_retries + 1 sends in all"
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_server_is_reported_with_each_cause_once() {
+    let mut cfg = ClientConfig::new(Credentials {
+        server_url: "http://127.0.0.1:1".into(),
+        client_id: "a".into(),
+        client_secret: "b".into(),
+        jwt: "c".into(),
+    });
+    cfg.max_retries = 0;
+    let e = Client::new(cfg).unwrap().login().await.unwrap_err();
+    // As the core logs it, and as the binary prints it (anyhow's chain).
+    let logged = ringfs::api::chain(&e);
+    for text in [logged, format!("{:#}", anyhow::Error::new(e))] {
+        assert_eq!(text.matches("error sending request").count(), 1, "{text}");
+        assert!(text.contains("127.0.0.1:1"), "{text}");
+    }
+}
