@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark of issue 6: ringfs side by side with curl, rclone mount and httpdirfs.
+"""The benchmark: ringfs side by side with curl, rclone mount and httpdirfs.
 
 Started by tests/bench/run.sh (which installs the peers, builds the release binaries and cleans
 up after this script whatever happens). Each scenario starts one `ringfs-emulator`, mounts ringfs
@@ -784,7 +784,7 @@ def scenario_heavy(args):
 
 def scenario_emulator(args):
     """Issue 2's speed goals for the emulator itself."""
-    log("\n== The emulator itself (issue 2) ==")
+    log("\n== The emulator itself ==")
     # Media speed: the longest recording of each format, many times in one curl (one connection).
     for fmt, reps in (("wav", 10), ("mp3", 40)):
         emu = Emulator(f"speed-{fmt}", ["--format", fmt, "--calls", "300", "--unlimited"])

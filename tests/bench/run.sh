@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark of issue 6 (README "Benchmarks"): ringfs side by side with curl, rclone mount and
+# The benchmark (README "Benchmarks"): ringfs side by side with curl, rclone mount and
 # httpdirfs, over one `ringfs-emulator` (release build) per scenario.
 #
 #   tests/bench/run.sh                 # as root: the full run (about 4 minutes on 2 cores)
