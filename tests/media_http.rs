@@ -340,3 +340,33 @@ async fn an_unreachable_server_is_reported_with_each_cause_once() {
         assert!(text.contains("127.0.0.1:1"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_close_delimited_answer_that_ends_before_the_offset_confirms_nothing() {
+    // Range ignored, bodies delimited by the connection. The first answer breaks off at 123 457
+    // (which looks like an end); the next two break off at 5 000, before the offset asked for:
+    // had they been taken for ends "at the offset", the first cut would have been confirmed as
+    // the recording's length.
+    let truth = content(400_000);
+    let t = truth.clone();
+    let s = serve(move |n, range| {
+        let cut = match n {
+            0 => Some(123_457),
+            1 | 2 => Some(5_000),
+            _ => None,
+        };
+        close_delimited(&t, range, false, cut)
+    });
+    let c = client(&s.base);
+    let m = media(&c);
+    let k = RecordingKey {
+        id: "x".into(),
+        content_uri: format!("{}/media/x", s.base),
+    };
+    let got = read_all(&m, &k).await;
+    assert_eq!(got.len(), truth.len());
+    assert!(got == truth);
+    assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
+    // The cut, two answers that brought nothing (strikes), the rest, the confirming one.
+    assert_eq!(s.requests.load(Ordering::SeqCst), 5);
+}

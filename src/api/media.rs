@@ -341,6 +341,17 @@ impl MediaStream {
                         None if self.end == BodyEnd::Content => {
                             self.total_len = Some(self.body_pos)
                         }
+                        // Delimited by the connection and closed before the offset asked for:
+                        // a drop as likely as a short content, and nothing here to confirm.
+                        None if self.body_pos < self.position => {
+                            return Err(ApiError::Truncated {
+                                context: self.context.clone(),
+                                detail: format!(
+                                    "connection closed at byte {}, before byte {} asked for",
+                                    self.body_pos, self.position
+                                ),
+                            });
+                        }
                         None => {}
                     }
                     return Ok(None);

@@ -320,6 +320,10 @@ impl MediaSource for FakeSource {
                     FakeRange::Ignore if ranged => {
                         (0, rec.len, length.then_some(rec.len), BodyEnd::Content)
                     }
+                    // A 206 says where its range ends (`bytes a-b/*` when the total is untold).
+                    FakeRange::Honour if ranged && !length => {
+                        (offset, rec.len, None, BodyEnd::At(rec.len))
+                    }
                     _ => (offset, rec.len, length.then_some(rec.len), BodyEnd::Content),
                 }
             };
@@ -418,6 +422,13 @@ impl MediaBody for FakeBody {
                     if self.end == BodyEnd::Content && self.total.is_none() {
                         // Learned at the clean end, as the HTTP adapter does.
                         self.total = Some(self.pos);
+                    }
+                    if self.end == BodyEnd::Unconfirmed && self.pos < self.from {
+                        // As the HTTP adapter does: closed before the offset asked for.
+                        return Err(MediaError::Transient(format!(
+                            "connection closed at byte {} before byte {}",
+                            self.pos, self.from
+                        )));
                     }
                     return Ok(None);
                 }
