@@ -561,7 +561,9 @@ async fn unknown_length_read_past_eof_is_empty() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(opens_of(&fake), vec![294_912]);
+    // The Range request's 206 does not tell the total (`bytes 294912-299999/*`), so its end may
+    // not be the content's: one more request at 300 000 (a 416 with `bytes */300000`) says so.
+    assert_eq!(opens_of(&fake), vec![294_912, 300_000]);
     assert_eq!(media.known("a").and_then(|k| k.size), Some(300_000));
 }
 
