@@ -627,6 +627,21 @@ fn serve(
             }
         }
     });
+    // The call index lives beside the recordings, under the same lock. Not for `demo`: its
+    // emulated account is new at every mount.
+    let config = opts.fs_config();
+    let meta = disk
+        .as_ref()
+        .filter(|_| opts.source != Source::Demo)
+        .and_then(
+            |d| match crate::store::MetaStore::open(d.dir(), config.retention) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    tracing::warn!("no call index: {e:#}");
+                    None
+                }
+            },
+        );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -643,7 +658,14 @@ fn serve(
         },
         disk.clone(),
     );
-    let core = Arc::new(Fs::new(Arc::new(client), media, opts.fs_config()));
+    let log = Arc::new(client.clone());
+    let core = Arc::new(match &meta {
+        Some(meta) => Fs::with_index(log, media, config, meta.clone()),
+        None => Fs::new(log, media, config),
+    });
+    // Logging in is fatal only when there is no call index to serve from (see `Fs::start`).
+    rt.block_on(core.start(client.login()))
+        .context("logging in to RingCentral")?;
     let adapter = crate::fuse::FuseAdapter::new(core, rt.handle().clone());
     let settings = crate::fuse::MountSettings {
         fsname: source_name(&opts.source),
@@ -688,6 +710,9 @@ fn serve(
     let result = session.run();
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_secs(1));
+    if let Some(meta) = meta {
+        meta.shutdown();
+    }
     if let Some(disk) = disk {
         // What was fetched and is still queued goes to disk before the process ends.
         disk.shutdown();
@@ -703,7 +728,8 @@ fn source_name(s: &Source) -> String {
     }
 }
 
-/// Builds the client (starting the in-process emulator for `demo`) and logs in.
+/// Builds the client (starting the in-process emulator for `demo`); logging in is left to
+/// [`Fs::start`].
 async fn connect(
     opts: &Options,
     creds: Option<Credentials>,
@@ -742,7 +768,6 @@ async fn connect(
     config.stall_timeout =
         (opts.read_timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
     let client = Client::new(config).context("setting up the RingCentral client")?;
-    client.login().await.context("logging in to RingCentral")?;
     Ok((client, emulator))
 }
 

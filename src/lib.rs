@@ -8,7 +8,7 @@
 //! cli ──> source, fuse, fs, media, store, catalog, api, emulator
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
-//! fs ──> catalog, media, api, model
+//! fs ──> catalog, media, store, api, model
 //! media ──> store, api               (the disk tier; Priority, BodyEnd)
 //! store                              (no ringfs module)
 //! catalog ──> model
@@ -26,7 +26,8 @@
 //! - [`media`]: lazy opening of recordings, one shared streaming download per recording, and the
 //!   byte-budgeted LRU chunk cache.
 //! - [`store`]: what a mount fetched, kept on disk for the next one: recording content under a
-//!   cache directory with an SQLite index, below the media layer's memory cache.
+//!   cache directory with an SQLite index, below the media layer's memory cache; and the call
+//!   index (call-log records, the spans listed), so a remount lists past dates for free.
 //! - [`catalog`]: pure naming: call-log records -> dates, session directories, file names.
 //! - [`api`]: the RingCentral client. Auth, call log, recording media, and the request budget
 //!   (one pacer per rate group). It is the only code that sends requests, and names no FUSE type.

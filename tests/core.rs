@@ -26,6 +26,7 @@ use ringfs::catalog::Window;
 use ringfs::fs::{Attr, DirEntry, Fs, FsConfig, FsError, Kind, ScopeChoice};
 use ringfs::media::fake::{FakeRecording, FakeSource, expected};
 use ringfs::media::{Media, MediaConfig};
+use ringfs::store::MetaStore;
 
 use faulty::{Faulty, Outcome};
 use scripted::{Call, PAGE, QueryKind, ScriptedLog, calls_back_from};
@@ -47,16 +48,25 @@ struct Core {
 }
 
 fn core(log: ScriptedLog, tune: impl FnOnce(&mut FsConfig)) -> Core {
+    core_over(log, tune, None)
+}
+
+/// A core that keeps what it learns in (and starts from) the call index `meta`, when given.
+fn core_over(
+    log: ScriptedLog,
+    tune: impl FnOnce(&mut FsConfig),
+    meta: Option<Arc<MetaStore>>,
+) -> Core {
     let log = Arc::new(log);
     let faults = Arc::new(Faulty::new(log.clone()));
     let media = Arc::new(FakeSource::new());
     let mut config = FsConfig::new(Window::last_days(DAYS, TimeZone::UTC));
     tune(&mut config);
-    let fs = Fs::new(
-        faults.clone(),
-        Media::new(media.clone(), MediaConfig::default()),
-        config,
-    );
+    let media_layer = Media::new(media.clone(), MediaConfig::default());
+    let fs = match meta {
+        Some(meta) => Fs::with_index(faults.clone(), media_layer, config, meta),
+        None => Fs::new(faults.clone(), media_layer, config),
+    };
     Core {
         fs,
         log,
@@ -893,4 +903,81 @@ async fn attributes_follow_the_configuration() {
     assert_eq!(errno(&c.fs.open(ROOT, false).await), Some(libc::EISDIR));
     assert!(c.list(&days_ago(3).to_string()).await.unwrap().is_empty());
     assert_eq!(c.pages(), 1);
+}
+
+// ------------------------------------------------------------------ the call index
+
+/// Every date of the window, newest first: (date, entry names, each session's call.json).
+async fn snapshot(c: &Core, dates: &[Date]) -> Vec<(Date, Vec<String>, Vec<Vec<u8>>)> {
+    let mut out = Vec::new();
+    for d in dates {
+        let entries = c.list(&d.to_string()).await.unwrap();
+        let mut jsons = Vec::new();
+        for e in &entries {
+            jsons.push(
+                c.read_all(&format!("{d}/{}/call.json", e.name), 4096)
+                    .await
+                    .unwrap(),
+            );
+        }
+        out.push((*d, names(&entries), jsons));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_core_over_the_call_index_of_an_earlier_one_lists_past_dates_for_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Arc::new(MetaStore::open(dir.path(), Duration::from_secs(90 * 86_400)).unwrap());
+    let mut calls = background(today());
+    let newest = Timestamp::now() - SignedDuration::from_secs(600);
+    calls.extend(calls_back_from(newest, 3, 60, 7_000_000_000, 70_000_000));
+    // A non-admin user: the first core finds out with a 403 and switches to the extension's.
+    let tune = |fc: &mut FsConfig| fc.settle = Duration::from_secs(60);
+    let forbid = |c: &Core| {
+        c.faults
+            .always(|q| q.scope == Some(Scope::Account), Outcome::Forbidden)
+    };
+    let dates: Vec<Date> = (0..i64::from(DAYS)).map(days_ago).collect();
+    let meta = open();
+    let c = core_over(ScriptedLog::new(&calls), tune, Some(meta.clone()));
+    forbid(&c);
+    let before = snapshot(&c, &dates).await;
+    let first_pages = c.pages();
+    assert!(before.iter().all(|(_, n, _)| !n.is_empty()), "{before:?}");
+    drop(c);
+    meta.shutdown();
+    drop(meta);
+
+    let c = core_over(ScriptedLog::new(&calls), tune, Some(open()));
+    forbid(&c);
+    let past = snapshot(&c, &dates[1..]).await;
+    assert_eq!(
+        c.calls(),
+        0,
+        "past dates from the index: {:?}",
+        c.faults.seen()
+    );
+    assert_eq!(past[..], before[1..], "same names and call.json");
+    let today_again = snapshot(&c, &dates[..1]).await;
+    assert_eq!(today_again[..], before[..1]);
+    let pages = c.log.pages();
+    assert_eq!(pages.len(), 1, "today: one catch-up query: {pages:?}");
+    assert_eq!(c.calls(), 1, "no 403 again: {:?}", c.faults.seen());
+    assert_eq!(
+        pages[0].scope,
+        Some(Scope::Extension),
+        "the scope is reused"
+    );
+    let newest = calls.iter().map(|c| c.start).max().unwrap();
+    assert_eq!(
+        pages[0].from.map(|t| t.as_millisecond()),
+        Some(newest.as_millisecond()),
+        "from the newest known record"
+    );
+    eprintln!(
+        "[core] call index: {first_pages} pages (and a 403) for the first core, {} for the second, from {}",
+        pages.len(),
+        newest
+    );
 }

@@ -41,6 +41,9 @@ pub enum FsError {
     },
     #[error("timed out waiting for the API")]
     TimedOut,
+    /// The API is known to be unreachable (a probe is waiting for it to come back).
+    #[error("the API is unreachable")]
+    Offline,
     #[error("bad file handle")]
     BadHandle,
 }
@@ -53,7 +56,9 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::NotYet { .. } => libc::EAGAIN,
-            FsError::Api { .. } | FsError::Media { .. } | FsError::TimedOut => libc::EIO,
+            FsError::Api { .. } | FsError::Media { .. } | FsError::TimedOut | FsError::Offline => {
+                libc::EIO
+            }
             FsError::BadHandle => libc::EBADF,
         }
     }

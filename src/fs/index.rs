@@ -120,7 +120,7 @@ impl Index {
     }
 
     /// Marks the dates of `[from, to)` newer than `oldest_partial` (or all of them when the
-    /// query is exhausted, `oldest_partial == None`) as listed at `at`.
+    /// query is exhausted, `oldest_partial == None`) as listed at `at`; returns them.
     pub fn mark_listed(
         &mut self,
         window: &Window,
@@ -128,7 +128,7 @@ impl Index {
         to: Timestamp,
         oldest_partial: Option<Timestamp>,
         at: Instant,
-    ) {
+    ) -> Vec<Date> {
         let first = window.date_of(from);
         // `to` is exclusive: a query ending exactly at midnight does not cover the next date.
         let last = window.date_of(
@@ -136,17 +136,20 @@ impl Index {
                 .unwrap_or(to),
         );
         let cut = oldest_partial.map(|t| window.date_of(t));
+        let mut marked = Vec::new();
         let mut d = first;
         while d <= last {
             let whole_date_inside = window.date_range(d).0 >= from;
             if whole_date_inside && cut.is_none_or(|c| d > c) {
                 self.listed.insert(d, at);
+                marked.push(d);
             }
             match d.tomorrow() {
                 Ok(next) => d = next,
                 Err(_) => break,
             }
         }
+        marked
     }
 
     pub fn sessions_on(&self, date: Date) -> impl Iterator<Item = &Session> {

@@ -25,8 +25,19 @@ impl Fs {
     /// docs allow.
     pub(super) async fn ensure_date(&self, date: Date) -> Result<(), FsError> {
         let now = Timestamp::now();
-        if self.is_listed(&self.state(), date, now) {
-            return Ok(());
+        {
+            let st = self.state();
+            if self.is_listed(&st, date, now) {
+                return Ok(());
+            }
+            if self.api_down() {
+                // What is known, at once, rather than a wait for an API that does not answer.
+                return if self.listed_before(&st, date) {
+                    Ok(())
+                } else {
+                    Err(FsError::Offline)
+                };
+            }
         }
         // Dropping the listing midway (see `bounded`) is safe: nothing is recorded until a page
         // has arrived.
@@ -86,6 +97,9 @@ impl Fs {
             c.created.elapsed() < self.config.recent_ttl
                 || !self.is_recent(w.date_of(c.oldest), now)
         });
+        if let Some(catch_up) = self.catch_up_plan(st, date, cursor, now) {
+            return catch_up;
+        }
         plan::plan_page(
             date,
             |d| self.is_listed(st, d, now),
@@ -116,10 +130,9 @@ impl Fs {
                 if plan.next.is_some() {
                     self.state().index.cursor = None;
                 }
-                return Err(FsError::api(
-                    format!("listing calls {} .. {}", plan.from, plan.to),
-                    e,
-                ));
+                return Err(
+                    self.api_error(format!("listing calls {} .. {}", plan.from, plan.to), e)
+                );
             }
         };
         self.pages.send_modify(|n| *n += 1);
@@ -129,9 +142,11 @@ impl Fs {
         let oldest = page.records.iter().map(|r| r.start_time).min();
         let w = &self.config.window;
         let at = Instant::now();
+        let calls = self.to_store(&page.records);
         st.index.add_records(page.records, w);
         let first_request = plan.next.is_none();
-        match page.next {
+        let exhausted = page.next.is_none();
+        let marked = match page.next {
             Some(next) => {
                 let prev_oldest = st
                     .index
@@ -140,7 +155,8 @@ impl Fs {
                     .filter(|_| !first_request)
                     .map(|c| c.oldest);
                 let oldest = oldest.or(prev_oldest).unwrap_or(plan.to);
-                st.index
+                let marked = st
+                    .index
                     .mark_listed(w, plan.from, plan.to, Some(oldest), at);
                 if first_request && st.density.is_none() && count > 0 {
                     let secs = plan.to.duration_since(oldest).as_secs_f64().max(60.0);
@@ -153,9 +169,10 @@ impl Fs {
                     oldest,
                     created: at,
                 });
+                marked
             }
             None => {
-                st.index.mark_listed(w, plan.from, plan.to, None, at);
+                let marked = st.index.mark_listed(w, plan.from, plan.to, None, at);
                 if first_request && st.density.is_none() {
                     let secs = plan.to.duration_since(plan.from).as_secs_f64().max(60.0);
                     st.density = Some(count.max(1) as f64 / secs);
@@ -163,18 +180,27 @@ impl Fs {
                 if !first_request {
                     st.index.cursor = None;
                 }
+                marked
             }
-        }
+        };
+        self.after_page(st, &plan, calls, marked, exhausted, at);
         Ok(())
     }
 
     /// The scope to query, deciding `Auto` as `Account` until a 403 says otherwise.
     pub(super) async fn scope(&self) -> Result<Scope, FsError> {
         let mut st = self.state();
-        Ok(*st.scope.get_or_insert(match self.config.scope {
+        if let Some(s) = st.scope {
+            return Ok(s);
+        }
+        let s = match self.config.scope {
             ScopeChoice::Fixed(s) => s,
             ScopeChoice::Auto => Scope::Account,
-        }))
+        };
+        st.scope = Some(s);
+        drop(st);
+        self.keep_fact("scope", s.name());
+        Ok(s)
     }
 
     /// Whether `e`, the answer to a request in `scope`, says this user may not read the account
@@ -186,6 +212,7 @@ impl Fs {
                 "this user may not read the account call log ({e}); using the extension call log"
             );
             self.state().scope = Some(Scope::Extension);
+            self.keep_fact("scope", Scope::Extension.name());
             true
         } else {
             false

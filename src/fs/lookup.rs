@@ -46,6 +46,9 @@ impl Fs {
         if !catalog::is_plausible_id(session_id) || self.negative_hit(&key) {
             return Err(FsError::NotFound);
         }
+        if self.api_down() {
+            return Err(FsError::Offline);
+        }
         let scope = self.scope().await?;
         let since = Timestamp::now()
             .checked_sub(jiff::SignedDuration::try_from(self.config.retention).unwrap_or_default())
@@ -68,9 +71,9 @@ impl Fs {
                 );
                 self.bounded(|| format!("looking up session {session_id}"), find)
                     .await?
-                    .map_err(|e| FsError::api(format!("looking up session {session_id}"), e))?
+                    .map_err(|e| self.api_error(format!("looking up session {session_id}"), e))?
             }
-            Err(e) => return Err(FsError::api(format!("looking up session {session_id}"), e)),
+            Err(e) => return Err(self.api_error(format!("looking up session {session_id}"), e)),
         };
         let records: Vec<_> = records
             .into_iter()
@@ -80,6 +83,7 @@ impl Fs {
             self.remember_absent(key);
             return Err(FsError::NotFound);
         }
+        self.keep_records(&records);
         self.state().index.add_records(records, &self.config.window);
         Ok(())
     }
@@ -111,6 +115,9 @@ impl Fs {
             }
         }
         // Approach 3's fallback: ask the API where the recording lives.
+        if self.api_down() {
+            return Err(FsError::Offline);
+        }
         let meta = self.log.recording_meta(id, Priority::Interactive);
         match self
             .bounded(|| format!("looking up recording {id}"), meta)
@@ -131,7 +138,7 @@ impl Fs {
                 self.remember_absent(key);
                 Err(FsError::NotFound)
             }
-            Err(e) => Err(FsError::api(format!("looking up recording {id}"), e)),
+            Err(e) => Err(self.api_error(format!("looking up recording {id}"), e)),
         }
     }
 
@@ -160,6 +167,8 @@ impl Fs {
             if st.account_kind.is_none() {
                 tracing::info!("this account records in {}", kind.extension());
                 st.account_kind = Some(kind);
+                drop(st);
+                self.keep_fact("format", kind.extension());
             }
         }
     }

@@ -24,14 +24,19 @@
 //! stay under half a page, so walks in the other order (`ls -R` sorts by name) stay cheap too.
 //!
 //! Dates whose calls may still appear (today, and any date that ended less than `settle` ago)
-//! are listed again after `recent_ttl`; older dates never change and are kept.
+//! are listed again after `recent_ttl`; older dates never change and are kept, also across
+//! mounts when a call index is given ([`Fs::with_index`], `persist`).
+//!
+//! When the API cannot be reached, what needs it fails at once with EIO while a background
+//! probe waits for it to come back (`reach`, [`Fs::start`]).
 //!
 //! # Layout
 //! - this file: the operations the FUSE adapter calls (`lookup`, `getattr`, `opendir`, `open`,
 //!   `read`, `release`), the configuration and the shared state;
 //! - `error`: [`FsError`] and its errno; `node`: inodes; `attr`: attributes and sizes;
 //! - `entries`: directory entries; `listing`: listing dates (with `plan`, the pure planner, and
-//!   `index`, what is known of the call log); `lookup`: by-session and by-recording ids.
+//!   `index`, what is known of the call log); `lookup`: by-session and by-recording ids;
+//!   `persist`: the call index on disk; `reach`: an API that does not answer, and the start.
 
 mod attr;
 mod entries;
@@ -40,7 +45,9 @@ mod index;
 mod listing;
 mod lookup;
 mod node;
+mod persist;
 mod plan;
+mod reach;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -168,6 +175,12 @@ struct State {
     negative: HashMap<String, Instant>,
     /// Open recording handles: fh -> recording key.
     handles: HashMap<u64, RecordingKey>,
+    /// Where every call is known: the spans listed, by this mount and (from the call index)
+    /// the ones before it.
+    coverage: persist::Coverage,
+    /// The start of the newest record the call index held, while the catch-up query from it
+    /// (see `persist`) is still to be sent.
+    catch_up: Option<Timestamp>,
 }
 
 /// The filesystem core. Cheap to share (`Arc<Fs>`); every method takes `&self`.
@@ -185,6 +198,10 @@ pub struct Fs {
     pages: tokio::sync::watch::Sender<u64>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
+    /// Where what the call log returns is kept for the next mount, if anywhere.
+    meta: Option<Arc<crate::store::MetaStore>>,
+    /// Whether the API answers (see `reach`).
+    reach: Arc<reach::Reach>,
 }
 
 /// Largest number of ids kept in the negative cache before it is cleared.
@@ -208,12 +225,16 @@ impl Fs {
                 density: None,
                 negative: HashMap::new(),
                 handles: HashMap::new(),
+                coverage: persist::Coverage::default(),
+                catch_up: None,
             }),
             config,
             listing: tokio::sync::Mutex::new(()),
             pages: tokio::sync::watch::Sender::new(0),
             next_fh: AtomicU64::new(1),
             mounted_at: SystemTime::now(),
+            meta: None,
+            reach: Arc::default(),
         }
     }
 

@@ -65,7 +65,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The index schema this code writes. [`migrate`] brings older indexes up to it.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Unsynced bytes of one recording after which the writer syncs and updates the index.
 pub const SYNC_EVERY: u64 = 1 << 20;
@@ -348,6 +348,31 @@ pub fn migrate(db: &mut Connection) -> anyhow::Result<()> {
                  last_used    INTEGER NOT NULL -- Unix milliseconds
              );
              PRAGMA user_version = 1;",
+        )?;
+        tx.commit()?;
+    }
+    if version < 2 {
+        // The call index (see `super::meta`): call-log records by id with their UTC start, the
+        // UTC spans listed completely and when, and single facts (scope, recording format).
+        let tx = db.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE calls (
+                 id         TEXT PRIMARY KEY,  -- call-log record id
+                 session_id TEXT NOT NULL,
+                 start_ms   INTEGER NOT NULL,  -- startTime, Unix milliseconds (UTC)
+                 json       TEXT NOT NULL      -- the record as the API returned it
+             );
+             CREATE INDEX calls_by_start ON calls (start_ms);
+             CREATE TABLE listed (
+                 from_ms      INTEGER NOT NULL,  -- [from, to): every record in it is in `calls`
+                 to_ms        INTEGER NOT NULL,
+                 listed_at_ms INTEGER NOT NULL   -- as of this instant
+             );
+             CREATE TABLE facts (
+                 key   TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
+             );
+             PRAGMA user_version = 2;",
         )?;
         tx.commit()?;
     }

@@ -9,9 +9,12 @@
 //! The store is a cache, never a source of truth: whatever it cannot vouch for (a file shorter
 //! than its index says, a checksum that differs, a write that failed) is dropped and fetched
 //! again, and a reader never sees an error because of the disk. Its index is SQLite, versioned
-//! with `PRAGMA user_version` so that later tables (call-log records per date) can be added by a
-//! migration.
+//! with `PRAGMA user_version`; the same database holds [`meta::MetaStore`], the call index (what
+//! the call log returned and which spans of time were listed), so that a remount lists past
+//! dates without a request.
 
 pub mod disk;
+pub mod meta;
 
 pub use disk::{DiskStats, DiskStore, Lease, Reserved, StoreConfig, StoredRecording, Writer};
+pub use meta::{MetaStore, Span, Stored, StoredCall};
