@@ -44,7 +44,7 @@ mod plan;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -190,6 +190,8 @@ pub struct Fs {
     pages: tokio::sync::watch::Sender<u64>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
+    /// `open` hands out the files of recordings complete on disk (see [`Opened::backing`]).
+    backing_files: AtomicBool,
 }
 
 /// Largest number of ids kept in the negative cache before it is cleared.
@@ -219,6 +221,7 @@ impl Fs {
             pages: tokio::sync::watch::Sender::new(0),
             next_fh: AtomicU64::new(1),
             mounted_at: SystemTime::now(),
+            backing_files: AtomicBool::new(false),
         }
     }
 
@@ -228,6 +231,12 @@ impl Fs {
 
     pub fn media(&self) -> &Arc<Media> {
         &self.media
+    }
+
+    /// Whether `open` hands out the files of recordings complete on disk: the FUSE adapter asks
+    /// for them once the kernel agreed to passthrough, and stops when the kernel refuses one.
+    pub fn offer_backing_files(&self, on: bool) {
+        self.backing_files.store(on, Ordering::Relaxed);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -451,6 +460,7 @@ impl Fs {
                 fh,
                 keep_cache: true,
                 direct_io: false,
+                backing: None,
             }),
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
                 let (key, start, duration) = {
@@ -488,12 +498,18 @@ impl Fs {
                     Err(e) => return Err(FsError::media(&id, e)),
                 };
                 self.learn_kind(&id, &known);
-                self.state().handles.insert(fh, key);
                 let direct_io = known.size.is_none();
+                let backing = if self.backing_files.load(Ordering::Relaxed) && !direct_io {
+                    self.media.complete_file(&key).await
+                } else {
+                    None
+                };
+                self.state().handles.insert(fh, key);
                 Ok(Opened {
                     fh,
                     keep_cache: !direct_io,
                     direct_io,
+                    backing,
                 })
             }
             Node::Root

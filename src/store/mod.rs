@@ -14,4 +14,7 @@
 
 pub mod disk;
 
-pub use disk::{DiskStats, DiskStore, Lease, Reserved, StoreConfig, StoredRecording, Writer};
+pub use disk::{
+    CompleteFile, DiskStats, DiskStore, InUse, Lease, Reserved, StoreConfig, StoredRecording,
+    Summary, Writer,
+};
