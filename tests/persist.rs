@@ -354,6 +354,8 @@ fn a_mount_killed_mid_download_serves_exact_bytes_after_a_remount_and_kept_recor
         return;
     }
     let mut cfg = quick_config(16, 2);
+    // WAV (16 KB a second): recordings of megabytes, so a download in flight has a part synced.
+    cfg.format = ringfs::emulator::AudioFormat::Wav;
     cfg.record_delay = Duration::ZERO;
     cfg.recording_delay = Duration::ZERO;
     let rt = runtime();
@@ -395,13 +397,12 @@ fn a_mount_killed_mid_download_serves_exact_bytes_after_a_remount_and_kept_recor
         .map(|id| (id.clone(), emu.recording_bytes(id).unwrap()))
         .collect();
 
-    // Half are read whole and durably complete in the index before the kill.
-    let (kept, in_flight): (Vec<_>, Vec<_>) =
-        files.iter().enumerate().partition(|(i, _)| i % 2 == 0);
-    let kept: Vec<(String, PathBuf)> = kept
-        .into_iter()
-        .map(|(_, (i, p))| (i.clone(), p.clone()))
-        .collect();
+    // The smaller half are read whole and durably complete in the index before the kill.
+    let mut by_size: Vec<(String, PathBuf)> =
+        files.iter().map(|(i, p)| (i.clone(), p.clone())).collect();
+    by_size.sort_by_key(|(id, _)| want[id].len());
+    let in_flight = by_size.split_off(by_size.len() / 2);
+    let kept = by_size;
     for (id, path) in &kept {
         assert!(cat(path) == want[id], "{id}: first mount");
     }
@@ -420,19 +421,38 @@ fn a_mount_killed_mid_download_serves_exact_bytes_after_a_remount_and_kept_recor
         "the recordings read are complete in the index"
     );
 
-    // The others are being downloaded, slowly, when the process is killed.
+    // The larger half are being downloaded, slowly, when the process is killed: after the
+    // store claimed a first part of one of them (it syncs every SYNC_EVERY bytes).
+    assert!(want[&in_flight[0].0].len() as u64 > 2 * disk::SYNC_EVERY);
     emu.set_faults(Faults {
-        max_bytes_per_sec: Some(32 << 10),
+        max_bytes_per_sec: Some(400 << 10),
         ..Faults::default()
     });
     let readers: Vec<_> = in_flight
         .iter()
-        .map(|(_, (_, p))| {
-            let p = (*p).clone();
+        .map(|(_, p)| {
+            let p = p.clone();
             std::thread::spawn(move || std::fs::read(p).map(|v| v.len()))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(2500));
+    let partial_in_index = || {
+        in_flight
+            .iter()
+            .filter(|(id, _)| {
+                disk::index_row(&cache, id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(stored, size, _)| stored > 0 && size != Some(stored))
+            })
+            .count()
+    };
+    let claimed = eventually(Duration::from_secs(20), || {
+        (partial_in_index() > 0).then_some(())
+    });
+    assert!(
+        claimed.is_some(),
+        "a part of a download in flight was claimed"
+    );
     first.signal(libc::SIGKILL);
     assert!(first.wait(Duration::from_secs(10)).is_some(), "ringfs died");
     let mut cut = 0;
@@ -451,15 +471,7 @@ fn a_mount_killed_mid_download_serves_exact_bytes_after_a_remount_and_kept_recor
             .success(),
         "umount -l"
     );
-    let partial = in_flight
-        .iter()
-        .filter(|(_, (id, _))| {
-            disk::index_row(&cache, id)
-                .ok()
-                .flatten()
-                .is_some_and(|(stored, size, _)| stored > 0 && size != Some(stored))
-        })
-        .count();
+    let partial = partial_in_index();
     eprintln!(
         "[persist] killed with {cut} of {} downloads in flight; {partial} partial in the index",
         in_flight.len()
@@ -485,8 +497,8 @@ fn a_mount_killed_mid_download_serves_exact_bytes_after_a_remount_and_kept_recor
         requests,
         "kept recordings cost no media request"
     );
-    for (_, (id, path)) in &in_flight {
-        assert!(cat(path) == want[*id], "{id}: recording cut by the crash");
+    for (id, path) in &in_flight {
+        assert!(cat(path) == want[id], "{id}: recording cut by the crash");
     }
     assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
     assert!(
