@@ -37,7 +37,10 @@ SOURCE is `demo` (a built-in emulated account, no credentials), `ringcentral` (a
 credentials from RC_CLIENT_ID, RC_CLIENT_SECRET, RC_JWT and optionally RC_SERVER_URL, or from\n\
 --credentials FILE), or an API base URL such as https://platform.ringcentral.com.\n\n\
 Every long flag can also be given as a mount option: -o days=30,cache-size=64M,allow_other.\n\
-Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in the background logs go to --log-file only.",
+Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in the background logs go to --log-file only.\n\n\
+The disk cache: `ringfs cache info [SOURCE]` shows where it is, what it holds and its limit;\n\
+`ringfs cache clear [SOURCE]` empties it (refused while a mount uses it). They take --cache-dir DIR,\n\
+or find the directory a mount of SOURCE would use (see `ringfs cache --help`).",
     after_help = "Request costs (RingCentral's Heavy group allows about 10 requests a minute):\n\
   listing the root, by-session/ and by-recording/         0 requests\n\
   listing a date with < 1000 recordings                    at most 1 call-log request\n\
@@ -91,6 +94,10 @@ pub struct Flags {
     /// Never write audio to disk (every mount fetches what it reads again).
     #[arg(long)]
     pub no_disk_cache: bool,
+    /// Serve every read through ringfs. By default the kernel reads recordings complete in the
+    /// disk cache straight from their files (FUSE passthrough: Linux 6.9+, as root).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// The format names use until the account's real format is seen (mp3 or wav).
     #[arg(long, default_value = "mp3")]
     pub format: String,
@@ -155,6 +162,7 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
     pub disk_cache_bytes: u64,
     pub no_disk_cache: bool,
+    pub no_passthrough: bool,
     pub format: AudioKind,
     pub credentials_file: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
@@ -351,6 +359,7 @@ impl Options {
             cache_dir: f.cache_dir,
             disk_cache_bytes,
             no_disk_cache: f.no_disk_cache,
+            no_passthrough: f.no_passthrough,
             format,
             credentials_file: f.credentials,
             state_file,
@@ -398,14 +407,19 @@ impl Options {
             return Some(dir.clone());
         }
         let creds = creds.filter(|_| self.source != Source::Demo)?;
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(
-            base.join("ringfs")
-                .join(account_name(&creds.server_url, &creds.client_id)),
-        )
+        default_cache_dir(creds)
     }
+}
+
+/// The account's directory under `$XDG_CACHE_HOME/ringfs/` (`~/.cache/ringfs/`).
+fn default_cache_dir(creds: &Credentials) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(
+        base.join("ringfs")
+            .join(account_name(&creds.server_url, &creds.client_id)),
+    )
 }
 
 /// A stable directory name for an account: the server's host and a hash of the server URL and
@@ -438,6 +452,169 @@ fn default_state_file() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
     Some(base.join("ringfs").join("tokens.json"))
+}
+
+/// Runs the command line: `ringfs cache ...`, or a mount.
+pub fn main(args: Vec<OsString>) -> anyhow::Result<()> {
+    if args.get(1).is_some_and(|a| a == "cache") {
+        let rest = std::iter::once(OsString::from("ringfs cache")).chain(args.into_iter().skip(2));
+        let flags = CacheFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit());
+        return cache(flags);
+    }
+    parse(args).and_then(run)
+}
+
+/// `ringfs cache info|clear`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringfs cache",
+    about = "Show or empty the disk cache of fetched recordings",
+    long_about = "Show or empty the disk cache of fetched recordings.\n\n\
+The cache is --cache-dir DIR, or the directory a mount of SOURCE would use: \
+$XDG_CACHE_HOME/ringfs/<account>/, named after the server URL and client id, which come from \
+SOURCE (an API base URL) or RC_SERVER_URL, and RC_CLIENT_ID (with the other RC_* variables), \
+or from --credentials FILE, as for a mount."
+)]
+pub struct CacheFlags {
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheAction {
+    /// Print where the cache is, how many recordings it holds (complete / partial), their bytes
+    /// and the limit, and whether a mount uses it.
+    Info(CacheArgs),
+    /// Remove every kept recording (files and index rows); refused while a mount uses the cache.
+    Clear(CacheArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CacheArgs {
+    /// `ringcentral` (the default) or an API base URL, as given to the mount.
+    pub source: Option<String>,
+    /// The cache directory (as given to the mount).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// A file of RC_*=value lines (as given to the mount).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// The limit the mount is given (`info` prints it).
+    #[arg(long, default_value = "10G", value_name = "SIZE")]
+    pub disk_cache_size: String,
+}
+
+impl CacheArgs {
+    /// The directory: `--cache-dir`, else the account's default one.
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.cache_dir {
+            return Ok(dir.clone());
+        }
+        let source = match self.source.as_deref().unwrap_or("ringcentral") {
+            "ringcentral" => Source::RingCentral,
+            s if s.starts_with("https://") || s.starts_with("http://") => {
+                Source::Url(s.trim_end_matches('/').to_string())
+            }
+            "demo" => bail!("`demo` keeps no cache unless the mount is given --cache-dir DIR"),
+            s => bail!("unknown source {s:?}: use `ringcentral` or an API base URL"),
+        };
+        let creds = account_credentials(self.credentials.as_deref(), &source)?;
+        default_cache_dir(&creds)
+            .ok_or_else(|| anyhow!("no cache directory: neither XDG_CACHE_HOME nor HOME is set"))
+    }
+}
+
+/// Bytes for people: `1.5 GiB (1610612736 bytes)`.
+fn human_bytes(n: u64) -> String {
+    let units = ["KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = None;
+    for u in units {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = Some(u);
+    }
+    match unit {
+        Some(u) => format!("{v:.1} {u} ({n} bytes)"),
+        None => format!("{n} bytes"),
+    }
+}
+
+fn cache(flags: CacheFlags) -> anyhow::Result<()> {
+    use crate::store::{DiskStore, InUse, StoreConfig, disk};
+    match flags.action {
+        CacheAction::Info(args) => {
+            let limit = parse_size(&args.disk_cache_size).map_err(|e| anyhow!(e))?;
+            let dir = args.dir()?;
+            println!("cache directory: {}", dir.display());
+            match disk::summary(&dir)? {
+                None => println!("recordings: 0 (nothing kept yet)"),
+                Some(s) => {
+                    println!(
+                        "recordings: {} ({} complete, {} partial)",
+                        s.complete + s.partial,
+                        s.complete,
+                        s.partial
+                    );
+                    println!("bytes: {}", human_bytes(s.bytes));
+                }
+            }
+            let free = StoreConfig::default();
+            println!(
+                "limit: {} (--disk-cache-size), and at least {} or {} % of the filesystem left free",
+                human_bytes(limit),
+                human_bytes(free.keep_free_bytes),
+                free.keep_free_percent
+            );
+            if let Some(calls) = crate::store::MetaStore::count(&dir) {
+                println!("call index: {calls} calls");
+            }
+            if disk::in_use(&dir) {
+                println!("in use by a running mount");
+            }
+            Ok(())
+        }
+        CacheAction::Clear(args) => {
+            let dir = args.dir()?;
+            if !dir.join("index.sqlite").exists() {
+                println!("nothing to clear in {}", dir.display());
+                return Ok(());
+            }
+            let config = StoreConfig {
+                max_bytes: u64::MAX,
+                keep_free_bytes: 0,
+                keep_free_percent: 0,
+            };
+            let store = match DiskStore::open(&dir, config) {
+                Ok(store) => store,
+                Err(e) if e.downcast_ref::<InUse>().is_some() => bail!(
+                    "cache directory {} is in use by a running mount; unmount it first (nothing was removed)",
+                    dir.display()
+                ),
+                Err(e) => return Err(e),
+            };
+            let discarded = store.stats().discarded;
+            let (recordings, bytes) = store.clear();
+            // The call index goes too: the next mount lists the call log again.
+            let calls = crate::store::MetaStore::count(&dir).unwrap_or(0);
+            if calls > 0 {
+                let meta =
+                    crate::store::MetaStore::open(&dir, Duration::from_secs(100 * 365 * 86_400))?;
+                meta.reset();
+                meta.shutdown();
+            }
+            store.shutdown();
+            println!(
+                "removed {} recordings ({}) and {calls} calls of the call index from {}",
+                recordings + discarded,
+                human_bytes(bytes),
+                dir.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Parses the command line; clap prints help and usage errors itself.
@@ -478,12 +655,17 @@ fn check_fuse() -> anyhow::Result<()> {
 
 /// The credentials for a real account: `--credentials FILE` or the environment.
 fn credentials(opts: &Options) -> anyhow::Result<Credentials> {
-    let mut creds = match &opts.credentials_file {
+    account_credentials(opts.credentials_file.as_deref(), &opts.source)
+}
+
+/// The credentials from `file` or the environment, with the server URL of `source` if it is one.
+fn account_credentials(file: Option<&Path>, source: &Source) -> anyhow::Result<Credentials> {
+    let mut creds = match file {
         Some(path) => Credentials::from_file(path)
             .with_context(|| format!("credentials file {}", path.display()))?,
         None => Credentials::from_env().context("credentials")?,
     };
-    if let Source::Url(url) = &opts.source {
+    if let Source::Url(url) = source {
         creds.server_url = url.clone();
     }
     Ok(creds)
@@ -672,6 +854,8 @@ fn serve(
         allow_other: opts.allow_other,
         allow_root: opts.allow_root,
         default_permissions: opts.default_permissions,
+        // Backing files only come from the disk cache.
+        passthrough: !opts.no_passthrough && disk.is_some(),
     };
     let mut session = crate::fuse::mount(adapter, &opts.mountpoint, &settings)?;
     tracing::info!(
@@ -912,5 +1096,24 @@ mod tests {
         assert_eq!(o.disk_cache_dir(Some(&creds)), None);
         let o = parse(&["ringfs", "demo", "/m", "--cache-dir", "/tmp/c"]);
         assert_eq!(o.disk_cache_dir(None), Some(PathBuf::from("/tmp/c")));
+        assert!(!o.no_passthrough, "passthrough by default");
+        let o = parse(&["ringfs", "demo", "/m", "-o", "no_passthrough"]);
+        assert!(o.no_passthrough);
+    }
+
+    #[test]
+    fn cache_subcommands_parse() {
+        let parse = |a: &[&str]| CacheFlags::try_parse_from(a.iter().copied());
+        let f = parse(&["ringfs cache", "info", "--cache-dir", "/c"]).unwrap();
+        let CacheAction::Info(a) = f.action else {
+            panic!("info")
+        };
+        assert_eq!(a.dir().unwrap(), PathBuf::from("/c"));
+        let f = parse(&["ringfs cache", "clear", "demo"]).unwrap();
+        let CacheAction::Clear(a) = f.action else {
+            panic!("clear")
+        };
+        assert!(a.dir().is_err(), "demo has no default cache");
+        assert!(parse(&["ringfs cache", "wipe"]).is_err());
     }
 }

@@ -4,6 +4,25 @@
 //! answered from there (fuser's reply objects may move between threads), so a `read` waiting for
 //! the network never blocks an `ls` in another window. Write operations answer EROFS here, at
 //! once: the mount is read-only by design.
+//!
+//! # Passthrough
+//!
+//! A recording the disk cache holds complete never changes, and its bytes are already in a
+//! local file: sending each read through /dev/fuse to this process only to copy that file
+//! costs two context switches and a copy per request. With FUSE passthrough (Linux 6.9+,
+//! CAP_SYS_ADMIN) the kernel reads such a file itself. `init` asks for it (the
+//! `FUSE_PASSTHROUGH` capability and a stack depth); when the kernel agrees, the core is told to
+//! hand out checked backing files ([`Fs::offer_backing_files`]), and `open` registers one with
+//! the kernel (`open_backing`, an ioctl on /dev/fuse) and answers `opened_passthrough`. Anything
+//! else (no passthrough in the kernel, `--no-passthrough`, a partial recording, a refused
+//! ioctl) is served by ordinary reads, as before.
+//!
+//! The kernel puts an inode in one I/O mode while any of its files is open: all handles cached
+//! (ordinary reads) or all passthrough with the same backing file, and it fails an open that
+//! mixes them with EIO. So the adapter keeps, per inode, how many handles are open in which mode:
+//! a new open follows the mode of the handles already open (reusing the one [`BackingId`]), and
+//! only an inode with no open handle picks its mode from what the core says. The backing id and
+//! the store's lease on the file are dropped when the last passthrough handle is released.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -16,7 +35,7 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, DirEntry, Fs, FsError, Kind};
+use crate::fs::{Attr, DirEntry, Fs, FsError, Kind, Opened};
 
 /// The fuser `Filesystem` over the core.
 pub struct FuseAdapter {
@@ -25,6 +44,9 @@ pub struct FuseAdapter {
     /// Directory listings taken at `opendir`, served page by page to `readdir`.
     dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
     next_dir_fh: AtomicU64,
+    /// Passthrough was asked for (see [`MountSettings::passthrough`]).
+    want_passthrough: bool,
+    opens: Arc<Mutex<Opens>>,
 }
 
 impl FuseAdapter {
@@ -34,7 +56,125 @@ impl FuseAdapter {
             rt,
             dirs: Arc::default(),
             next_dir_fh: AtomicU64::new(1),
+            want_passthrough: false,
+            opens: Arc::default(),
         }
+    }
+
+    /// Asks the kernel to agree to passthrough and tells the core whether to hand out backing
+    /// files; says once which way reads go.
+    #[cfg(target_os = "linux")]
+    fn negotiate_passthrough(&self, config: &mut fuser::KernelConfig) {
+        if !self.want_passthrough {
+            tracing::info!("kernel passthrough off: every read goes through ringfs");
+            return;
+        }
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH) {
+            tracing::info!(
+                ?missing,
+                "the kernel offers no FUSE passthrough (Linux 6.9+): every read goes through ringfs"
+            );
+            return;
+        }
+        // Depth 2, the kernel's most: the cache directory may itself be on a stacked filesystem
+        // (overlayfs is the root of most containers); the price is that this mount cannot be a
+        // layer of an overlayfs, which a read-only recordings tree has no use for.
+        if let Err(most) = config.set_max_stack_depth(2) {
+            let _ = config.set_max_stack_depth(most);
+        }
+        self.core.offer_backing_files(true);
+        tracing::info!(
+            "kernel passthrough on: recordings complete in the disk cache are read by the kernel \
+             from their cached files; others go through ringfs"
+        );
+    }
+}
+
+/// Open file handles per inode, and the I/O mode they put it in (see the module docs).
+#[derive(Default)]
+struct Opens {
+    inodes: HashMap<u64, InodeOpens>,
+    /// Handles answered with passthrough (the others are cached ones).
+    passthrough: std::collections::HashSet<u64>,
+    /// The kernel refused a backing file: no more are asked for (logged once).
+    refused: bool,
+}
+
+#[derive(Default)]
+struct InodeOpens {
+    /// Handles served by ordinary reads.
+    cached: u32,
+    /// The backing file of the passthrough handles, while any is open.
+    backing: Option<Backing>,
+}
+
+struct Backing {
+    id: fuser::BackingId,
+    /// Holds the store's lease: the file is not evicted while the kernel reads it.
+    _file: crate::store::CompleteFile,
+    handles: u32,
+}
+
+impl Opens {
+    /// Answers an open the core accepted, in the inode's current I/O mode. `flags` are those of
+    /// a cached open; a passthrough open sends none (the kernel fails one with
+    /// `FOPEN_KEEP_CACHE`, which means nothing there: the backing file has its own page cache).
+    fn answer(&mut self, ino: u64, o: Opened, flags: FopenFlags, reply: ReplyOpen, core: &Fs) {
+        let fh = FileHandle(o.fh);
+        let through = FopenFlags::empty();
+        let refused = self.refused;
+        let entry = self.inodes.entry(ino).or_default();
+        if let Some(b) = entry.backing.as_mut() {
+            b.handles += 1;
+            self.passthrough.insert(o.fh);
+            reply.opened_passthrough(fh, through, &b.id);
+            return;
+        }
+        if let (0, Some(file), false) = (entry.cached, o.backing, refused) {
+            match reply.open_backing(&file.file) {
+                Ok(id) => {
+                    reply.opened_passthrough(fh, through, &id);
+                    entry.backing = Some(Backing {
+                        id,
+                        _file: file,
+                        handles: 1,
+                    });
+                    self.passthrough.insert(o.fh);
+                    return;
+                }
+                Err(e) => {
+                    // EPERM without CAP_SYS_ADMIN, ELOOP for a cache on a too deeply stacked
+                    // filesystem: it would fail the same way for every file.
+                    self.refused = true;
+                    core.offer_backing_files(false);
+                    tracing::info!(
+                        "the kernel refused a passthrough file ({e}): every read goes through ringfs"
+                    );
+                }
+            }
+        }
+        entry.cached += 1;
+        reply.opened(fh, flags);
+    }
+
+    /// Forgets a released handle; the backing id goes with the inode's last passthrough handle.
+    fn release(&mut self, ino: u64, fh: u64) -> Option<Backing> {
+        let entry = self.inodes.get_mut(&ino)?;
+        let mut gone = None;
+        if self.passthrough.remove(&fh) {
+            if let Some(b) = entry.backing.as_mut() {
+                b.handles -= 1;
+                if b.handles == 0 {
+                    gone = entry.backing.take();
+                }
+            }
+        } else {
+            entry.cached = entry.cached.saturating_sub(1);
+        }
+        if entry.cached == 0 && entry.backing.is_none() {
+            self.inodes.remove(&ino);
+        }
+        gone
     }
 }
 
@@ -69,6 +209,14 @@ fn file_attr(a: &Attr) -> FileAttr {
 }
 
 impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        self.negotiate_passthrough(config);
+        #[cfg(not(target_os = "linux"))]
+        let _ = config;
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let core = self.core.clone();
         let name = name.to_owned();
@@ -163,6 +311,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let core = self.core.clone();
+        let opens = self.opens.clone();
         self.rt.spawn(async move {
             match core.open(ino.0, write).await {
                 Ok(o) => {
@@ -173,7 +322,12 @@ impl Filesystem for FuseAdapter {
                     if o.direct_io {
                         f |= FopenFlags::FOPEN_DIRECT_IO;
                     }
-                    reply.opened(FileHandle(o.fh), f);
+                    // Decided and answered under the lock, so two opens of one inode cannot
+                    // pick different modes.
+                    opens
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .answer(ino.0, o, f, reply, &core);
                 }
                 Err(e) => reply.error(errno(&e)),
             }
@@ -203,13 +357,20 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let backing = self
+            .opens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(ino.0, fh.0);
+        // Unregistered from the kernel (an ioctl) outside the lock.
+        drop(backing);
         self.core.release(fh.0);
         reply.ok();
     }
@@ -359,6 +520,9 @@ pub struct MountSettings {
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
+    /// Ask the kernel to read recordings complete in the disk cache from their files
+    /// (passthrough; Linux 6.9+, CAP_SYS_ADMIN). Off: every read goes through ringfs.
+    pub passthrough: bool,
 }
 
 /// A mounted filesystem, served by [`Mounted::run`] on the calling thread.
@@ -394,10 +558,11 @@ pub struct Background(#[allow(dead_code)] fuser::BackgroundSession);
 
 /// Mounts read-only at `mountpoint`. As root this is mount(2); otherwise fusermount3.
 pub fn mount(
-    adapter: FuseAdapter,
+    mut adapter: FuseAdapter,
     mountpoint: &std::path::Path,
     s: &MountSettings,
 ) -> anyhow::Result<Mounted> {
+    adapter.want_passthrough = s.passthrough;
     use fuser::MountOption as M;
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -1,10 +1,11 @@
-//! `ringfs [OPTIONS] <SOURCE> <MOUNTPOINT>`: see `ringfs --help` and the README.
+//! `ringfs [OPTIONS] <SOURCE> <MOUNTPOINT>` and `ringfs cache info|clear`: see `ringfs --help`
+//! and the README.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let result = ringfs::cli::parse(std::env::args_os()).and_then(ringfs::cli::run);
+    let result = ringfs::cli::main(std::env::args_os().collect());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -261,3 +261,165 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// `ringfs cache info|clear` over a demo mount's `--cache-dir`.
+fn cache_cmd(args: &[&str]) -> (bool, String, String) {
+    let out = ringfs(&[&["cache"], args].concat());
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cache_info_and_clear_and_clear_refused_while_mounted() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let c = cache.to_str().unwrap();
+    let (ok, out, err) = cache_cmd(&["info", "--cache-dir", c]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("cache directory: {c}")), "{out}");
+    assert!(out.contains("recordings: 0"), "{out}");
+    assert!(out.contains("limit: 10.0 GiB"), "{out}");
+    let (ok, out, _) = cache_cmd(&["clear", "--cache-dir", c]);
+    assert!(ok && out.contains("nothing to clear"), "{out}");
+
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _g = Guard(&mnt);
+    let out = ringfs(&[
+        "demo",
+        mnt.to_str().unwrap(),
+        "-o",
+        "demo_live=0,days=10",
+        "--cache-dir",
+        c,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(mnt.join("by-recording/44444444.mp3")).unwrap();
+    let info = eventually(Duration::from_secs(10), || {
+        let (_, out, _) = cache_cmd(&["info", "--cache-dir", c, "--disk-cache-size", "2G"]);
+        out.contains("recordings: 1 (1 complete, 0 partial)")
+            .then_some(out)
+    })
+    .expect("info shows the recording read");
+    assert!(info.contains(&format!("({} bytes)", bytes.len())), "{info}");
+    assert!(info.contains("limit: 2.0 GiB"), "{info}");
+    assert!(info.contains("in use by a running mount"), "{info}");
+
+    let (ok, _, err) = cache_cmd(&["clear", "--cache-dir", c]);
+    assert!(!ok, "clear while mounted is refused");
+    assert!(err.contains("in use by a running mount"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(std::fs::read(mnt.join("by-recording/44444444.mp3")).unwrap() == bytes);
+
+    let pid = daemon_pid(&mnt).expect("daemon running");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    let gone = eventually(Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z "))
+        .then_some(())
+    });
+    assert!(gone.is_some(), "daemon still running after umount");
+    let (ok, out, err) = cache_cmd(&["clear", "--cache-dir", c]);
+    assert!(ok, "{err}");
+    assert!(out.contains("removed 1 recordings"), "{out}");
+    let (_, out, _) = cache_cmd(&["info", "--cache-dir", c]);
+    assert!(out.contains("call index: 0 calls"), "{out}");
+    assert!(
+        out.contains("recordings: 0 (0 complete, 0 partial)"),
+        "{out}"
+    );
+    assert!(!out.contains("in use"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(cache.join("recordings")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn cache_commands_find_the_mounts_default_directory_and_are_in_the_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["cache", "info", "https://platform.example.com/"])
+        .env("XDG_CACHE_HOME", tmp.path())
+        .env("RC_CLIENT_ID", "the-client")
+        .env("RC_CLIENT_SECRET", "s")
+        .env("RC_JWT", "j")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tmp.path().join("ringfs").join(ringfs::cli::account_name(
+        "https://platform.example.com",
+        "the-client",
+    ));
+    assert!(
+        stdout.contains(&format!("cache directory: {}", dir.display())),
+        "{stdout}"
+    );
+    let out = Command::new(BIN)
+        .args(["cache", "info"])
+        .env_remove("RC_CLIENT_ID")
+        .env_remove("RINGCENTRAL_CLIENT_ID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no account, no default directory");
+
+    let help = String::from_utf8_lossy(&ringfs(&["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("ringfs cache info") && help.contains("ringfs cache clear"),
+        "{help}"
+    );
+    assert!(help.contains("--no-passthrough"), "{help}");
+    let help = String::from_utf8_lossy(&ringfs(&["cache", "--help"]).stdout).into_owned();
+    assert!(
+        help.contains("info") && help.contains("clear") && help.contains("--cache-dir"),
+        "{help}"
+    );
+}
+
+#[test]
+fn cache_clear_forgets_the_call_index_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    // A cache as a mount leaves it: the store's directory, and calls in its index.
+    let store =
+        ringfs::store::DiskStore::open(&dir, ringfs::store::StoreConfig::default()).unwrap();
+    let meta = ringfs::store::MetaStore::open(&dir, Duration::from_secs(90 * 86_400)).unwrap();
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let calls = (0..3)
+        .map(|i| ringfs::store::StoredCall {
+            id: format!("L{i}"),
+            session_id: format!("{i}"),
+            start_ms: now_ms - 3_600_000,
+            json: "{}".into(),
+        })
+        .collect();
+    meta.record(calls, Vec::new());
+    meta.shutdown();
+    store.shutdown();
+    drop(store);
+    assert_eq!(ringfs::store::MetaStore::count(&dir), Some(3));
+    let c = dir.to_str().unwrap();
+    let (_, out, _) = cache_cmd(&["info", "--cache-dir", c]);
+    assert!(out.contains("call index: 3 calls"), "{out}");
+    let (ok, out, err) = cache_cmd(&["clear", "--cache-dir", c]);
+    assert!(ok, "{err}");
+    assert!(out.contains("and 3 calls of the call index"), "{out}");
+    assert_eq!(ringfs::store::MetaStore::count(&dir), Some(0));
+}

@@ -1526,73 +1526,9 @@ fn listing_while_the_api_hangs_fails_within_the_read_timeout() {
 
 // ------------------------------------------------------------------ the real binary
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Child(Option<std::process::Child>);
-
-impl Child {
-    fn pid(&self) -> i32 {
-        self.0.as_ref().unwrap().id() as i32
-    }
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.0.as_mut().unwrap().try_wait().unwrap() {
-                return Some(st);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A mount point that is unmounted (lazily) when dropped, whoever mounted it.
-struct MountPoint(tempfile::TempDir);
-
-impl Drop for MountPoint {
-    fn drop(&mut self) {
-        force_unmount(self.0.path());
-    }
-}
-
 fn ringfs_cmd(emu: &Emulator, cfg: &Config, mnt: &Path, state: &Path, log: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ringfs"));
-    c.arg(emu.api_url())
-        .arg(mnt)
-        .args([
-            "--days",
-            "4",
-            "--tz",
-            "UTC",
-            "--cache-size",
-            "8M",
-            "--read-timeout",
-            "10",
-        ])
-        .arg("--state-file")
-        .arg(state)
-        .arg("--log-file")
-        .arg(log)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RC_CLIENT_ID", &cfg.client_id)
-        .env("RC_CLIENT_SECRET", &cfg.client_secret)
-        .env("RC_JWT", &cfg.jwt)
-        .env("RINGFS_LOG", "trace")
-        .stdin(Stdio::null());
+    let mut c = ringfs_binary(emu, cfg, mnt, state, log);
+    c.args(["--cache-size", "8M", "--read-timeout", "10"]);
     c
 }
 

@@ -13,6 +13,7 @@ use super::node::Node;
 use super::{Fs, FsError, KnownRecording, State, call_json, to_system};
 use crate::catalog::{self, AudioKind};
 use crate::media::Known;
+use crate::store::CompleteFile;
 
 /// File or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub struct DirEntry {
 }
 
 /// What `open` tells the kernel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Opened {
     pub fh: u64,
     /// The content never changes: keep the page cache across opens.
@@ -54,6 +55,10 @@ pub struct Opened {
     /// The size is unknown (no `Content-Length`): bypass the page cache so reads are not cut at
     /// an estimated size.
     pub direct_io: bool,
+    /// The recording complete on disk, checked, when backing files were asked for
+    /// ([`Fs::offer_backing_files`]): the kernel may read it directly (passthrough) instead of
+    /// sending reads for this handle. Its lease keeps it on disk while it is kept.
+    pub backing: Option<CompleteFile>,
 }
 
 impl Fs {

@@ -51,7 +51,7 @@ mod reach;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -202,6 +202,8 @@ pub struct Fs {
     meta: Option<Arc<crate::store::MetaStore>>,
     /// Whether the API answers (see `reach`).
     reach: Arc<reach::Reach>,
+    /// `open` hands out the files of recordings complete on disk (see [`Opened::backing`]).
+    backing_files: AtomicBool,
 }
 
 /// Largest number of ids kept in the negative cache before it is cleared.
@@ -235,6 +237,7 @@ impl Fs {
             mounted_at: SystemTime::now(),
             meta: None,
             reach: Arc::default(),
+            backing_files: AtomicBool::new(false),
         }
     }
 
@@ -244,6 +247,12 @@ impl Fs {
 
     pub fn media(&self) -> &Arc<Media> {
         &self.media
+    }
+
+    /// Whether `open` hands out the files of recordings complete on disk: the FUSE adapter asks
+    /// for them once the kernel agreed to passthrough, and stops when the kernel refuses one.
+    pub fn offer_backing_files(&self, on: bool) {
+        self.backing_files.store(on, Ordering::Relaxed);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -467,6 +476,7 @@ impl Fs {
                 fh,
                 keep_cache: true,
                 direct_io: false,
+                backing: None,
             }),
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
                 let (key, start, duration) = {
@@ -504,12 +514,18 @@ impl Fs {
                     Err(e) => return Err(FsError::media(&id, e)),
                 };
                 self.learn_kind(&id, &known);
-                self.state().handles.insert(fh, key);
                 let direct_io = known.size.is_none();
+                let backing = if self.backing_files.load(Ordering::Relaxed) && !direct_io {
+                    self.media.complete_file(&key).await
+                } else {
+                    None
+                };
+                self.state().handles.insert(fh, key);
                 Ok(Opened {
                     fh,
                     keep_cache: !direct_io,
                     direct_io,
+                    backing,
                 })
             }
             Node::Root

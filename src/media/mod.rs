@@ -126,6 +126,11 @@
 //! cool-downs and memory bound are those above: disk reads are not requests, and their bytes count
 //! in the LRU's budget like any others.
 //!
+//! A recording the store holds complete need not come through this layer at all:
+//! [`Media::complete_file`] hands out its checked file (with a lease), so that the FUSE adapter
+//! can have the kernel read it directly (passthrough). Those reads never reach [`Media::read`],
+//! cost no memory budget and show in no counter here.
+//!
 //! # Lock discipline
 //! One `std::sync::Mutex<Inner>` guards all state: the LRU, the byte totals, per-recording state,
 //! the downloads and the stats. It is held only for bookkeeping and for copying at most one read's
@@ -154,7 +159,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 pub use crate::api::{BodyEnd, Priority};
-use crate::store::{DiskStore, Lease, StoredRecording, Writer};
+use crate::store::{CompleteFile, DiskStore, Lease, StoredRecording, Writer};
 
 /// A boxed, sendable future (the traits are object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -1181,6 +1186,25 @@ impl Media {
             rec.lease = None;
             rec.moved.notify_waiters();
         }
+    }
+
+    /// The file of a recording the disk store holds complete, its checksum checked, with a lease
+    /// that keeps it from eviction while it lives: what a kernel passthrough reads from (see "The
+    /// disk tier"). `None` without a store, when it holds less than all of the recording, or when
+    /// what it holds disagrees with what responses said. No request, and no read is counted: the
+    /// bytes are not read here (only checked, once per process).
+    pub async fn complete_file(&self, key: &RecordingKey) -> Option<CompleteFile> {
+        let disk = self.shared.disk.clone()?;
+        let size = disk.get(&key.id).filter(|s| s.complete())?.stored;
+        if self.known(&key.id).and_then(|k| k.size) != Some(size) {
+            return None;
+        }
+        let id = key.id.clone();
+        tokio::task::spawn_blocking(move || disk.open_complete(&id))
+            .await
+            .ok()
+            .flatten()
+            .filter(|f| f.size == size)
     }
 
     /// Size and content type learned from any response (kept beyond eviction), or held by the

@@ -219,6 +219,41 @@ impl std::fmt::Debug for DiskStore {
     }
 }
 
+/// [`DiskStore::open`] failed because another process (a running mount) holds the directory.
+#[derive(Debug, thiserror::Error)]
+#[error("cache directory {} is in use by another ringfs process", .0.display())]
+pub struct InUse(pub PathBuf);
+
+/// What [`summary`] finds in a store directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Recordings whose whole content is held.
+    pub complete: u64,
+    /// Recordings of which only a prefix is held.
+    pub partial: u64,
+    /// Content bytes the index claims, all recordings together.
+    pub bytes: u64,
+}
+
+/// A recording the store holds complete, its checksum checked, open read-only: what a kernel
+/// passthrough reads from ([`DiskStore::open_complete`]). Its lease keeps the store from
+/// evicting it while it lives.
+pub struct CompleteFile {
+    pub file: File,
+    /// The content's size (the file's length).
+    pub size: u64,
+    _lease: Lease,
+}
+
+impl std::fmt::Debug for CompleteFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompleteFile")
+            .field("file", &self.file)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
 /// Keeps a recording from being evicted while it lives (an open file, a download writing).
 pub struct Lease {
     core: Arc<Core>,
@@ -442,10 +477,7 @@ impl DiskStore {
         let lock_file = private_file(&dir.join("lock")).context("opening the cache lock")?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!(
-                "cache directory {} is in use by another ringfs process",
-                dir.display()
-            );
+            return Err(InUse(dir.to_path_buf()).into());
         }
         let index = dir.join("index.sqlite");
         drop(private_file(&index).context("creating the cache index")?);
@@ -526,6 +558,50 @@ impl DiskStore {
             core: self.core.clone(),
             id: id.to_string(),
         }
+    }
+
+    /// `id`'s file, read-only, when the store holds all of its content and the content matches
+    /// its checksum (checked once per process, as [`DiskStore::read`] does: a mismatch discards
+    /// the recording, `None`). The lease is taken first, so the file cannot be evicted between
+    /// the check and the caller's use. Blocking.
+    pub fn open_complete(&self, id: &str) -> Option<CompleteFile> {
+        let lease = self.lease(id);
+        let size = {
+            let m = lock(&self.core.meta);
+            let v = m.views.get(id)?;
+            v.size.filter(|s| *s == v.written && *s > 0)?
+        };
+        let (file, io) = self.core.checked_file(id)?;
+        drop(io);
+        // The view may have changed while the file was opened (only a discard can change a
+        // complete one, and that unlinks the file): check the length of what was opened.
+        if file.metadata().ok()?.len() != size {
+            return None;
+        }
+        Some(CompleteFile {
+            file,
+            size,
+            _lease: lease,
+        })
+    }
+
+    /// Removes every recording that is not leased (index rows first, then the files), and
+    /// returns how many recordings and content bytes went. Used by `ringfs cache clear`, which
+    /// opens the store for this, so no mount holds the directory meanwhile.
+    pub fn clear(&self) -> (u64, u64) {
+        let victims: Vec<(String, String, u64)> = {
+            let m = lock(&self.core.meta);
+            m.views
+                .iter()
+                .filter(|(id, _)| !m.leases.contains_key(*id))
+                .map(|(id, v)| (id.clone(), v.file.clone(), v.written))
+                .collect()
+        };
+        let bytes = victims.iter().map(|(_, _, n)| n).sum();
+        for (id, file, _) in &victims {
+            self.core.remove(id, file);
+        }
+        (victims.len() as u64, bytes)
     }
 
     /// A writer for one download of `id` (it holds a lease while it lives).
@@ -917,7 +993,7 @@ impl Core {
     }
 
     fn read(&self, id: &str, offset: u64, len: usize) -> Option<Bytes> {
-        let (file, verified, durable, crc, written) = {
+        {
             let mut m = lock(&self.meta);
             let v = m.views.get_mut(id)?;
             if offset >= v.written {
@@ -925,7 +1001,34 @@ impl Core {
             }
             v.last_used = use_time();
             v.used_dirty = true;
-            (v.file.clone(), v.verified, v.durable, v.crc, v.written)
+        }
+        let (f, io) = self.checked_file(id)?;
+        let (file, written) = {
+            let m = lock(&self.meta);
+            let v = m.views.get(id)?;
+            (v.file.clone(), v.written)
+        };
+        let n = (len as u64).min(written.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; n];
+        if let Err(e) = f.read_exact_at(&mut buf, offset) {
+            drop(io);
+            self.discard(id, &file, &format!("read: {e}"));
+            return None;
+        }
+        drop(io);
+        lock(&self.meta).stats.bytes_read += n as u64;
+        Some(Bytes::from(buf))
+    }
+
+    /// Opens `id`'s file, and checks its claimed bytes against their checksum unless that was
+    /// done in this process; a file that cannot be opened or does not match is discarded
+    /// (`None`). Returns the file with `io` still held, so a read right after it is not
+    /// interleaved with a removal.
+    fn checked_file(&self, id: &str) -> Option<(File, MutexGuard<'_, Io>)> {
+        let (file, verified, durable, crc) = {
+            let m = lock(&self.meta);
+            let v = m.views.get(id)?;
+            (v.file.clone(), v.verified, v.durable, v.crc)
         };
         let io = lock(&self.io);
         let f = match File::open(self.recording_path(&file)) {
@@ -955,16 +1058,7 @@ impl Core {
                 }
             }
         }
-        let n = (len as u64).min(written - offset) as usize;
-        let mut buf = vec![0u8; n];
-        if let Err(e) = f.read_exact_at(&mut buf, offset) {
-            drop(io);
-            self.discard(id, &file, &format!("read: {e}"));
-            return None;
-        }
-        drop(io);
-        lock(&self.meta).stats.bytes_read += n as u64;
-        Some(Bytes::from(buf))
+        Some((f, io))
     }
 }
 
@@ -987,6 +1081,50 @@ pub fn index_row(dir: &Path, id: &str) -> anyhow::Result<Option<(u64, Option<u64
             },
         )
         .optional()?)
+}
+
+/// Whether a process (a running mount) holds the store in `dir` (its `flock`).
+pub fn in_use(dir: &Path) -> bool {
+    let Ok(f) = File::open(dir.join("lock")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; the lock, if taken, goes with the descriptor.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+/// What the index of the store in `dir` holds (read-only: works while a mount uses the
+/// directory; the mount's last unsynced bytes are not counted yet). `None` when `dir` holds no
+/// index.
+pub fn summary(dir: &Path) -> anyhow::Result<Option<Summary>> {
+    let index = dir.join("index.sqlite");
+    if !index.exists() {
+        return Ok(None);
+    }
+    let db = Connection::open_with_flags(&index, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {}", index.display()))?;
+    let version: i32 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        return Ok(Some(Summary::default()));
+    }
+    let (complete, partial, bytes) = db.query_row(
+        "SELECT COALESCE(SUM(size IS NOT NULL AND stored = size), 0),
+                COALESCE(SUM(size IS NULL OR stored < size), 0),
+                COALESCE(SUM(stored), 0)
+         FROM recordings",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        },
+    )?;
+    Ok(Some(Summary {
+        complete: complete as u64,
+        partial: partial as u64,
+        bytes: bytes as u64,
+    }))
 }
 
 /// The path of a recording's content file under a store directory (tests and diagnostics).

@@ -122,6 +122,19 @@ impl MetaStore {
         })
     }
 
+    /// How many calls the index in `dir` holds, read-only (works while a mount has it open);
+    /// `None` when there is no index or no call table yet.
+    pub fn count(dir: &Path) -> Option<u64> {
+        let db = Connection::open_with_flags(
+            dir.join("index.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ok()?;
+        db.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get::<_, i64>(0))
+            .ok()
+            .map(|n| n as u64)
+    }
+
     /// Everything the index holds. Blocking (one read of the whole index).
     pub fn load(&self) -> anyhow::Result<Stored> {
         let db = Connection::open_with_flags(

@@ -16,5 +16,8 @@
 pub mod disk;
 pub mod meta;
 
-pub use disk::{DiskStats, DiskStore, Lease, Reserved, StoreConfig, StoredRecording, Writer};
+pub use disk::{
+    CompleteFile, DiskStats, DiskStore, InUse, Lease, Reserved, StoreConfig, StoredRecording,
+    Summary, Writer,
+};
 pub use meta::{MetaStore, Span, Stored, StoredCall};

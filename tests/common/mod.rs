@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -218,4 +219,75 @@ pub fn recording_id_of(path: &Path) -> String {
     let name = path.file_name().unwrap().to_string_lossy();
     let stem = name.rsplit_once('.').unwrap().0;
     stem.rsplit(' ').next().unwrap().to_string()
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Child(pub Option<std::process::Child>);
+
+impl Child {
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().unwrap().id() as i32
+    }
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.0.as_mut().unwrap().try_wait().unwrap() {
+                return Some(st);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A mount point that is unmounted (lazily) when dropped, whoever mounted it.
+pub struct MountPoint(pub tempfile::TempDir);
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        force_unmount(self.0.path());
+    }
+}
+
+/// The real `ringfs` binary mounting `emu`'s account (its API URL as the source) on `mnt`, as a
+/// user runs it: credentials in a clean environment, the dates of `cfg.days` in UTC, tokens in
+/// `state`, logs at trace level in `log`. No disk cache unless the caller adds `--cache-dir`
+/// (the environment has no HOME).
+pub fn ringfs_binary(
+    emu: &Emulator,
+    cfg: &Config,
+    mnt: &Path,
+    state: &Path,
+    log: &Path,
+) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ringfs"));
+    c.arg(emu.api_url())
+        .arg(mnt)
+        .args(["--days", &cfg.days.to_string(), "--tz", "UTC"])
+        .arg("--state-file")
+        .arg(state)
+        .arg("--log-file")
+        .arg(log)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RC_CLIENT_ID", &cfg.client_id)
+        .env("RC_CLIENT_SECRET", &cfg.client_secret)
+        .env("RC_JWT", &cfg.jwt)
+        .env("RINGFS_LOG", "trace")
+        .stdin(Stdio::null());
+    c
 }

@@ -386,3 +386,65 @@ async fn a_full_disk_stops_writing_that_recording_and_nothing_fails() {
     drop(store);
     drop(fs);
 }
+
+#[tokio::test]
+async fn complete_files_are_checked_and_leased_and_clear_empties_the_store() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let len = 60_000;
+    {
+        let store = DiskStore::open(tmp.path(), unlimited()).unwrap();
+        write(&store, "whole", 1, 0, len, Some(len)).await;
+        write(&store, "flipped", 2, 0, len, Some(len)).await;
+        write(&store, "part", 3, 0, 20_000, None).await;
+        until_stored(&store, "whole", len).await;
+        until_stored(&store, "flipped", len).await;
+        until_stored(&store, "part", 20_000).await;
+        // Written by this process: no check needed, served at once.
+        assert!(store.open_complete("whole").is_some());
+        assert!(store.open_complete("part").is_none(), "a prefix only");
+        assert!(store.open_complete("nothing").is_none());
+        assert!(in_use(tmp.path()), "the store holds the directory's lock");
+        store.shutdown();
+    }
+    assert!(!in_use(tmp.path()));
+    assert_eq!(
+        summary(tmp.path()).unwrap(),
+        Some(Summary {
+            complete: 2,
+            partial: 1,
+            bytes: 2 * len + 20_000
+        })
+    );
+    let p = content_path(tmp.path(), "flipped");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[777] ^= 1;
+    std::fs::write(&p, bytes).unwrap();
+
+    let store = DiskStore::open(tmp.path(), unlimited()).unwrap();
+    assert!(
+        store.open_complete("flipped").is_none(),
+        "checked before it is handed out"
+    );
+    assert_eq!(store.get("flipped"), None, "and discarded");
+    let mut f = store.open_complete("whole").expect("complete and checked");
+    assert_eq!(f.size, len);
+    let mut got = Vec::new();
+    f.file.read_to_end(&mut got).unwrap();
+    assert_eq!(got, expected(1, 0, len));
+    assert_eq!(store.stats().bytes_read, 0, "a check is not a read");
+    // The open file is leased: clear keeps it, and takes the rest.
+    assert_eq!(store.clear(), (1, 20_000));
+    assert!(store.get("whole").is_some() && store.get("part").is_none());
+    drop(f);
+    assert_eq!(store.clear(), (1, len));
+    store.shutdown();
+    assert_eq!(summary(tmp.path()).unwrap(), Some(Summary::default()));
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("recordings"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(summary(&tmp.path().join("none")).unwrap(), None);
+}
