@@ -981,3 +981,45 @@ async fn a_core_over_the_call_index_of_an_earlier_one_lists_past_dates_for_nothi
         newest
     );
 }
+
+#[tokio::test]
+async fn a_long_call_that_shows_after_the_last_listing_is_caught_up_after_a_remount() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Arc::new(MetaStore::open(dir.path(), Duration::from_secs(90 * 86_400)).unwrap());
+    let now = Timestamp::now();
+    let short_call = || {
+        calls_back_from(
+            now - SignedDuration::from_secs(600),
+            1,
+            60,
+            7_100_000_000,
+            71_000_000,
+        )
+    };
+    let tune = |fc: &mut FsConfig| fc.settle = Duration::from_secs(3600);
+    let mut calls = background(today());
+    calls.extend(short_call());
+    let meta = open();
+    let c = core_over(ScriptedLog::new(&calls), tune, Some(meta.clone()));
+    assert_eq!(c.list(&today().to_string()).await.unwrap().len(), 1);
+    drop(c);
+    meta.shutdown();
+    drop(meta);
+
+    // A call that started 30 minutes ago, before the newest known record, ended just now: the
+    // call log shows it only now. The catch-up must reach back to it.
+    let mut calls = background(today());
+    calls.extend(short_call());
+    calls.extend(calls_back_from(
+        now - SignedDuration::from_secs(1800),
+        1,
+        60,
+        7_200_000_000,
+        72_000_000,
+    ));
+    let c = core_over(ScriptedLog::new(&calls), tune, Some(open()));
+    let today_names = names(&c.list(&today().to_string()).await.unwrap());
+    assert_eq!(today_names.len(), 2, "{today_names:?}");
+    let pages = c.log.pages();
+    assert_eq!(pages.len(), 1, "one catch-up query: {pages:?}");
+}

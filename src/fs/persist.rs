@@ -7,7 +7,9 @@
 //! this mount, which need not be the last one's: spans and start times are UTC) is listed when
 //! the mount starts and never costs a request. A date that is not (today, or a date last listed
 //! while it could still change) is brought up to date by the catch-up: one query from the newest
-//! known record's start to now, sent once per mount when what was listed before plus that query
+//! known record's start (or from `L - settle` of the last listing, when that is earlier: a long
+//! call that started before the newest record shows only when it ends) to now, sent once per
+//! mount when what was listed before plus that query
 //! covers the date; every date they cover is then listed. After that, dates that may change are
 //! listed again after `recent_ttl` as in any mount.
 //!
@@ -135,9 +137,21 @@ impl Fs {
             .filter_map(|v| CallRecord::from_json(&v).ok())
             .collect();
         let count = records.len();
-        st.catch_up = records.iter().map(|r| r.start_time).max();
-        st.index.add_records(records, &self.config.window);
         let settle = self.config.settle.as_millis() as i64;
+        // The catch-up starts at the newest known record, or earlier where the last listing was
+        // not final yet: a long call that started before the newest record may have shown in
+        // the call log only after that listing (calls show within `settle` of their start).
+        let unsettled = stored
+            .spans
+            .iter()
+            .map(|s| s.listed_at_ms.saturating_sub(settle))
+            .max();
+        st.catch_up = records
+            .iter()
+            .map(|r| r.start_time)
+            .max()
+            .map(|newest| unsettled.map_or(newest, |u| newest.min(ts(u))));
+        st.index.add_records(records, &self.config.window);
         let mut settled = Coverage::default();
         for s in &stored.spans {
             st.coverage.add(ts(s.from_ms), ts(s.to_ms));
