@@ -8,6 +8,8 @@
 //! with a zero TTL and the file is opened with direct I/O. A lower bound, the bytes received so
 //! far, is never published. `RINGFS_SIZES_SEED=<seed>` replays one case.
 
+mod common;
+
 // This binary uses only part of the scripted log.
 #[allow(dead_code)]
 #[path = "core/scripted.rs"]
@@ -24,22 +26,8 @@ use ringfs::fs::{Attr, Fs, FsConfig};
 use ringfs::media::fake::{FakeRange, FakeRecording, FakeSource, Reply};
 use ringfs::media::{Media, MediaConfig};
 
+use common::Rng;
 use scripted::{Call, ScriptedLog};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
 
 /// Looks `path` up from the root.
 async fn lookup(fs: &Fs, path: &str) -> Attr {

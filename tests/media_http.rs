@@ -95,7 +95,8 @@ fn serve(script: impl Fn(usize, Option<u64>) -> Answer + Send + Sync + 'static) 
     }
 }
 
-fn client(base: &str) -> Client {
+/// A client of the server at `base` (any credentials: the hand-made servers take them all).
+fn config(base: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new(Credentials {
         server_url: base.into(),
         client_id: "a".into(),
@@ -103,7 +104,11 @@ fn client(base: &str) -> Client {
         jwt: "c".into(),
     });
     cfg.stall_timeout = Duration::from_secs(5);
-    Client::new(cfg).unwrap()
+    cfg
+}
+
+fn client(base: &str) -> Client {
+    Client::new(config(base)).unwrap()
 }
 
 fn media(c: &Client) -> Arc<Media> {
@@ -301,12 +306,7 @@ async fn a_json_body_cut_short_is_resent_within_the_requests_one_retry_budget() 
         },
     }
     });
-    let mut cfg = ClientConfig::new(Credentials {
-        server_url: s.base.clone(),
-        client_id: "a".into(),
-        client_secret: "b".into(),
-        jwt: "c".into(),
-    });
+    let mut cfg = config(&s.base);
     cfg.max_retries = 4;
     cfg.backoff_base = Duration::from_millis(5);
     cfg.backoff_max = Duration::from_millis(20);
@@ -325,12 +325,7 @@ async fn a_json_body_cut_short_is_resent_within_the_requests_one_retry_budget() 
 
 #[tokio::test]
 async fn an_unreachable_server_is_reported_with_each_cause_once() {
-    let mut cfg = ClientConfig::new(Credentials {
-        server_url: "http://127.0.0.1:1".into(),
-        client_id: "a".into(),
-        client_secret: "b".into(),
-        jwt: "c".into(),
-    });
+    let mut cfg = config("http://127.0.0.1:1");
     cfg.max_retries = 0;
     let e = Client::new(cfg).unwrap().login().await.unwrap_err();
     // As the core logs it, and as the binary prints it (anyhow's chain).

@@ -255,6 +255,15 @@ impl Fs {
         self.backing_files.store(on, Ordering::Relaxed);
     }
 
+    /// The node an inode number names; ENOENT for one the kernel should not know.
+    fn node_of(&self, ino: u64) -> Result<Node, FsError> {
+        self.state()
+            .inodes
+            .node(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -270,12 +279,7 @@ impl Fs {
         if catalog::is_probe_name(name) {
             return Err(FsError::NotFound);
         }
-        let parent_node = self
-            .state()
-            .inodes
-            .node(parent)
-            .cloned()
-            .ok_or(FsError::NotFound)?;
+        let parent_node = self.node_of(parent)?;
         let node = match parent_node {
             Node::Root => match name {
                 BY_SESSION => Node::BySession,
@@ -363,12 +367,7 @@ impl Fs {
     /// The entries of a directory (without `.` and `..`), computed once per `opendir` so that
     /// readdir paging is consistent.
     pub async fn opendir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
-        let node = self
-            .state()
-            .inodes
-            .node(ino)
-            .cloned()
-            .ok_or(FsError::NotFound)?;
+        let node = self.node_of(ino)?;
         match node {
             Node::Root => {
                 let now = Timestamp::now();
@@ -461,12 +460,7 @@ impl Fs {
     /// here (waiting for the response headers, about one round trip), so the size and format are
     /// known before the first read.
     pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
-        let node = self
-            .state()
-            .inodes
-            .node(ino)
-            .cloned()
-            .ok_or(FsError::NotFound)?;
+        let node = self.node_of(ino)?;
         if write {
             return Err(FsError::ReadOnly);
         }
@@ -537,12 +531,7 @@ impl Fs {
     }
 
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let node = self
-            .state()
-            .inodes
-            .node(ino)
-            .cloned()
-            .ok_or(FsError::NotFound)?;
+        let node = self.node_of(ino)?;
         match node {
             Node::CallJson { session, .. } => {
                 let st = self.state();
