@@ -20,7 +20,7 @@
 //! The kernel puts an inode in one I/O mode while any of its files is open: all handles cached
 //! (ordinary reads) or all passthrough with the same backing file, and it fails an open that
 //! mixes them with EIO. So the adapter keeps, per inode, how many handles are open in which mode:
-//! a new open follows the mode of the handles already open (reusing the one [`BackingId`]), and
+//! a new open follows the mode of the handles already open (reusing the one `BackingId`), and
 //! only an inode with no open handle picks its mode from what the core says. The backing id and
 //! the store's lease on the file are dropped when the last passthrough handle is released.
 
