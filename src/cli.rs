@@ -831,14 +831,16 @@ fn serve(
         .build()
         .context("starting the runtime")?;
     let (client, _emulator) = rt.block_on(connect(&opts, creds))?;
-    let media = Media::with_disk(
+    let media = Media::with_tier(
         Arc::new(crate::source::ApiMedia::new(client.clone())),
         MediaConfig {
             cache_bytes: opts.cache_bytes,
             read_timeout: opts.read_timeout,
             ..MediaConfig::default()
         },
-        disk.clone(),
+        // The tiers below memory are chosen here and only here: a tier added below the disk is
+        // stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
+        disk.clone().map(|d| d as Arc<dyn crate::store::Tier>),
     );
     let log = Arc::new(client.clone());
     let core = Arc::new(match &meta {

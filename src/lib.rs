@@ -9,8 +9,8 @@
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
 //! fs ──> catalog, media, store, api, model
-//! media ──> store, api               (the disk tier; Priority, BodyEnd)
-//! store                              (no ringfs module)
+//! media ──> store, api               (the Tier trait; Priority, BodyEnd)
+//! store                              (no ringfs module; its tests run the disk under media)
 //! catalog ──> model
 //! api ──> model
 //! model                              (no ringfs module)
@@ -25,9 +25,10 @@
 //!   `Result<_, FsError>`; testable without a kernel.
 //! - [`media`]: lazy opening of recordings, one shared streaming download per recording, and the
 //!   byte-budgeted LRU chunk cache.
-//! - [`store`]: what a mount fetched, kept on disk for the next one: recording content under a
-//!   cache directory with an SQLite index, below the media layer's memory cache; and the call
-//!   index (call-log records, the spans listed), so a remount lists past dates for free.
+//! - [`store`]: what a mount fetched, kept for the next one: the tiers below the media layer's
+//!   memory cache, behind one trait ([`store::Tier`]; today the disk store, recording content
+//!   under a cache directory with an SQLite index); and the call index (call-log records, the
+//!   spans listed), so a remount lists past dates for free.
 //! - [`catalog`]: pure naming: call-log records -> dates, session directories, file names.
 //! - [`api`]: the RingCentral client. Auth, call log, recording media, and the request budget
 //!   (one pacer per rate group). It is the only code that sends requests, and names no FUSE type.

@@ -62,7 +62,7 @@ fn core(
 ) -> Arc<Fs> {
     let client = client_for(emu, cfg);
     rt.block_on(client.login()).unwrap();
-    let media = Media::with_disk(
+    let media = Media::with_tier(
         Arc::new(ringfs::source::ApiMedia::new(client.clone())),
         MediaConfig {
             cache_bytes: 512 << 20,
@@ -170,7 +170,7 @@ fn indexed_core(
     c.media_base = Some(emu.media_url());
     c.state_file = Some(state_file.to_path_buf());
     let client = ringfs::api::Client::new(c).unwrap();
-    let media = Media::with_disk(
+    let media = Media::with_tier(
         Arc::new(ringfs::source::ApiMedia::new(client.clone())),
         MediaConfig {
             cache_bytes: 512 << 20,

@@ -97,39 +97,44 @@
 //! closed), so open but idle files hold nothing but evictable cache entries. With the defaults
 //! (256 MiB, 256 KiB chunks) the budget is exceeded only past 1024 downloads read at once.
 //!
-//! # The disk tier
+//! # The tier below memory
 //!
-//! With a [`DiskStore`] ([`Media::with_disk`]), what downloads fetch also goes to disk, below the
-//! LRU, so that it outlives the process: the store holds, per recording, a *prefix* of its content
-//! from byte 0 (all of it once complete), its size and content type. The algorithm above is
-//! unchanged except in three places:
-//! - **reads**: a read that misses memory at `X` while the store holds `X` is served from disk:
+//! With a [`Tier`] ([`Media::with_tier`]; the disk store in production), what downloads fetch
+//! also goes below the LRU, so that it outlives the process: a tier holds, per recording, a
+//! *prefix* of its content from byte 0 (all of it once complete), its size and content type
+//! ([`StoredRecording`]). This layer names no concrete tier: the trait is all it knows, so a
+//! tier added later (a shared bucket below the disk, stacked into one `Tier`; see "Adding a
+//! tier" in [`crate::store`]) changes nothing here. The algorithm above is unchanged except in
+//! three places:
+//! - **reads**: a read that misses memory at `X` while the tier holds `X` is served from it:
 //!   the chunks from `X`'s on (the read and [`DISK_READ_CHUNKS`] chunks more, up to the stored
-//!   end) are read in a blocking task and go into the LRU, as if a download had brought them. No
-//!   request. Before a download starts in the chunk where the stored prefix ends, that chunk's
-//!   stored bytes go into the LRU as a partial entry, so the download takes them over and its
-//!   request starts exactly at the stored end: a recording half read by an earlier mount costs one
-//!   Range request for the rest;
-//! - **what is known**: a recording the store holds starts with the store's size and content
+//!   end) are read in a blocking task ([`Tier::read`]) and go into the LRU, as if a download had
+//!   brought them. No request. Before a download starts in the chunk where the stored prefix
+//!   ends, that chunk's stored bytes go into the LRU as a partial entry, so the download takes
+//!   them over and its request starts exactly at the stored end: a recording half read by an
+//!   earlier mount costs one Range request for the rest;
+//! - **what is known**: a recording the tier holds starts with the tier's size and content
 //!   type (and bytes seen up to its stored end), so after a restart [`Media::known`] is exact and
 //!   [`Media::open`] spends no request (no headers are needed), and a later response that
 //!   disagrees with them fails as any disagreeing response does;
 //! - **downloads** that start within the stored prefix (normally at its end) write their bytes
-//!   through to the store as they arrive, in order; the store keeps only bytes that continue its
-//!   prefix. A download past the prefix (a far seek) does not write. Writing never blocks a
-//!   download on the disk: it only waits when the store's queue is full, outside the lock.
+//!   through to the tier as they arrive, in order ([`Tier::writer`]); the tier keeps only bytes
+//!   that continue its prefix. A download past the prefix (a far seek) does not write. Writing
+//!   never blocks a download on the tier: it only waits for room ([`TierWriter::reserve`]),
+//!   outside the lock.
 //!
-//! The store checks its files (length at open, checksum at first read) and discards what does not
-//! match, and a disk that fails or fills only stops it writing: either way the recording is then
-//! fetched as if there were no disk, and a reader never gets an error from the disk tier. An open
-//! recording holds a [`Lease`] so the store never evicts it while it is read. The request budget,
-//! cool-downs and memory bound are those above: disk reads are not requests, and their bytes count
-//! in the LRU's budget like any others.
+//! A tier checks what it holds and discards what does not match (the disk store: length at
+//! open, checksum at first read), and a tier that fails or fills only stops writing: either way
+//! the recording is then fetched as if there were no tier, and a reader never gets an error from
+//! it. An open recording holds the tier's lease ([`Tier::lease`]) so the tier never evicts it
+//! while it is read. The request budget, cool-downs and memory bound are those above: tier reads
+//! are not requests, and their bytes count in the LRU's budget like any others.
 //!
-//! A recording the store holds complete need not come through this layer at all:
-//! [`Media::complete_file`] hands out its checked file (with a lease), so that the FUSE adapter
-//! can have the kernel read it directly (passthrough). Those reads never reach [`Media::read`],
-//! cost no memory budget and show in no counter here.
+//! A recording a local tier holds complete need not come through this layer at all:
+//! [`Media::complete_file`] hands out its checked file (with a lease, [`Tier::open_complete`]),
+//! so that the FUSE adapter can have the kernel read it directly (passthrough). Those reads never
+//! reach [`Media::read`], cost no memory budget and show in no counter here. A tier with no local
+//! files has none to hand out, and its recordings are read through this layer.
 //!
 //! # Lock discipline
 //! One `std::sync::Mutex<Inner>` guards all state: the LRU, the byte totals, per-recording state,
@@ -140,9 +145,9 @@
 //! waiter always calls `Notified::enable()` *before* checking the state under the lock, so a signal
 //! between check and sleep is not lost. Anyone may end a download (cleanup under the lock, then
 //! abort its task), so a task re-checks that its download still exists every time it takes the lock.
-//! The disk store is asked under the lock only what it keeps in memory ([`DiskStore::get`], a
-//! lease, queueing bytes to its writer thread); its file and SQLite I/O runs in `spawn_blocking`
-//! or on its own thread, never under this lock.
+//! The tier is asked under the lock only what it keeps in memory ([`Tier::get`], a lease,
+//! queueing bytes with [`TierWriter::append`]); its I/O ([`Tier::read`],
+//! [`Tier::open_complete`]) runs in `spawn_blocking` or on its own threads, never under this lock.
 
 pub mod fake;
 
@@ -159,7 +164,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 pub use crate::api::{BodyEnd, Priority};
-use crate::store::{CompleteFile, DiskStore, Lease, StoredRecording, Writer};
+use crate::store::{CompleteFile, StoredRecording, Tier, TierLease, TierWriter};
 
 /// A boxed, sendable future (the traits are object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -172,8 +177,8 @@ pub const MAX_DOWNLOADS: usize = 4;
 /// Most downloads a single read starts without receiving a byte (see the algorithm, step 6).
 pub const MAX_STARTS: u32 = 3;
 
-/// Chunks a read that is served from disk reads beyond its own end (fewer blocking reads for a
-/// sequential reader; they go to the LRU like a download's read-ahead).
+/// Chunks a read that is served from the tier below memory reads beyond its own end (fewer
+/// blocking reads for a sequential reader; they go to the LRU like a download's read-ahead).
 pub const DISK_READ_CHUNKS: u64 = 4;
 
 /// Failures remembered per recording so that the readers that waited on a download get its error.
@@ -315,7 +320,7 @@ pub struct MediaStats {
     pub peak_bytes: u64,
     /// LRU entries evicted to stay within the budget.
     pub evictions: u64,
-    /// Reads of the disk store that brought bytes into memory (no request).
+    /// Reads of the tier that brought bytes into memory (no request).
     pub disk_reads: u64,
 }
 
@@ -327,7 +332,7 @@ pub struct Media {
 struct Shared {
     source: Arc<dyn MediaSource>,
     config: MediaConfig,
-    disk: Option<Arc<DiskStore>>,
+    tier: Option<Arc<dyn Tier>>,
     inner: Mutex<Inner>,
 }
 
@@ -350,8 +355,8 @@ struct Inner {
     recs: HashMap<Arc<str>, Rec>,
     next_download: u64,
     stats: MediaStats,
-    /// The disk store, asked for what it holds when a recording is first seen.
-    disk: Option<Arc<DiskStore>>,
+    /// The tier, asked for what it holds when a recording is first seen.
+    tier: Option<Arc<dyn Tier>>,
 }
 
 struct Rec {
@@ -378,8 +383,8 @@ struct Rec {
     failures_in_a_row: u32,
     /// Open handles (open minus close).
     readers: u32,
-    /// Held while a reader has the recording open: the disk store does not evict it.
-    lease: Option<Lease>,
+    /// Held while a reader has the recording open: the tier does not evict it.
+    lease: Option<TierLease>,
     /// The last reader closed: paused downloads stop at once instead of after `idle_timeout`.
     closed: bool,
     downloads: Vec<Download>,
@@ -424,25 +429,25 @@ enum Step<T> {
     Done(T),
     Wait,
     Fail(MediaError),
-    /// Read `(from, len)` from the disk store into the LRU, then look again.
+    /// Read `(from, len)` from the tier into the LRU, then look again.
     Load(u64, usize),
 }
 
-/// Bytes of the disk store to bring into memory (see [`Shared::disk_wanted`]).
+/// Bytes of the tier to bring into memory (see [`Shared::tier_wanted`]).
 #[derive(Clone, Copy)]
-struct DiskLoad {
+struct TierLoad {
     from: u64,
     len: usize,
     /// The store holds the byte asked for (else only the stored part of its chunk before it).
     covers: bool,
 }
 
-/// Most disk loads one read or open makes (a read needs one or two; this only bounds a loop with
+/// Most tier loads one read or open makes (a read needs one or two; this only bounds a loop with
 /// a store that keeps changing under it).
-const MAX_DISK_LOADS: u32 = 8;
+const MAX_TIER_LOADS: u32 = 8;
 
 impl Rec {
-    /// A recording first seen, starting from what the disk store holds of it.
+    /// A recording first seen, starting from what the tier holds of it.
     fn new(key: &RecordingKey, stored: Option<StoredRecording>) -> Self {
         Rec {
             id: Arc::from(key.id.as_str()),
@@ -568,7 +573,7 @@ fn chunk_complete(len: usize, idx: u64, cs: usize, size: Option<u64>) -> bool {
 impl Inner {
     fn rec(&mut self, key: &RecordingKey) -> &mut Rec {
         if !self.recs.contains_key(key.id.as_str()) {
-            let rec = Rec::new(key, self.disk.as_ref().and_then(|d| d.get(&key.id)));
+            let rec = Rec::new(key, self.tier.as_ref().and_then(|d| d.get(&key.id)));
             self.recs.insert(rec.id.clone(), rec);
         }
         let rec = self.recs.get_mut(key.id.as_str()).expect("inserted above");
@@ -738,13 +743,13 @@ impl Shared {
         self.config.chunk_size
     }
 
-    /// What the disk store holds that memory lacks, for a read of `[pos, end)` that memory
+    /// What the tier holds that memory lacks, for a read of `[pos, end)` that memory
     /// cannot serve at `pos`: from `pos`'s chunk up to the read's end and [`DISK_READ_CHUNKS`]
     /// more (`covers`), or, when the store ends before `pos`, the stored part of `pos`'s chunk
     /// that the LRU does not hold (so that a download started at `pos` takes it over and its
     /// request starts at the stored end).
-    fn disk_wanted(&self, g: &Inner, id: &Arc<str>, pos: u64, end: u64) -> Option<DiskLoad> {
-        let stored = self.disk.as_ref()?.get(id)?.stored;
+    fn tier_wanted(&self, g: &Inner, id: &Arc<str>, pos: u64, end: u64) -> Option<TierLoad> {
+        let stored = self.tier.as_ref()?.get(id)?.stored;
         let cs = self.cs() as u64;
         let from = pos / cs * cs;
         let in_memory = g
@@ -761,22 +766,22 @@ impl Shared {
             .saturating_add(DISK_READ_CHUNKS)
             .saturating_mul(cs)
             .min(stored);
-        Some(DiskLoad {
+        Some(TierLoad {
             from,
             len: (to - from) as usize,
             covers,
         })
     }
 
-    /// Reads `[from, from + len)` (from a chunk boundary) from the disk store in a blocking task
+    /// Reads `[from, from + len)` (from a chunk boundary) from the tier in a blocking task
     /// and puts it into the LRU, chunk by chunk. `false` when the store had nothing there (it may
     /// have just discarded the recording as damaged).
-    async fn load_from_disk(&self, id: &Arc<str>, from: u64, len: usize) -> bool {
-        let Some(disk) = self.disk.clone() else {
+    async fn load_from_tier(&self, id: &Arc<str>, from: u64, len: usize) -> bool {
+        let Some(tier) = self.tier.clone() else {
             return false;
         };
         let key = id.to_string();
-        let got = tokio::task::spawn_blocking(move || disk.read(&key, from, len))
+        let got = tokio::task::spawn_blocking(move || tier.read(&key, from, len))
             .await
             .ok()
             .flatten();
@@ -882,22 +887,22 @@ impl Media {
     /// A media layer reading from `source`. Downloads are tokio tasks: call `open`/`read` inside a
     /// tokio runtime.
     pub fn new(source: Arc<dyn MediaSource>, config: MediaConfig) -> Arc<Media> {
-        Media::with_disk(source, config, None)
+        Media::with_tier(source, config, None)
     }
 
-    /// A media layer over `source` with `disk` below its memory cache (see "The disk tier" in
-    /// the module docs); `None`: memory only, as [`Media::new`].
-    pub fn with_disk(
+    /// A media layer over `source` with `tier` below its memory cache (see "The tier below
+    /// memory" in the module docs); `None`: memory only, as [`Media::new`].
+    pub fn with_tier(
         source: Arc<dyn MediaSource>,
         mut config: MediaConfig,
-        disk: Option<Arc<DiskStore>>,
+        tier: Option<Arc<dyn Tier>>,
     ) -> Arc<Media> {
         config.chunk_size = config.chunk_size.max(1);
         Arc::new(Media {
             shared: Arc::new(Shared {
                 source,
                 config,
-                disk: disk.clone(),
+                tier: tier.clone(),
                 inner: Mutex::new(Inner {
                     cache: LruCache::unbounded(),
                     cached_bytes: 0,
@@ -905,7 +910,7 @@ impl Media {
                     recs: HashMap::new(),
                     next_download: 0,
                     stats: MediaStats::default(),
-                    disk,
+                    tier,
                 }),
             }),
         })
@@ -920,12 +925,12 @@ impl Media {
                 .await
                 .map_err(|_| MediaError::TimedOut)??;
         let mut g = self.shared.lock();
-        let disk = g.disk.clone();
+        let tier = g.tier.clone();
         let rec = g.rec(key);
         rec.readers += 1;
         rec.closed = false;
         if rec.lease.is_none() {
-            rec.lease = disk.map(|d| d.lease(&key.id));
+            rec.lease = tier.map(|d| d.lease(&key.id));
         }
         Ok(known)
     }
@@ -940,7 +945,7 @@ impl Media {
         };
         let mut waited: Option<u64> = None;
         let mut starts = 0;
-        let mut disk_loads = 0;
+        let mut tier_loads = 0;
         loop {
             let notified = data.notified();
             tokio::pin!(notified);
@@ -975,16 +980,16 @@ impl Media {
                         None => break,
                     }
                 }
-                // What the disk store holds from 0 is not missing either.
+                // What the tier holds from 0 is not missing either.
                 let stored = sh
-                    .disk
+                    .tier
                     .as_ref()
                     .and_then(|d| d.get(&id))
                     .map_or(0, |s| s.stored);
                 let missing = missing.max(stored);
                 let fully_cached = bound.is_some_and(|b| missing >= b);
-                let disk_tail = if disk_loads < MAX_DISK_LOADS {
-                    sh.disk_wanted(g, &id, missing, missing)
+                let tier_tail = if tier_loads < MAX_TIER_LOADS {
+                    sh.tier_wanted(g, &id, missing, missing)
                 } else {
                     None
                 };
@@ -1012,8 +1017,9 @@ impl Media {
                     Step::Fail(MediaError::Failed(format!(
                         "recording {id}: downloads keep stopping before their headers"
                     )))
-                } else if let Some(DiskLoad { from, len, .. }) = disk_tail {
-                    // The stored part of the chunk where the download starts (see the disk tier).
+                } else if let Some(TierLoad { from, len, .. }) = tier_tail {
+                    // The stored part of the chunk where the download starts (see "The tier
+                    // below memory").
                     Step::Load(from, len)
                 } else {
                     starts += 1;
@@ -1026,9 +1032,9 @@ impl Media {
                 Step::Fail(e) => return Err(e),
                 Step::Wait => notified.await,
                 Step::Load(from, len) => {
-                    disk_loads += 1;
-                    if !sh.load_from_disk(&id, from, len).await {
-                        disk_loads = MAX_DISK_LOADS;
+                    tier_loads += 1;
+                    if !sh.load_from_tier(&id, from, len).await {
+                        tier_loads = MAX_TIER_LOADS;
                     }
                 }
             }
@@ -1072,7 +1078,7 @@ impl Media {
         };
         let mut waited: Option<u64> = None;
         let mut starts = 0;
-        let mut disk_loads = 0;
+        let mut tier_loads = 0;
         let mut first_pass = true;
         loop {
             let notified = data.notified();
@@ -1091,8 +1097,8 @@ impl Media {
                 if pos > before {
                     starts = 0;
                 }
-                let disk = if pos < end && disk_loads < MAX_DISK_LOADS {
-                    sh.disk_wanted(g, &id, pos, end)
+                let tier = if pos < end && tier_loads < MAX_TIER_LOADS {
+                    sh.tier_wanted(g, &id, pos, end)
                 } else {
                     None
                 };
@@ -1122,11 +1128,11 @@ impl Media {
                 } else if let Some(e) = waited.and_then(|w| rec.failure_of(w)) {
                     g.stats.cache_misses += 1;
                     Step::Fail(e)
-                } else if let Some(DiskLoad {
+                } else if let Some(TierLoad {
                     from,
                     len,
                     covers: true,
-                }) = disk
+                }) = tier
                 {
                     Step::Load(from, len)
                 } else if let Some(d) = rec
@@ -1149,8 +1155,9 @@ impl Media {
                         "recording {id}: bytes at {pos} were evicted before they could be read \
                          {MAX_STARTS} times (cache budget too small for the readers)"
                     )))
-                } else if let Some(DiskLoad { from, len, .. }) = disk {
-                    // The stored part of the chunk where the download starts (see the disk tier).
+                } else if let Some(TierLoad { from, len, .. }) = tier {
+                    // The stored part of the chunk where the download starts (see "The tier
+                    // below memory").
                     Step::Load(from, len)
                 } else {
                     starts += 1;
@@ -1167,9 +1174,9 @@ impl Media {
                 }
                 Step::Load(from, len) => {
                     first_pass = false;
-                    disk_loads += 1;
-                    if !sh.load_from_disk(&id, from, len).await {
-                        disk_loads = MAX_DISK_LOADS;
+                    tier_loads += 1;
+                    if !sh.load_from_tier(&id, from, len).await {
+                        tier_loads = MAX_TIER_LOADS;
                     }
                 }
             }
@@ -1188,19 +1195,20 @@ impl Media {
         }
     }
 
-    /// The file of a recording the disk store holds complete, its checksum checked, with a lease
+    /// The file of a recording the tier holds complete, its content checked, with a lease
     /// that keeps it from eviction while it lives: what a kernel passthrough reads from (see "The
-    /// disk tier"). `None` without a store, when it holds less than all of the recording, or when
-    /// what it holds disagrees with what responses said. No request, and no read is counted: the
-    /// bytes are not read here (only checked, once per process).
+    /// tier below memory"). `None` without a tier or with one that keeps no local files, when it
+    /// holds less than all of the recording, or when what it holds disagrees with what responses
+    /// said. No request, and no read is counted: the bytes are not read here (only checked, once
+    /// per process).
     pub async fn complete_file(&self, key: &RecordingKey) -> Option<CompleteFile> {
-        let disk = self.shared.disk.clone()?;
-        let size = disk.get(&key.id).filter(|s| s.complete())?.stored;
+        let tier = self.shared.tier.clone()?;
+        let size = tier.get(&key.id).filter(|s| s.complete())?.stored;
         if self.known(&key.id).and_then(|k| k.size) != Some(size) {
             return None;
         }
         let id = key.id.clone();
-        tokio::task::spawn_blocking(move || disk.open_complete(&id))
+        tokio::task::spawn_blocking(move || tier.open_complete(&id))
             .await
             .ok()
             .flatten()
@@ -1208,12 +1216,12 @@ impl Media {
     }
 
     /// Size and content type learned from any response (kept beyond eviction), or held by the
-    /// disk store from an earlier process.
+    /// tier from an earlier process.
     pub fn known(&self, id: &str) -> Option<Known> {
         let g = self.shared.lock();
         match g.recs.get(id) {
             Some(r) => r.known.clone(),
-            None => g.disk.as_ref()?.get(id).map(|s| Known {
+            None => g.tier.as_ref()?.get(id).map(|s| Known {
                 size: s.size,
                 content_type: s.content_type,
             }),
@@ -1261,12 +1269,13 @@ async fn download_task(
     let budget = sh.config.cache_bytes;
     let mut at = start;
     let mut first = true;
-    // Writes through to disk when it continues the stored prefix (see the disk tier).
-    let mut disk: Option<Writer> = sh
-        .disk
+    // Writes through to the tier when it continues its stored prefix (see "The tier below
+    // memory").
+    let mut tier: Option<Box<dyn TierWriter>> = sh
+        .tier
         .as_ref()
         .filter(|d| d.get(&id).map_or(0, |s| s.stored) >= start)
-        .map(|d| d.writer(&id));
+        .map(|d| d.clone().writer(&id));
     loop {
         {
             let mut g = sh.lock();
@@ -1317,7 +1326,7 @@ async fn download_task(
                 return;
             }
             rec.learn(body.total_len(), body.content_type(), body.validator());
-            if let Some(w) = disk.as_mut() {
+            if let Some(w) = tier.as_mut() {
                 w.learn(rec.exact_size(), body.content_type());
             }
             let d = rec
@@ -1367,8 +1376,8 @@ async fn download_task(
                 Next::Pull => {}
             }
             let piece = body.next_chunk().await;
-            // Room in the disk writer's queue, waited for outside the lock.
-            let room = match (&piece, &disk) {
+            // Room in the tier writer's queue, waited for outside the lock.
+            let room = match (&piece, &tier) {
                 (Ok(Some(p)), Some(w)) => w.reserve(p.len()).await,
                 _ => None,
             };
@@ -1406,7 +1415,7 @@ async fn download_task(
                             )))
                         } else {
                             rec.learn(Some(total), None, None);
-                            if let Some(w) = disk.as_mut() {
+                            if let Some(w) = tier.as_mut() {
                                 w.learn(Some(total), None);
                             }
                             End::Eof
@@ -1419,7 +1428,7 @@ async fn download_task(
                     }
                     BodyEnd::PastEnd => {
                         rec.bound(pos);
-                        if let Some(w) = disk.as_mut() {
+                        if let Some(w) = tier.as_mut() {
                             w.learn(rec.exact_size(), None);
                         }
                         g.end_download(&id, download, End::Eof, cs, budget);
@@ -1430,7 +1439,7 @@ async fn download_task(
                     // that goes on shows it was a drop. One request per such end.
                     BodyEnd::Unconfirmed if rec.candidate_end == Some(pos) => {
                         rec.bound(pos);
-                        if let Some(w) = disk.as_mut() {
+                        if let Some(w) = tier.as_mut() {
                             w.learn(rec.exact_size(), None);
                         }
                         g.end_download(&id, download, End::Eof, cs, budget);
@@ -1469,7 +1478,7 @@ async fn download_task(
                 return;
             }
             progressed = true;
-            if let (Some(w), Some(room)) = (disk.as_mut(), room) {
+            if let (Some(w), Some(room)) = (tier.as_mut(), room) {
                 w.learn(total, None);
                 w.append(d.pos, piece.clone(), room);
             }
@@ -1642,4 +1651,4 @@ impl Shared {
 mod tests;
 
 #[cfg(test)]
-mod disk_tests;
+mod tier_tests;

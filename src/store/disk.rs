@@ -62,7 +62,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+
+use super::tier::{CompleteFile, ReserveFuture, Reserved, StoredRecording, TierLease};
 
 /// The index schema this code writes. [`migrate`] brings older indexes up to it.
 pub const SCHEMA_VERSION: i32 = 2;
@@ -95,23 +97,6 @@ impl Default for StoreConfig {
             keep_free_bytes: 1 << 30,
             keep_free_percent: 5,
         }
-    }
-}
-
-/// What the store holds of one recording.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredRecording {
-    /// Exact total size, when a response told it.
-    pub size: Option<u64>,
-    pub content_type: Option<String>,
-    /// Bytes held from offset 0 (readable now; the index claims them once synced).
-    pub stored: u64,
-}
-
-impl StoredRecording {
-    /// The whole content is held.
-    pub fn complete(&self) -> bool {
-        self.size == Some(self.stored)
     }
 }
 
@@ -185,7 +170,7 @@ enum Msg {
         offset: u64,
         data: Bytes,
         known: Known,
-        _permit: OwnedSemaphorePermit,
+        _room: Reserved,
     },
     Close {
         id: Arc<str>,
@@ -235,25 +220,6 @@ pub struct Summary {
     pub bytes: u64,
 }
 
-/// A recording the store holds complete, its checksum checked, open read-only: what a kernel
-/// passthrough reads from ([`DiskStore::open_complete`]). Its lease keeps the store from
-/// evicting it while it lives.
-pub struct CompleteFile {
-    pub file: File,
-    /// The content's size (the file's length).
-    pub size: u64,
-    _lease: Lease,
-}
-
-impl std::fmt::Debug for CompleteFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompleteFile")
-            .field("file", &self.file)
-            .field("size", &self.size)
-            .finish()
-    }
-}
-
 /// Keeps a recording from being evicted while it lives (an open file, a download writing).
 pub struct Lease {
     core: Arc<Core>,
@@ -271,9 +237,6 @@ impl Drop for Lease {
         }
     }
 }
-
-/// Room in the writer's queue for one piece, from [`Writer::reserve`].
-pub struct Reserved(OwnedSemaphorePermit);
 
 /// Writes one download's bytes through to the store, in order. Dropping it tells the writer the
 /// download ended (its bytes are synced then).
@@ -300,7 +263,7 @@ impl Writer {
             .acquire_many_owned(kib)
             .await
             .ok()
-            .map(Reserved)
+            .map(Reserved::new)
     }
 
     /// Queues `data`, the content at `offset`. The store keeps it only where it continues what
@@ -311,7 +274,7 @@ impl Writer {
             offset,
             data,
             known: self.known.clone(),
-            _permit: room.0,
+            _room: room,
         };
         self.store.send(msg);
     }
@@ -324,6 +287,20 @@ impl Writer {
         if let Some(ct) = content_type {
             self.known.content_type = Some(ct.to_string());
         }
+    }
+}
+
+impl super::tier::TierWriter for Writer {
+    fn reserve(&self, len: usize) -> ReserveFuture<'_> {
+        Box::pin(Writer::reserve(self, len))
+    }
+
+    fn append(&self, offset: u64, data: Bytes, room: Reserved) {
+        Writer::append(self, offset, data, room)
+    }
+
+    fn learn(&mut self, size: Option<u64>, content_type: Option<&str>) {
+        Writer::learn(self, size, content_type)
     }
 }
 
@@ -526,7 +503,8 @@ impl DiskStore {
         &self.core.dir
     }
 
-    /// What is held of `id` (in memory: no I/O, cheap enough under other locks).
+    /// What is held of `id` (in memory: no I/O, cheap enough under other locks). `stored` counts
+    /// the bytes readable now; the index claims them once they are synced.
     pub fn get(&self, id: &str) -> Option<StoredRecording> {
         lock(&self.core.meta)
             .views
@@ -578,11 +556,7 @@ impl DiskStore {
         if file.metadata().ok()?.len() != size {
             return None;
         }
-        Some(CompleteFile {
-            file,
-            size,
-            _lease: lease,
-        })
+        Some(CompleteFile::new(file, size, Box::new(lease)))
     }
 
     /// Removes every recording that is not leased (index rows first, then the files), and
@@ -641,6 +615,31 @@ impl DiskStore {
         if let Some(tx) = lock(&self.tx).as_ref() {
             let _ = tx.send(msg);
         }
+    }
+}
+
+/// The disk tier: the inherent methods, behind the interface the media layer uses. The trait is
+/// named by path, not imported, so that calls on an `Arc<DiskStore>` here and in the tests keep
+/// resolving to the inherent methods.
+impl super::tier::Tier for DiskStore {
+    fn get(&self, id: &str) -> Option<StoredRecording> {
+        DiskStore::get(self, id)
+    }
+
+    fn read(&self, id: &str, offset: u64, len: usize) -> Option<Bytes> {
+        DiskStore::read(self, id, offset, len)
+    }
+
+    fn lease(&self, id: &str) -> TierLease {
+        Box::new(DiskStore::lease(self, id))
+    }
+
+    fn writer(self: Arc<Self>, id: &str) -> Box<dyn super::tier::TierWriter> {
+        Box::new(DiskStore::writer(&self, id))
+    }
+
+    fn open_complete(&self, id: &str) -> Option<CompleteFile> {
+        DiskStore::open_complete(self, id)
     }
 }
 
@@ -738,7 +737,7 @@ impl Core {
                     offset,
                     data,
                     known,
-                    _permit,
+                    _room,
                 }) => self.append(&id, offset, &data, &known),
                 Ok(Msg::Close { id, known }) => {
                     self.learn(&id, &known);
@@ -1132,5 +1131,7 @@ pub fn content_path(dir: &Path, id: &str) -> PathBuf {
     dir.join("recordings").join(file_name(id))
 }
 
+#[cfg(test)]
+mod media_tests;
 #[cfg(test)]
 mod tests;

@@ -1,15 +1,16 @@
-//! Tests of the disk tier (see the module docs): a restart over the same cache directory is a
-//! new `Media` and a new `DiskStore` on the directory the last ones left, with a fresh fake
-//! source, so its request log counts only what the restarted layer spends.
+//! Tests of the disk store as the media layer's tier (see "The tier below memory" in
+//! [`crate::media`]): a restart over the same cache directory is a new `Media` and a new
+//! `DiskStore` on the directory the last ones left, with a fresh fake source, so its request log
+//! counts only what the restarted layer spends. They live here, not in the media layer, which
+//! names no concrete tier.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fake::{FakeRecording, FakeSource, expected};
-use super::*;
-use crate::store::disk::{content_path, index_row};
-use crate::store::{DiskStore, StoreConfig};
+use super::{DiskStore, StoreConfig, content_path, index_row};
+use crate::media::fake::{FakeRecording, FakeSource, expected};
+use crate::media::{Known, Media, MediaConfig, Priority, RecordingKey};
 
 const CS: usize = 16 << 10;
 
@@ -54,7 +55,7 @@ fn start(
     }
     let fake = Arc::new(fake);
     let disk = store(dir);
-    let media = Media::with_disk(fake.clone(), cfg(), Some(disk.clone()));
+    let media = Media::with_tier(fake.clone(), cfg(), Some(disk.clone()));
     (fake, media, disk)
 }
 
