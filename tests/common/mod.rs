@@ -288,6 +288,9 @@ pub fn ringfs_binary(
         .env("RC_CLIENT_SECRET", &cfg.client_secret)
         .env("RC_JWT", &cfg.jwt)
         .env("RINGFS_LOG", "trace")
+        // The default cache directory, beside the state file: a test never writes to the
+        // machine's own ~/.cache.
+        .env("XDG_CACHE_HOME", state.with_file_name("xdg-cache"))
         .stdin(Stdio::null());
     c
 }
