@@ -416,15 +416,16 @@ fn default_cache_dir(creds: &Credentials) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(
-        base.join("ringfs")
-            .join(account_name(&creds.server_url, &creds.client_id)),
-    )
+    Some(base.join("ringfs").join(account_name(creds)))
 }
 
-/// A stable directory name for an account: the server's host and a hash of the server URL and
-/// client id (no secret goes into it, and a name stays the same across mounts).
-pub fn account_name(server_url: &str, client_id: &str) -> String {
+/// A stable directory name for what these credentials reach: the server's host and a hash of
+/// the server URL, the client id and the user the JWT acts for (two users of one app must never
+/// share a cache: each sees only its own calls). No secret goes into it in clear, and the name is
+/// the same at every mount, with the API reachable or not.
+pub fn account_name(creds: &Credentials) -> String {
+    let (server_url, client_id) = (&creds.server_url, &creds.client_id);
+    let user = jwt_subject(&creds.jwt);
     let host = url::Url::parse(server_url)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))
@@ -439,11 +440,31 @@ pub fn account_name(server_url: &str, client_id: &str) -> String {
             }
         })
         .collect();
-    let hash = xxhash_rust::xxh3::xxh3_64(format!("{server_url}\n{client_id}").as_bytes());
+    let hash = xxhash_rust::xxh3::xxh3_64(format!("{server_url}\n{client_id}\n{user}").as_bytes());
     if host.is_empty() {
         format!("{hash:016x}")
     } else {
         format!("{host}-{hash:016x}")
+    }
+}
+
+/// The user a JWT credential acts for: its `sub` claim (read, not verified: it only names a
+/// directory), or a fingerprint of the whole token when it has none.
+fn jwt_subject(jwt: &str) -> String {
+    use base64::Engine as _;
+    let claims = jwt
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    match claims.as_ref().and_then(|c| c.get("sub")) {
+        Some(serde_json::Value::String(s)) => format!("sub:{s}"),
+        Some(serde_json::Value::Number(n)) => format!("sub:{n}"),
+        _ => format!("jwt:{:016x}", xxhash_rust::xxh3::xxh3_64(jwt.as_bytes())),
     }
 }
 
@@ -1076,15 +1097,29 @@ mod tests {
         assert!(name.starts_with("platform.ringcentral.com-"), "{name}");
         assert!(!name.contains("secret") && !name.contains("jwt"));
         assert_eq!(dir.parent().unwrap().file_name().unwrap(), "ringfs");
-        assert_eq!(
-            name,
-            account_name("https://platform.ringcentral.com", "abc"),
-            "stable"
-        );
-        assert_ne!(
-            name,
-            account_name("https://platform.ringcentral.com", "other")
-        );
+        assert_eq!(name, account_name(&creds), "stable");
+        let other = |f: &dyn Fn(&mut Credentials)| {
+            let mut c = creds.clone();
+            f(&mut c);
+            account_name(&c)
+        };
+        assert_ne!(name, other(&|c| c.client_id = "other".into()));
+        // Two users of one app: their JWTs name different users, so different directories.
+        let jwt_of = |sub: &str| {
+            use base64::Engine as _;
+            let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+            format!(
+                "{}.{}.sig",
+                b(r#"{"alg":"RS256"}"#),
+                b(&format!(r#"{{"sub":"{sub}"}}"#))
+            )
+        };
+        let a1 = other(&|c| c.jwt = jwt_of("111"));
+        assert_ne!(a1, other(&|c| c.jwt = jwt_of("222")));
+        // A new JWT for the same user (rotated credentials): the same directory.
+        assert_eq!(a1, other(&|c| c.jwt = format!("{}x", jwt_of("111"))));
+        // The secret never shows: the secret and the JWT are not in the name.
+        assert!(!a1.contains("111"));
         // Never written: --no-disk-cache (also as -o), and demo without a directory.
         let o = parse(&[
             "ringfs",

@@ -364,10 +364,15 @@ fn cache_commands_find_the_mounts_default_directory_and_are_in_the_help() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = tmp.path().join("ringfs").join(ringfs::cli::account_name(
-        "https://platform.example.com",
-        "the-client",
-    ));
+    let dir =
+        tmp.path()
+            .join("ringfs")
+            .join(ringfs::cli::account_name(&ringfs::api::Credentials {
+                server_url: "https://platform.example.com".into(),
+                client_id: "the-client".into(),
+                client_secret: "s".into(),
+                jwt: "j".into(),
+            }));
     assert!(
         stdout.contains(&format!("cache directory: {}", dir.display())),
         "{stdout}"
