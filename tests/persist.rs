@@ -328,6 +328,33 @@ fn an_unreachable_api_mounts_offline_serves_the_cache_fails_fast_and_recovers() 
         "{r:?}"
     );
     assert!(eio_took < Duration::from_secs(1), "EIO after {eio_took:?}");
+    // A recording that was never fetched (by id, from the uncached date) fails as fast: the
+    // media layer is offline too.
+    let unfetched = emu
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            c.start
+                .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                .date()
+                .to_string()
+                == uncached
+        })
+        .find_map(|c| c.recording_id)
+        .expect("a recording on the uncached date");
+    let t = std::time::Instant::now();
+    let r = std::fs::read(m.dir.path().join(format!("by-recording/{unfetched}.mp3")));
+    let unfetched_took = t.elapsed();
+    assert_eq!(
+        r.as_ref().err().and_then(|e| e.raw_os_error()),
+        Some(libc::EIO),
+        "{:?}",
+        r.map(|b| b.len())
+    );
+    assert!(
+        unfetched_took < Duration::from_secs(1),
+        "EIO after {unfetched_took:?}"
+    );
 
     emu.set_faults(Faults::default());
     let t = std::time::Instant::now();
@@ -336,7 +363,7 @@ fn an_unreachable_api_mounts_offline_serves_the_cache_fails_fast_and_recovers() 
     });
     let back_took = t.elapsed();
     eprintln!(
-        "offline: mounted after {start_took:?}, an uncached date failed after {eio_took:?}, listed {back_took:?} after the API came back"
+        "offline: mounted after {start_took:?}, an uncached date failed after {eio_took:?}, an unfetched recording after {unfetched_took:?}, listed {back_took:?} after the API came back"
     );
     assert!(back.is_some_and(|n| !n.is_empty()), "the mount recovered");
     end(m, disk, meta);

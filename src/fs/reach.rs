@@ -3,7 +3,9 @@
 //! When RingCentral cannot be reached (a transport error or a timeout after the client's own
 //! retries), letting every operation wait out `read_timeout` would make the mount useless even
 //! for what it already knows. So the core remembers that the API is down: what needs the API
-//! fails at once with EIO ([`FsError::Offline`]), dates listed before list from the index, and
+//! fails at once with EIO ([`FsError::Offline`]; for recordings, the media layer's offline mode:
+//! bytes kept in memory or on disk are read, the rest fails), dates listed before list from the
+//! index, and
 //! a background probe (one call-log query of a one-minute span, first after 1 s, then doubling
 //! to 60 s) finds out when the API answers again; the mount then recovers without a remount.
 //!
@@ -57,6 +59,8 @@ impl Fs {
     }
 
     fn mark_down(&self, why: &str) {
+        // Recordings too: what is kept is served, the rest fails at once.
+        self.media.set_offline(true);
         if !self.reach.down.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 "the API is unreachable ({why}); serving what the mount knows, and failing what \
@@ -70,7 +74,7 @@ impl Fs {
             self.reach.probing.store(false, Ordering::Release);
             return;
         };
-        let (log, reach) = (self.log.clone(), self.reach.clone());
+        let (log, reach, media) = (self.log.clone(), self.reach.clone(), self.media.clone());
         let scope = self.state().scope.unwrap_or(Scope::Account);
         rt.spawn(async move {
             let mut delay = PROBE_FIRST;
@@ -90,6 +94,7 @@ impl Fs {
                 if answered {
                     tracing::info!("the API answers again");
                     reach.down.store(false, Ordering::Release);
+                    media.set_offline(false);
                     reach.probing.store(false, Ordering::Release);
                     return;
                 }

@@ -154,6 +154,7 @@ pub mod fake;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -195,6 +196,13 @@ pub const MAX_DROPS: u32 = 32;
 /// First cool-down after a failure; it doubles with each failure in a row, up to [`COOL_DOWN_MAX`].
 const COOL_DOWN_FIRST: Duration = Duration::from_secs(1);
 const COOL_DOWN_MAX: Duration = Duration::from_secs(60);
+
+/// What a read or open gets for bytes that would need a request while the API is unreachable.
+fn offline_error(id: &str) -> MediaError {
+    MediaError::Transient(format!(
+        "recording {id}: not kept here, and the API is unreachable"
+    ))
+}
 
 /// Backoff before the request after the `n`th strike: 250 ms, doubling, at most 4 s. (The
 /// rate-limit pacer adds any hold a 429 or `Retry-After` asked for.)
@@ -334,6 +342,8 @@ struct Shared {
     config: MediaConfig,
     tier: Option<Arc<dyn Tier>>,
     inner: Mutex<Inner>,
+    /// The API is known to be unreachable: no download starts (see [`Media::set_offline`]).
+    offline: AtomicBool,
 }
 
 type ChunkKey = (Arc<str>, u64);
@@ -912,6 +922,7 @@ impl Media {
                     stats: MediaStats::default(),
                     tier,
                 }),
+                offline: AtomicBool::new(false),
             }),
         })
     }
@@ -1021,6 +1032,8 @@ impl Media {
                     // The stored part of the chunk where the download starts (see "The tier
                     // below memory").
                     Step::Load(from, len)
+                } else if sh.offline.load(Ordering::Acquire) {
+                    Step::Fail(offline_error(&id))
                 } else {
                     starts += 1;
                     waited = Some(sh.start_download(g, &id, missing, missing, prio));
@@ -1159,6 +1172,9 @@ impl Media {
                     // The stored part of the chunk where the download starts (see "The tier
                     // below memory").
                     Step::Load(from, len)
+                } else if sh.offline.load(Ordering::Acquire) {
+                    g.stats.cache_misses += 1;
+                    Step::Fail(offline_error(&id))
                 } else {
                     starts += 1;
                     waited = Some(sh.start_download(g, &id, pos, want_end, prio));
@@ -1181,6 +1197,13 @@ impl Media {
                 }
             }
         }
+    }
+
+    /// While the API is known to be unreachable, reads and opens are served from what memory and
+    /// the tier below hold and fail at once for the rest, instead of each spending its request
+    /// budget and waiting out `read_timeout`. Downloads already running go on.
+    pub fn set_offline(&self, offline: bool) {
+        self.shared.offline.store(offline, Ordering::Release);
     }
 
     /// One reader fewer. When the last one closes, paused downloads of the recording stop at once.

@@ -798,3 +798,44 @@ async fn a_request_nobody_waits_for_any_more_is_withdrawn() {
         "no body was ever read for a reader that had gone"
     );
 }
+
+#[tokio::test]
+async fn offline_serves_what_is_kept_and_fails_the_rest_without_a_request() {
+    let (fake, media) = setup(
+        FakeSource::new(),
+        &[
+            ("a", FakeRecording::new(100_000, 31)),
+            ("b", FakeRecording::new(100_000, 32)),
+        ],
+        cfg(),
+    );
+    let (a, b) = (key("a"), key("b"));
+    assert!(read_from(&media, &a, 0, 8192).await == expected(31, 0, 100_000));
+    let spent = fake.opens().len();
+    media.set_offline(true);
+    // Kept: read as ever. Not kept: an error at once, no request.
+    assert!(
+        media
+            .read(&a, 5000, 1000, Priority::Interactive)
+            .await
+            .unwrap()[..]
+            == expected(31, 5000, 1000)[..]
+    );
+    assert!(matches!(
+        media.read(&b, 0, 1000, Priority::Interactive).await,
+        Err(MediaError::Transient(_))
+    ));
+    assert!(matches!(
+        media.open(&b, Priority::Interactive).await,
+        Err(MediaError::Transient(_))
+    ));
+    assert_eq!(fake.opens().len(), spent, "nothing sent while offline");
+    media.set_offline(false);
+    assert!(
+        media
+            .read(&b, 0, 1000, Priority::Interactive)
+            .await
+            .unwrap()[..]
+            == expected(32, 0, 1000)[..]
+    );
+}
