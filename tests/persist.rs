@@ -730,3 +730,50 @@ fn a_mount_killed_mid_download_serves_exact_bytes_after_a_remount_and_kept_recor
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("panicked"), "no panic in the log");
 }
+
+#[test]
+fn a_remount_names_each_recording_with_the_format_it_was_served_in() {
+    if !can_mount() {
+        return;
+    }
+    // Some recordings MP3, some WAV: a name takes its real extension once its content type is
+    // known, and a remount knows it from the disk cache, so every name stays as it was.
+    let mut cfg = quick_config(40, 3);
+    cfg.format = ringfs::emulator::AudioFormat::Mixed;
+    let rt = runtime();
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let cache = tempfile::tempdir().unwrap();
+    let state = cache.path().join("tokens.json");
+    let dated = |root: &Path| -> Vec<std::path::PathBuf> {
+        walk_files(root)
+            .into_iter()
+            .filter(|p| !p.starts_with("by-session") && !p.starts_with("by-recording"))
+            .collect()
+    };
+
+    let disk = DiskStore::open(cache.path(), StoreConfig::default()).unwrap();
+    let (fs, meta) = indexed_core(&rt, &emu, &cfg, disk.clone(), &state);
+    let m = mount_fs(fs, &rt, false);
+    read_every_recording(m.dir.path());
+    let named = dated(m.dir.path());
+    let exts: std::collections::BTreeSet<_> = named
+        .iter()
+        .filter_map(|p| p.extension().map(|e| e.to_owned()))
+        .collect();
+    assert!(
+        exts.contains(std::ffi::OsStr::new("mp3")) && exts.contains(std::ffi::OsStr::new("wav")),
+        "{exts:?}"
+    );
+    end(m, disk, meta);
+
+    let disk = DiskStore::open(cache.path(), StoreConfig::default()).unwrap();
+    let (fs, meta) = indexed_core(&rt, &emu, &cfg, disk.clone(), &state);
+    let m = mount_fs(fs, &rt, false);
+    assert_eq!(
+        dated(m.dir.path()),
+        named,
+        "the same names after the remount, before any open"
+    );
+    end(m, disk, meta);
+}

@@ -160,10 +160,19 @@ impl Fs {
         )
     }
 
+    /// The format a recording's name says: what its own content response told (in this mount,
+    /// or in an earlier one whose disk cache holds it), else the account's, else the assumed.
     pub(super) fn kind_of(&self, st: &State, id: &str) -> AudioKind {
         st.kinds
             .get(id)
             .copied()
+            .or_else(|| {
+                let known = self.media.known(id)?;
+                known
+                    .content_type
+                    .as_deref()
+                    .and_then(AudioKind::from_content_type)
+            })
             .or(st.account_kind)
             .unwrap_or(self.config.assumed_format)
     }
