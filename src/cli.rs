@@ -83,7 +83,7 @@ pub struct Flags {
     #[arg(long, default_value = "256M")]
     pub cache_size: String,
     /// Where fetched recordings are kept between mounts (0700); default
-    /// $XDG_CACHE_HOME/ringfs/ACCOUNT/ (~/.cache/...), per server and client id. `demo` keeps
+    /// $XDG_CACHE_HOME/ringfs/ACCOUNT/ (~/.cache/...), per server, client id and user. `demo` keeps
     /// none unless given one.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -91,7 +91,7 @@ pub struct Flags {
     /// or 5 % of the filesystem is left free.
     #[arg(long, default_value = "10G", value_name = "SIZE")]
     pub disk_cache_size: String,
-    /// Never write audio to disk (every mount fetches what it reads again).
+    /// Keep nothing on disk: no audio, no call index (every mount fetches and lists again).
     #[arg(long)]
     pub no_disk_cache: bool,
     /// Serve every read through ringfs. By default the kernel reads recordings complete in the
