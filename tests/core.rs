@@ -1085,6 +1085,13 @@ async fn a_core_over_the_call_index_holds_at_most_n_dates_and_reads_forgotten_on
     c.lookup(&format!("by-recording/{by_recording}.mp3"))
         .await
         .unwrap();
+    assert_eq!(
+        c.list("by-session").await.unwrap().len(),
+        calls.len(),
+        "by-session lists the sessions of forgotten dates too"
+    );
+    assert_eq!(c.list("by-recording").await.unwrap().len(), calls.len());
+    assert!(c.fs.dates_in_memory() <= n);
     assert_eq!(c.calls(), 0, "all from the index: {:?}", c.faults.seen());
     eprintln!(
         "[core] call index: at most {most} of {} dates held",

@@ -51,7 +51,7 @@ mod persist;
 mod plan;
 mod reach;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -443,15 +443,16 @@ impl Fs {
                 Ok(self.session_children(&mut st, &session, by_session))
             }
             Node::BySession => {
+                let (stored, _) = self.stored_ids().await;
                 let mut st = self.state();
-                let mut ids: Vec<String> = st
+                let ids: BTreeSet<String> = st
                     .index
                     .sessions
                     .values()
                     .filter(|s| !s.recordings().is_empty())
                     .map(|s| s.session_id.clone())
+                    .chain(stored)
                     .collect();
-                ids.sort();
                 Ok(ids
                     .into_iter()
                     .map(|id| DirEntry {
@@ -465,9 +466,10 @@ impl Fs {
                     .collect())
             }
             Node::ByRecording => {
+                let (_, stored) = self.stored_ids().await;
                 let mut st = self.state();
-                let mut ids: Vec<String> = st.index.recordings.keys().cloned().collect();
-                ids.sort();
+                let ids: BTreeSet<String> =
+                    st.index.recordings.keys().cloned().chain(stored).collect();
                 Ok(ids
                     .into_iter()
                     .map(|id| {

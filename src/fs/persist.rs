@@ -303,27 +303,41 @@ impl Fs {
         }
     }
 
-    /// Runs `read`, a blocking read of the call index, off the async workers, and parses the
-    /// records it returns; none without an index or when the read fails.
+    /// Runs `read`, a blocking read of the call index, off the async workers; the default
+    /// without an index or when the read fails.
+    async fn read_index<T: Default + Send + 'static>(
+        &self,
+        read: impl FnOnce(&MetaStore) -> anyhow::Result<T> + Send + 'static,
+    ) -> T {
+        let Some(meta) = self.meta.clone() else {
+            return T::default();
+        };
+        match tokio::task::spawn_blocking(move || read(&meta)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot read the call index: {e:#}");
+                T::default()
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the call index: {e}");
+                T::default()
+            }
+        }
+    }
+
+    /// [`Fs::read_index`] of records, parsed in the blocking task too.
     async fn read_stored(
         &self,
         read: impl FnOnce(&MetaStore) -> anyhow::Result<Vec<String>> + Send + 'static,
     ) -> Vec<CallRecord> {
-        let Some(meta) = self.meta.clone() else {
-            return Vec::new();
-        };
-        let task = tokio::task::spawn_blocking(move || read(&meta).map(|json| parse(&json)));
-        match task.await {
-            Ok(Ok(records)) => records,
-            Ok(Err(e)) => {
-                tracing::warn!("cannot read the call index: {e:#}");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::warn!("cannot read the call index: {e}");
-                Vec::new()
-            }
-        }
+        self.read_index(move |m| read(m).map(|json| parse(&json)))
+            .await
+    }
+
+    /// The ids of the sessions with a recording and of the recordings the call index holds
+    /// (empty without one): `by-session` and `by-recording` list them with those in memory.
+    pub(super) async fn stored_ids(&self) -> (Vec<String>, Vec<String>) {
+        self.read_index(MetaStore::ids).await
     }
 
     /// Adds records read from the call index, keeping the ones already held (they are as new).

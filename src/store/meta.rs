@@ -213,6 +213,24 @@ impl MetaStore {
         )
     }
 
+    /// The ids of every session with a recording, and of every recording. Blocking.
+    pub fn ids(&self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let db = self.reader()?;
+        let column = |sql: &str| -> anyhow::Result<Vec<String>> {
+            let mut q = db.prepare(sql)?;
+            let rows = q
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        };
+        Ok((
+            column(
+                "SELECT DISTINCT c.session_id FROM call_recordings r JOIN calls c ON c.id = r.call_id",
+            )?,
+            column("SELECT DISTINCT recording_id FROM call_recordings")?,
+        ))
+    }
+
     fn calls_where(&self, sql: &str, args: impl rusqlite::Params) -> anyhow::Result<Vec<String>> {
         let db = self.reader()?;
         let mut q = db.prepare(sql)?;
@@ -403,6 +421,10 @@ mod tests {
         assert!(
             m.recording_calls("rold").unwrap().is_empty(),
             "dropped with its call"
+        );
+        assert_eq!(
+            m.ids().unwrap(),
+            (vec!["sa".to_string()], vec!["ra".to_string()])
         );
         assert_eq!(
             s.spans,
