@@ -20,7 +20,7 @@
 //! the state locked. At most `dates_in_memory` dates are held: beyond that the least recently
 //! used one is forgotten, if it is settled, listed and written (reading it again costs no
 //! request); dates that may still change stay. A 90-day window of a call centre is 100,000
-//! calls; held all at once they cost hundreds of megabytes. Inode numbers are kept for every
+//! calls; held all at once they cost about 1 GB. Inode numbers are kept for every
 //! node seen, so a file of a forgotten date keeps its number, and `getattr` reads the date again.
 
 use std::sync::Arc;
