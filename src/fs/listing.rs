@@ -32,6 +32,8 @@ impl Fs {
         Ok(())
     }
 
+    /// Lists `date` through the call log unless it is listed (or, while the API is down, was
+    /// listed before).
     async fn list_known(&self, date: Date) -> Result<(), FsError> {
         let now = Timestamp::now();
         {
