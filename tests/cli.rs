@@ -413,6 +413,7 @@ fn cache_clear_forgets_the_call_index_too() {
             session_id: format!("{i}"),
             start_ms: now_ms - 3_600_000,
             json: "{}".into(),
+            recordings: Vec::new(),
         })
         .collect();
     meta.record(calls, Vec::new());

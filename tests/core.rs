@@ -1023,3 +1023,170 @@ async fn a_long_call_that_shows_after_the_last_listing_is_caught_up_after_a_remo
     let pages = c.log.pages();
     assert_eq!(pages.len(), 1, "one catch-up query: {pages:?}");
 }
+
+#[tokio::test]
+async fn a_core_over_the_call_index_holds_at_most_n_dates_and_reads_forgotten_ones_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Arc::new(MetaStore::open(dir.path(), Duration::from_secs(90 * 86_400)).unwrap());
+    let calls = background(today());
+    let n = 4;
+    let tune = move |fc: &mut FsConfig| {
+        fc.settle = Duration::from_secs(60);
+        fc.dates_in_memory = n;
+    };
+    let past: Vec<Date> = (1..i64::from(DAYS)).map(days_ago).collect();
+    let meta = open();
+    let c = core_over(ScriptedLog::new(&calls), tune, Some(meta.clone()));
+    let before = snapshot(&c, &past).await;
+    drop(c);
+    meta.shutdown();
+    drop(meta);
+
+    let c = core_over(ScriptedLog::new(&calls), tune, Some(open()));
+    assert_eq!(c.fs.dates_in_memory(), 0, "nothing read at the start");
+    // The oldest date first, then the others: it is the least recently used when they come.
+    let first = past[past.len() - 1];
+    let session = c.list(&first.to_string()).await.unwrap()[0].name.clone();
+    let session_dir = format!("{first}/{session}");
+    let files = names(&c.list(&session_dir).await.unwrap());
+    let file = files.iter().find(|f| *f != "call.json").unwrap().clone();
+    let file_attr = c.lookup(&format!("{session_dir}/{file}")).await.unwrap();
+    let dir_attr = c.lookup(&session_dir).await.unwrap();
+    let mut most = 0;
+    for round in 0..2 {
+        for d in &past {
+            let entries = c.list(&d.to_string()).await.unwrap();
+            let held = c.fs.dates_in_memory();
+            most = most.max(held);
+            assert!(held <= n, "round {round}, {d}: {held} dates held");
+            let expected = &before.iter().find(|(b, _, _)| b == d).unwrap().1;
+            assert_eq!(&names(&entries), expected, "{d} read again the same");
+        }
+    }
+    assert_eq!(most, n);
+    // The file's date was forgotten: its inode still answers, and names still resolve.
+    let again = c.fs.getattr(file_attr.ino).await.unwrap();
+    assert_eq!((again.ino, again.size), (file_attr.ino, file_attr.size));
+    for d in &past[..past.len() - 1] {
+        c.list(&d.to_string()).await.unwrap();
+    }
+    let looked_up = c.fs.lookup(dir_attr.ino, OsStr::new(&file)).await.unwrap();
+    assert_eq!(looked_up.ino, file_attr.ino, "the same inode");
+    assert!(c.fs.dates_in_memory() <= n);
+    assert_eq!(
+        snapshot(&c, &past).await,
+        before,
+        "names and call.json read again"
+    );
+    // Known ids by name, from the index too.
+    let by_session = &calls[0].session;
+    let by_recording = &calls[1].recordings[0];
+    c.list(&format!("by-session/{by_session}")).await.unwrap();
+    c.lookup(&format!("by-recording/{by_recording}.mp3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.list("by-session").await.unwrap().len(),
+        calls.len(),
+        "by-session lists the sessions of forgotten dates too"
+    );
+    assert_eq!(c.list("by-recording").await.unwrap().len(), calls.len());
+    assert!(c.fs.dates_in_memory() <= n);
+    assert_eq!(c.calls(), 0, "all from the index: {:?}", c.faults.seen());
+    eprintln!(
+        "[core] call index: at most {most} of {} dates held",
+        past.len()
+    );
+}
+
+/// The resident set of this process, in KiB (`VmRSS` of /proc/self/status).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Writes `per_date` calls on every past date of a window of `days` into the call index in
+/// `dir`, each date listed completely long ago (settled), one date at a time so the test itself
+/// holds little.
+fn fill_index(dir: &std::path::Path, days: i64, per_date: usize) {
+    let meta = MetaStore::open(dir, Duration::from_secs(90 * 86_400)).unwrap();
+    let listed_at_ms = Timestamp::now().as_millisecond();
+    for n in 1..days {
+        let d = days_ago(n);
+        let step = 86_000 / per_date as i64;
+        let calls = calls_back_from(
+            at(d, "23:59:00"),
+            per_date,
+            step,
+            5_000_000_000 + n as u64 * 1_000_000,
+            50_000_000 + n as u64 * 1_000_000,
+        );
+        let stored = calls
+            .iter()
+            .map(|c| ringfs::store::StoredCall {
+                id: c.id.clone(),
+                session_id: c.session.clone(),
+                start_ms: c.start.as_millisecond(),
+                json: c.json().to_string(),
+                recordings: c.recordings.clone(),
+            })
+            .collect();
+        let span = ringfs::store::Span {
+            from_ms: midnight(d).as_millisecond(),
+            to_ms: midnight(d.tomorrow().unwrap()).as_millisecond(),
+            listed_at_ms,
+        };
+        meta.record(stored, vec![span]);
+        meta.flush();
+    }
+    meta.shutdown();
+}
+
+/// The resident set after a core holding at most `held` dates walked every date of a 90-day
+/// window over an index of 100,000 calls.
+async fn walk_rss(held: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let days = 90;
+    let per_date = 100_000 / (days as usize - 1) + 1;
+    fill_index(dir.path(), days, per_date);
+    let before = rss_kib();
+    let meta = Arc::new(MetaStore::open(dir.path(), Duration::from_secs(90 * 86_400)).unwrap());
+    let tune = |fc: &mut FsConfig| {
+        fc.window = Window::last_days(days as u32, TimeZone::UTC);
+        fc.settle = Duration::from_secs(60);
+        fc.dates_in_memory = held;
+    };
+    let c = core_over(ScriptedLog::new(&[]), tune, Some(meta));
+    let mut sessions = 0;
+    for n in 1..days {
+        sessions += c.list(&days_ago(n).to_string()).await.unwrap().len();
+    }
+    assert_eq!(sessions, per_date * (days as usize - 1));
+    assert_eq!(c.calls(), 0);
+    let dates = c.fs.dates_in_memory();
+    assert!(dates <= held);
+    let after = rss_kib();
+    eprintln!(
+        "[core] a walk over an index of {sessions} calls, {dates} dates held: VmRSS {before} KiB before the core, {after} KiB after the walk (+{} KiB)",
+        after - before
+    );
+}
+
+// The figures are the whole process's: run each alone, `cargo test --release --test core --
+// --ignored --exact <name> --nocapture`.
+
+#[tokio::test]
+#[ignore = "measures the resident set of the whole process: run it alone"]
+async fn the_memory_of_a_walk_over_an_index_of_100000_calls() {
+    walk_rss(ringfs::fs::DATES_IN_MEMORY).await;
+}
+
+#[tokio::test]
+#[ignore = "measures the resident set of the whole process: run it alone"]
+async fn the_memory_of_a_walk_over_an_index_of_100000_calls_holding_every_date() {
+    walk_rss(usize::MAX).await;
+}

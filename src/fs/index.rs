@@ -6,6 +6,10 @@
 //! After a page, every local date strictly newer than the date of the oldest record seen so far
 //! (and not older than `from`) is complete; the oldest record's date may continue on the next page.
 //! When a query has no next page, every date in `[from, to)` is complete.
+//!
+//! With a call index on disk the records are a cache of it: a date's records are here while the
+//! date is in use and may be forgotten ([`Index::forget_date`]) once they are on disk, so what is
+//! held does not grow with the window. What dates were listed (`listed`) is kept for every date.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
@@ -72,6 +76,10 @@ pub struct Index {
     /// When each complete date was last listed.
     pub listed: HashMap<Date, Instant>,
     pub cursor: Option<Cursor>,
+    /// When each date in `by_date` was last used, on the clock `uses` (for forgetting the least
+    /// recently used first).
+    used: HashMap<Date, u64>,
+    uses: u64,
 }
 
 impl Index {
@@ -114,9 +122,48 @@ impl Index {
                 && let Some(set) = self.by_date.get_mut(&old)
             {
                 set.remove(&session_id);
+                if set.is_empty() {
+                    self.by_date.remove(&old);
+                    self.used.remove(&old);
+                }
             }
             self.by_date.entry(new_date).or_default().insert(session_id);
+            self.touch(new_date);
         }
+    }
+
+    /// Notes that `date` is in use now.
+    pub fn touch(&mut self, date: Date) {
+        if self.by_date.contains_key(&date) {
+            self.uses += 1;
+            self.used.insert(date, self.uses);
+        }
+    }
+
+    /// The dates whose sessions are held, least recently used first.
+    pub fn dates_by_use(&self) -> Vec<Date> {
+        let mut dates: Vec<(u64, Date)> = self.used.iter().map(|(d, u)| (*u, *d)).collect();
+        dates.sort();
+        dates.into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// Forgets the sessions of `date` and the recordings found through them (what was listed
+    /// is kept).
+    pub fn forget_date(&mut self, date: Date) {
+        self.used.remove(&date);
+        for id in self.by_date.remove(&date).unwrap_or_default() {
+            if let Some(s) = self.sessions.remove(&id) {
+                for rec in s.recordings() {
+                    self.recordings.remove(rec.id.as_str());
+                }
+            }
+        }
+    }
+
+    /// The local date a known session is listed under.
+    pub fn date_of_session(&self, id: &str, window: &Window) -> Option<Date> {
+        let s = self.sessions.get(id)?;
+        Some(window.date_of(s.first().start_time))
     }
 
     /// Marks the dates of `[from, to)` newer than `oldest_partial` (or all of them when the
@@ -203,6 +250,23 @@ mod tests {
         assert_eq!(s.recordings().len(), 2);
         assert_eq!(ix.sessions_on(date(2026, 11, 23)).count(), 1);
         assert_eq!(ix.recordings["r2"].session_id.as_deref(), Some("s1"));
+    }
+
+    #[test]
+    fn forgetting_a_date_drops_its_sessions_and_recordings_least_recently_used_first() {
+        let w = Window::last_days(10, TimeZone::UTC);
+        let mut ix = Index::default();
+        ix.add_records(vec![rec("a", "s1", "2026-11-22T10:00:00Z", "r1")], &w);
+        ix.add_records(vec![rec("b", "s2", "2026-11-23T10:00:00Z", "r2")], &w);
+        ix.touch(date(2026, 11, 22));
+        assert_eq!(
+            ix.dates_by_use(),
+            vec![date(2026, 11, 23), date(2026, 11, 22)]
+        );
+        ix.forget_date(date(2026, 11, 23));
+        assert!(!ix.sessions.contains_key("s2") && !ix.recordings.contains_key("r2"));
+        assert!(ix.sessions.contains_key("s1") && ix.recordings.contains_key("r1"));
+        assert_eq!(ix.dates_by_use(), vec![date(2026, 11, 22)]);
     }
 
     #[test]

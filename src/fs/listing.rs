@@ -21,9 +21,20 @@ impl Fs {
         }
     }
 
-    /// Makes sure `date` is listed, spending as few call-log requests as the rules in the module
+    /// Makes sure `date` is listed and its records in memory (read from the call index first,
+    /// then from the call log), spending as few call-log requests as the rules in the module
     /// docs allow.
     pub(super) async fn ensure_date(&self, date: Date) -> Result<(), FsError> {
+        self.load_date(date).await;
+        self.list_known(date).await?;
+        let mut st = self.state();
+        self.evict(&mut st, date);
+        Ok(())
+    }
+
+    /// Lists `date` through the call log unless it is listed (or, while the API is down, was
+    /// listed before).
+    async fn list_known(&self, date: Date) -> Result<(), FsError> {
         let now = Timestamp::now();
         {
             let st = self.state();

@@ -33,6 +33,7 @@ impl Fs {
     }
 
     pub(super) async fn resolve_session(&self, session_id: &str) -> Result<(), FsError> {
+        self.hold_session(session_id).await;
         if self
             .state()
             .index
@@ -83,12 +84,12 @@ impl Fs {
             self.remember_absent(key);
             return Err(FsError::NotFound);
         }
-        self.keep_records(&records);
-        self.state().index.add_records(records, &self.config.window);
+        self.keep_records(records);
         Ok(())
     }
 
     pub(super) async fn resolve_recording(&self, id: &str) -> Result<(), FsError> {
+        self.hold_recording(id).await;
         if self.state().index.recordings.contains_key(id) {
             return Ok(());
         }

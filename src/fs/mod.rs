@@ -25,7 +25,9 @@
 //!
 //! Dates whose calls may still appear (today, and any date that ended less than `settle` ago)
 //! are listed again after `recent_ttl`; older dates never change and are kept, also across
-//! mounts when a call index is given ([`Fs::with_index`], `persist`).
+//! mounts when a call index is given ([`Fs::with_index`], `persist`). With a call index, only
+//! the records of the dates in use stay in memory ([`DATES_IN_MEMORY`]); the others are read
+//! from it again when needed.
 //!
 //! When the API cannot be reached, what needs it fails at once with EIO while a background
 //! probe waits for it to come back (`reach`, [`Fs::start`]).
@@ -49,7 +51,7 @@ mod persist;
 mod plan;
 mod reach;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use jiff::Timestamp;
+use jiff::civil::Date;
 
 use crate::api::{ApiError, Priority, Scope};
 use crate::catalog::{self, AudioKind, Window};
@@ -136,7 +139,18 @@ pub struct FsConfig {
     /// The longest an operation waits for the API (listing a date, resolving a by-session or
     /// by-recording id) before it fails with EIO; reads use the media layer's equal setting.
     pub read_timeout: Duration,
+    /// How many dates' records a core over a call index holds in memory at most (beyond the
+    /// dates that may still change); [`DATES_IN_MEMORY`] unless tuned.
+    pub dates_in_memory: usize,
 }
+
+/// How many settled dates' records stay in memory with a call index; the least recently used is
+/// read from disk again when needed (one query, no request). A date of a call centre is about
+/// 1,000 calls and each held call costs some 10 KB (its record with the raw JSON, its session
+/// and recording entries), so 8 dates are about 100 MB whatever the window, where a 90-day
+/// window of 100,000 calls held at once was about 1 GB; 8 covers browsing back and forth over
+/// a week.
+pub const DATES_IN_MEMORY: usize = 8;
 
 impl FsConfig {
     pub fn new(window: Window) -> FsConfig {
@@ -156,6 +170,7 @@ impl FsConfig {
             retention: Duration::from_secs(90 * 86400),
             assumed_format: AudioKind::Mp3,
             read_timeout: Duration::from_secs(30),
+            dates_in_memory: DATES_IN_MEMORY,
         }
     }
 }
@@ -181,6 +196,11 @@ struct State {
     /// The start of the newest record the call index held, while the catch-up query from it
     /// (see `persist`) is still to be sent.
     catch_up: Option<Timestamp>,
+    /// Dates whose records in the call index were read into `index` (see `persist`).
+    loaded: HashSet<Date>,
+    /// Dates with records not written to the call index yet, with the number
+    /// [`crate::store::MetaStore::written`] reaches once they are.
+    unwritten: HashMap<Date, u64>,
 }
 
 /// The filesystem core. Cheap to share (`Arc<Fs>`); every method takes `&self`.
@@ -229,6 +249,8 @@ impl Fs {
                 handles: HashMap::new(),
                 coverage: persist::Coverage::default(),
                 catch_up: None,
+                loaded: HashSet::new(),
+                unwritten: HashMap::new(),
             }),
             config,
             listing: tokio::sync::Mutex::new(()),
@@ -268,9 +290,15 @@ impl Fs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many dates' records are held in memory.
+    pub fn dates_in_memory(&self) -> usize {
+        self.state().index.by_date.len()
+    }
+
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let node = self.node_of(ino)?;
+        self.hold(&node).await;
         let st = self.state();
-        let node = st.inodes.node(ino).cloned().ok_or(FsError::NotFound)?;
         self.attr_of(&st, ino, &node)
     }
 
@@ -325,6 +353,7 @@ impl Fs {
                         by_session,
                     }
                 } else {
+                    self.hold_session(&session).await;
                     let mut st = self.state();
                     let children = self.session_children(&mut st, &session, by_session);
                     // The exact current name, or the same name with the other audio extension (a
@@ -406,6 +435,7 @@ impl Fs {
                 session,
                 by_session,
             } => {
+                self.hold_session(&session).await;
                 let mut st = self.state();
                 if !st.index.sessions.contains_key(&session) {
                     return Err(FsError::NotFound);
@@ -413,15 +443,16 @@ impl Fs {
                 Ok(self.session_children(&mut st, &session, by_session))
             }
             Node::BySession => {
+                let (stored, _) = self.stored_ids().await;
                 let mut st = self.state();
-                let mut ids: Vec<String> = st
+                let ids: BTreeSet<String> = st
                     .index
                     .sessions
                     .values()
                     .filter(|s| !s.recordings().is_empty())
                     .map(|s| s.session_id.clone())
+                    .chain(stored)
                     .collect();
-                ids.sort();
                 Ok(ids
                     .into_iter()
                     .map(|id| DirEntry {
@@ -435,9 +466,10 @@ impl Fs {
                     .collect())
             }
             Node::ByRecording => {
+                let (_, stored) = self.stored_ids().await;
                 let mut st = self.state();
-                let mut ids: Vec<String> = st.index.recordings.keys().cloned().collect();
-                ids.sort();
+                let ids: BTreeSet<String> =
+                    st.index.recordings.keys().cloned().chain(stored).collect();
                 Ok(ids
                     .into_iter()
                     .map(|id| {
@@ -473,6 +505,7 @@ impl Fs {
                 backing: None,
             }),
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
+                self.hold_recording(&id).await;
                 let (key, start, duration) = {
                     let st = self.state();
                     let rec = st.index.recordings.get(&id).ok_or(FsError::NotFound)?;
@@ -534,6 +567,7 @@ impl Fs {
         let node = self.node_of(ino)?;
         match node {
             Node::CallJson { session, .. } => {
+                self.hold_session(&session).await;
                 let st = self.state();
                 let s = st.index.sessions.get(&session).ok_or(FsError::NotFound)?;
                 let json = call_json(s);

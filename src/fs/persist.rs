@@ -1,5 +1,5 @@
-//! The call index on disk ([`MetaStore`]): filling the in-memory [`super::Index`] from it when a
-//! mount starts, and writing to it what each call-log page brought.
+//! The call index on disk ([`MetaStore`]): filling the in-memory [`super::Index`] from it date by
+//! date, as dates are used, and writing to it what each call-log page brought.
 //!
 //! What a remount trusts. A span listed completely at `L` holds every call that started in it
 //! and showed in the call log by `L`; calls show within `settle` of their start, so the span is
@@ -13,15 +13,23 @@
 //! covers the date; every date they cover is then listed. After that, dates that may change are
 //! listed again after `recent_ttl` as in any mount.
 //!
-//! Everything is loaded when the mount starts (the records of the retention window, each kept
-//! once in memory as in any mount), not date by date: simple, and a by-session or by-recording
-//! lookup of a known id then costs nothing either.
+//! What is in memory. The mount starts with the spans and facts only. A date's records are read
+//! (one query by UTC start range) when the date is first needed: listed, or a session or file
+//! in it looked up; a session or recording asked for by id is found through the index by id, its
+//! date read with it. All of these are blocking reads, run with `spawn_blocking`, never with
+//! the state locked. At most `dates_in_memory` dates are held: beyond that the least recently
+//! used one is forgotten, if it is settled, listed and written (reading it again costs no
+//! request); dates that may still change stay. A 90-day window of a call centre is 100,000
+//! calls; held all at once they cost about 1 GB. Inode numbers are kept for every
+//! node seen, so a file of a forgotten date keeps its number, and `getattr` reads the date again.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
+
+use super::node::Node;
 
 use super::plan::PagePlan;
 use super::{CallLog, Fs, FsConfig, ScopeChoice, State};
@@ -86,14 +94,22 @@ fn stored(records: &[CallRecord]) -> Vec<StoredCall> {
             session_id: r.session_id.to_string(),
             start_ms: r.start_time.as_millisecond(),
             json: r.raw.to_string(),
+            recordings: r.recordings.iter().map(|x| x.id.to_string()).collect(),
         })
+        .collect()
+}
+
+fn parse(json: &[String]) -> Vec<CallRecord> {
+    json.iter()
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .filter_map(|v| CallRecord::from_json(&v).ok())
         .collect()
 }
 
 impl Fs {
     /// A core that keeps what it learns from the call log in `meta` and starts from what an
-    /// earlier mount kept there (see the module docs). Blocking: reads the whole index; call it
-    /// before serving.
+    /// earlier mount kept there (see the module docs). Blocking: reads the spans and facts; call
+    /// it before serving.
     pub fn with_index(
         log: Arc<dyn CallLog>,
         media: Arc<Media>,
@@ -130,13 +146,7 @@ impl Fs {
         }
         st.scope = st.scope.or(stored_scope);
         st.account_kind = stored.facts.get("format").and_then(|k| kind_named(k));
-        let records: Vec<CallRecord> = stored
-            .calls
-            .iter()
-            .filter_map(|json| serde_json::from_str(json).ok())
-            .filter_map(|v| CallRecord::from_json(&v).ok())
-            .collect();
-        let count = records.len();
+        let count = stored.count;
         let settle = self.config.settle.as_millis() as i64;
         // The catch-up starts at the newest known record, or earlier where the last listing was
         // not final yet: a long call that started before the newest record may have shown in
@@ -146,12 +156,9 @@ impl Fs {
             .iter()
             .map(|s| s.listed_at_ms.saturating_sub(settle))
             .max();
-        st.catch_up = records
-            .iter()
-            .map(|r| r.start_time)
-            .max()
-            .map(|newest| unsettled.map_or(newest, |u| newest.min(ts(u))));
-        st.index.add_records(records, &self.config.window);
+        st.catch_up = stored
+            .newest_ms
+            .map(|newest| unsettled.map_or(ts(newest), |u| ts(newest.min(u))));
         let mut settled = Coverage::default();
         for s in &stored.spans {
             st.coverage.add(ts(s.from_ms), ts(s.to_ms));
@@ -250,8 +257,28 @@ impl Fs {
             })
             .collect();
         if let Some(meta) = &self.meta {
-            meta.record(calls, spans);
+            let dates = self.dates_of(st, &calls);
+            let n = meta.record(calls, spans);
+            st.unwritten.extend(dates.into_iter().map(|d| (d, n)));
         }
+    }
+
+    /// The dates the sessions of `calls` are listed under.
+    fn dates_of(&self, st: &State, calls: &[StoredCall]) -> Vec<Date> {
+        let w = &self.config.window;
+        let mut out: Vec<Date> = calls
+            .iter()
+            .flat_map(|c| {
+                [
+                    Some(w.date_of(ts(c.start_ms))),
+                    st.index.date_of_session(&c.session_id, w),
+                ]
+            })
+            .flatten()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The records of a page, as the index keeps them (empty without an index).
@@ -263,10 +290,172 @@ impl Fs {
         }
     }
 
-    /// Keeps records found outside a listing (a by-session lookup): no span is complete.
-    pub(super) fn keep_records(&self, records: &[CallRecord]) {
+    /// Takes in and keeps records found outside a listing (a by-session lookup): no span is
+    /// complete.
+    pub(super) fn keep_records(&self, records: Vec<CallRecord>) {
+        let calls = self.to_store(&records);
+        let mut st = self.state();
+        st.index.add_records(records, &self.config.window);
         if let Some(meta) = &self.meta {
-            meta.record(stored(records), Vec::new());
+            let dates = self.dates_of(&st, &calls);
+            let n = meta.record(calls, Vec::new());
+            st.unwritten.extend(dates.into_iter().map(|d| (d, n)));
+        }
+    }
+
+    /// Runs `read`, a blocking read of the call index, off the async workers; the default
+    /// without an index or when the read fails.
+    async fn read_index<T: Default + Send + 'static>(
+        &self,
+        read: impl FnOnce(&MetaStore) -> anyhow::Result<T> + Send + 'static,
+    ) -> T {
+        let Some(meta) = self.meta.clone() else {
+            return T::default();
+        };
+        match tokio::task::spawn_blocking(move || read(&meta)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot read the call index: {e:#}");
+                T::default()
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the call index: {e}");
+                T::default()
+            }
+        }
+    }
+
+    /// [`Fs::read_index`] of records, parsed in the blocking task too.
+    async fn read_stored(
+        &self,
+        read: impl FnOnce(&MetaStore) -> anyhow::Result<Vec<String>> + Send + 'static,
+    ) -> Vec<CallRecord> {
+        self.read_index(move |m| read(m).map(|json| parse(&json)))
+            .await
+    }
+
+    /// The ids of the sessions with a recording and of the recordings the call index holds
+    /// (empty without one): `by-session` and `by-recording` list them with those in memory.
+    pub(super) async fn stored_ids(&self) -> (Vec<String>, Vec<String>) {
+        self.read_index(MetaStore::ids).await
+    }
+
+    /// Adds records read from the call index, keeping the ones already held (they are as new).
+    fn add_stored(&self, st: &mut State, records: Vec<CallRecord>) {
+        let fresh = records
+            .into_iter()
+            .filter(|r| {
+                st.index
+                    .sessions
+                    .get(r.session_id.as_str())
+                    .is_none_or(|s| s.records.iter().all(|x| x.id != r.id))
+            })
+            .collect();
+        st.index.add_records(fresh, &self.config.window);
+    }
+
+    /// Makes sure the records the call index holds for `date` are in memory, then forgets the
+    /// least recently used dates beyond `dates_in_memory` (never `date`).
+    pub(super) async fn load_date(&self, date: Date) {
+        if self.meta.is_none() {
+            return;
+        }
+        {
+            let mut st = self.state();
+            if st.loaded.contains(&date) {
+                st.index.touch(date);
+                return;
+            }
+        }
+        let (from, to) = self.config.window.date_range(date);
+        let (from, to) = (from.as_millisecond(), to.as_millisecond());
+        let records = self.read_stored(move |m| m.calls_between(from, to)).await;
+        let mut st = self.state();
+        self.add_stored(&mut st, records);
+        st.loaded.insert(date);
+        st.index.touch(date);
+        self.evict(&mut st, date);
+    }
+
+    /// Forgets the least recently used dates while more than `dates_in_memory` are held, of
+    /// those that can be read again for nothing: listed, settled, written. Never `keep`.
+    pub(super) fn evict(&self, st: &mut State, keep: Date) {
+        let Some(meta) = &self.meta else { return };
+        let max = self.config.dates_in_memory;
+        if st.index.by_date.len() <= max {
+            return;
+        }
+        let now = Timestamp::now();
+        let written = meta.written();
+        st.unwritten.retain(|_, n| *n > written);
+        let mut excess = st.index.by_date.len() - max;
+        for d in st.index.dates_by_use() {
+            if excess == 0 {
+                break;
+            }
+            if d != keep
+                && st.index.listed.contains_key(&d)
+                && !self.is_recent(d, now)
+                && !st.unwritten.contains_key(&d)
+            {
+                st.index.forget_date(d);
+                st.loaded.remove(&d);
+                excess -= 1;
+            }
+        }
+    }
+
+    /// Brings into memory what `node` needs, from the call index, if it was forgotten.
+    pub(super) async fn hold(&self, node: &Node) {
+        match node {
+            Node::SessionDir { session, .. } | Node::CallJson { session, .. } => {
+                self.hold_session(session).await;
+            }
+            Node::RecFile { id, .. } | Node::ByRecFile(id) => self.hold_recording(id).await,
+            Node::Root | Node::Date(_) | Node::BySession | Node::ByRecording => {}
+        }
+    }
+
+    /// Makes sure session `id` is in memory if the call index holds it: its date is read.
+    pub(super) async fn hold_session(&self, id: &str) {
+        let w = &self.config.window;
+        {
+            let mut st = self.state();
+            if let Some(d) = st.index.date_of_session(id, w) {
+                st.index.touch(d);
+                return;
+            }
+        }
+        let owned = id.to_string();
+        let records = self.read_stored(move |m| m.session_calls(&owned)).await;
+        let Some(first) = records.iter().map(|r| r.start_time).min() else {
+            return;
+        };
+        let date = w.date_of(first);
+        self.load_date(date).await;
+        // Records of the session on later dates are not in its date's range.
+        let mut st = self.state();
+        self.add_stored(&mut st, records);
+    }
+
+    /// Makes sure recording `id` is in memory if the call index holds a call carrying it.
+    pub(super) async fn hold_recording(&self, id: &str) {
+        let known = self
+            .state()
+            .index
+            .recordings
+            .get(id)
+            .map(|r| r.session_id.clone());
+        if let Some(session) = known {
+            if let Some(s) = session {
+                self.hold_session(&s).await;
+            }
+            return;
+        }
+        let owned = id.to_string();
+        let records = self.read_stored(move |m| m.recording_calls(&owned)).await;
+        if let Some(r) = records.first() {
+            self.hold_session(r.session_id.as_str()).await;
         }
     }
 

@@ -67,7 +67,7 @@ use tokio::sync::Semaphore;
 use super::tier::{CompleteFile, ReserveFuture, Reserved, StoredRecording, TierLease};
 
 /// The index schema this code writes. [`migrate`] brings older indexes up to it.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Unsynced bytes of one recording after which the writer syncs and updates the index.
 pub const SYNC_EVERY: u64 = 1 << 20;
@@ -385,6 +385,29 @@ pub fn migrate(db: &mut Connection) -> anyhow::Result<()> {
                  value TEXT NOT NULL
              );
              PRAGMA user_version = 2;",
+        )?;
+        tx.commit()?;
+    }
+    if version < 3 {
+        // The call index read date by date (see `super::meta`): a session's records by session
+        // id, and which calls carry a recording, filled from the records already kept.
+        let tx = db.transaction()?;
+        tx.execute_batch(
+            "CREATE INDEX calls_by_session ON calls (session_id);
+             CREATE TABLE call_recordings (
+                 recording_id TEXT NOT NULL,
+                 call_id      TEXT NOT NULL,  -- calls.id
+                 start_ms     INTEGER NOT NULL, -- the call's, for dropping old rows with it
+                 PRIMARY KEY (recording_id, call_id)
+             );
+             INSERT OR IGNORE INTO call_recordings (recording_id, call_id, start_ms)
+                 SELECT CAST(json_extract(json, '$.recording.id') AS TEXT), id, start_ms FROM calls
+                 WHERE json_extract(json, '$.recording.id') IS NOT NULL;
+             INSERT OR IGNORE INTO call_recordings (recording_id, call_id, start_ms)
+                 SELECT CAST(json_extract(leg.value, '$.recording.id') AS TEXT), calls.id, start_ms
+                 FROM calls, json_each(calls.json, '$.legs') AS leg
+                 WHERE json_extract(leg.value, '$.recording.id') IS NOT NULL;
+             PRAGMA user_version = 3;",
         )?;
         tx.commit()?;
     }
