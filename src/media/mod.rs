@@ -1670,8 +1670,9 @@ impl Shared {
     }
 }
 
+/// The media layer's unit tests; their small fixtures (`CS`, `key`, `cfg`) serve the tier tests too.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 mod tier_tests;

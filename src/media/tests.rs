@@ -7,16 +7,19 @@ use std::time::Duration;
 use super::fake::{FakeRecording, FakeSource, Fault, expected};
 use super::*;
 
-const CS: usize = 16 << 10;
+/// The chunk size of [`cfg`].
+pub(crate) const CS: usize = 16 << 10;
 
-fn key(id: &str) -> RecordingKey {
+/// A recording key whose URI names the id.
+pub(crate) fn key(id: &str) -> RecordingKey {
     RecordingKey {
         id: id.into(),
         content_uri: format!("https://media.example/{id}"),
     }
 }
 
-fn cfg() -> MediaConfig {
+/// Small chunks, a small budget, short timeouts.
+pub(crate) fn cfg() -> MediaConfig {
     MediaConfig {
         cache_bytes: 4 << 20,
         chunk_size: CS,

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::fake::{FakeRecording, FakeSource, expected};
+use super::tests::{cfg, key};
 use super::*;
 use crate::store::Reserved;
 
-const CS: usize = 16 << 10;
 const LEN: u64 = 300_000;
 
 /// A tier that keeps prefixes in memory and has no local files.
@@ -119,24 +119,6 @@ impl TierWriter for MemWriter {
         if let Some(ct) = content_type {
             h.content_type = Some(ct.to_string());
         }
-    }
-}
-
-fn key(id: &str) -> RecordingKey {
-    RecordingKey {
-        id: id.into(),
-        content_uri: format!("https://media.example/{id}"),
-    }
-}
-
-fn cfg() -> MediaConfig {
-    MediaConfig {
-        cache_bytes: 4 << 20,
-        chunk_size: CS,
-        readahead: 64 << 10,
-        far_seek: 64 << 10,
-        read_timeout: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(10),
     }
 }
 

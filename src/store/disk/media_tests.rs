@@ -10,27 +10,8 @@ use std::time::Duration;
 
 use super::{DiskStore, StoreConfig, content_path, index_row};
 use crate::media::fake::{FakeRecording, FakeSource, expected};
-use crate::media::{Known, Media, MediaConfig, Priority, RecordingKey};
-
-const CS: usize = 16 << 10;
-
-fn key(id: &str) -> RecordingKey {
-    RecordingKey {
-        id: id.into(),
-        content_uri: format!("https://media.example/{id}"),
-    }
-}
-
-fn cfg() -> MediaConfig {
-    MediaConfig {
-        cache_bytes: 4 << 20,
-        chunk_size: CS,
-        readahead: 64 << 10,
-        far_seek: 64 << 10,
-        read_timeout: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(10),
-    }
-}
+use crate::media::tests::{CS, cfg, key};
+use crate::media::{Known, Media, Priority, RecordingKey};
 
 fn store(dir: &Path) -> Arc<DiskStore> {
     DiskStore::open(
