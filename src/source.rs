@@ -104,6 +104,9 @@ impl MediaBody for Body {
     fn validator(&self) -> Option<&str> {
         self.0.validator()
     }
+    fn ended_at(&self) -> Option<u64> {
+        self.0.ended_at()
+    }
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<bytes::Bytes>, MediaError>> {
         Box::pin(async move { self.0.next_chunk().await.map_err(media_error) })
     }

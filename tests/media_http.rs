@@ -365,3 +365,26 @@ async fn a_close_delimited_answer_that_ends_before_the_offset_confirms_nothing()
     // The cut, two answers that brought nothing (strikes), the rest, the confirming one.
     assert_eq!(s.requests.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test]
+async fn a_read_past_the_end_of_a_close_delimited_recording_is_empty() {
+    // Range ignored, no length, delimited by the connection: a read past the end gets the whole
+    // (shorter) body each time. Two answers that close at the same byte say where it ends.
+    let truth = content(45_275);
+    let t = truth.clone();
+    let s = serve(move |_, range| close_delimited(&t, range, false, None));
+    let m = media(&client(&s.base));
+    let k = RecordingKey {
+        id: "x".into(),
+        content_uri: format!("{}/media/x", s.base),
+    };
+    let got = m
+        .read(&k, 62_460, 131_072, Priority::Interactive)
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "{} bytes past the end", got.len());
+    assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
+    assert_eq!(s.requests.load(Ordering::SeqCst), 2);
+    // And the recording itself reads whole, from what is known.
+    assert!(read_all(&m, &k).await == truth);
+}

@@ -287,6 +287,13 @@ impl MediaStream {
         self.position
     }
 
+    /// Where a body that ended cleanly stopped, when that is before the offset asked for (a
+    /// whole body from byte 0, Range ignored, shorter than the offset): for a body delimited by
+    /// its connection, the candidate end to confirm is there, not at the offset.
+    pub fn ended_at(&self) -> Option<u64> {
+        (self.body.is_none() && self.body_pos < self.position).then_some(self.body_pos)
+    }
+
     /// The next bytes of the content, `None` at a clean end of the body (see [`BodyEnd`] for
     /// what that end means). An error (drop, stall, mismatch) is final for this response.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
@@ -340,17 +347,6 @@ impl MediaStream {
                         // the offset asked for. Delimited by the connection: only a candidate.
                         None if self.end == BodyEnd::Content => {
                             self.total_len = Some(self.body_pos)
-                        }
-                        // Delimited by the connection and closed before the offset asked for:
-                        // a drop as likely as a short content, and nothing here to confirm.
-                        None if self.body_pos < self.position => {
-                            return Err(ApiError::Truncated {
-                                context: self.context.clone(),
-                                detail: format!(
-                                    "connection closed at byte {}, before byte {} asked for",
-                                    self.body_pos, self.position
-                                ),
-                            });
                         }
                         None => {}
                     }

@@ -251,6 +251,11 @@ pub trait MediaBody: Send {
     fn end(&self) -> BodyEnd;
     /// `ETag` or `Last-Modified`: a response with another one is not the same content.
     fn validator(&self) -> Option<&str>;
+    /// After a clean end: where the body stopped, when that is before the offset asked for (a
+    /// whole body that was shorter than the offset). `None`: it stopped at the position reached.
+    fn ended_at(&self) -> Option<u64> {
+        None
+    }
     /// The next bytes, in order, starting at the offset given to [`MediaSource::open`]; `Ok(None)`
     /// at a clean end (see [`MediaBody::end`]). A body never resumes: an error is final for it.
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, MediaError>>;
@@ -1362,6 +1367,8 @@ async fn download_task(
         }
         // Pull this response's body until it ends, breaks or is no longer wanted.
         let mut progressed = false;
+        // This response ended where the content may end, and the next one is to confirm it.
+        let mut confirming = false;
         let broke = loop {
             let notified = moved.notified();
             tokio::pin!(notified);
@@ -1459,18 +1466,48 @@ async fn download_task(
                     }
                     // The connection closed with no length told: the content's end, or a drop.
                     // A second answer ending at the same byte (or a 416 there) confirms it; one
-                    // that goes on shows it was a drop. One request per such end.
-                    BodyEnd::Unconfirmed if rec.candidate_end == Some(pos) => {
-                        rec.bound(pos);
-                        if let Some(w) = tier.as_mut() {
-                            w.learn(rec.exact_size(), None);
-                        }
-                        g.end_download(&id, download, End::Eof, cs, budget);
-                        return;
-                    }
+                    // that goes on shows it was a drop. One request per such end. The end is
+                    // where the body stopped, which for a whole body shorter than the offset
+                    // asked for is before the download's position.
                     BodyEnd::Unconfirmed => {
-                        tracing::debug!(recording = %id, download, pos, "connection closed without a length; confirming the end");
-                        rec.candidate_end = Some(pos);
+                        let end = body.ended_at().unwrap_or(pos);
+                        if end < rec.seen {
+                            break Some(MediaError::Transient(format!(
+                                "recording {id}: connection closed at byte {end}, but {} bytes exist",
+                                rec.seen
+                            )));
+                        }
+                        if rec.candidate_end == Some(end) {
+                            let e = match rec.check(Some(end), None, None) {
+                                Ok(()) => {
+                                    rec.learn(Some(end), None, None);
+                                    rec.bound(end);
+                                    if let Some(w) = tier.as_mut() {
+                                        w.learn(rec.exact_size(), None);
+                                    }
+                                    End::Eof
+                                }
+                                Err(detail) => {
+                                    let e = MediaError::Failed(format!(
+                                        "recording {id}: the media host's answers disagree: {detail}"
+                                    ));
+                                    tracing::warn!("{e}");
+                                    End::Failed(e)
+                                }
+                            };
+                            g.end_download(&id, download, e, cs, budget);
+                            return;
+                        }
+                        let before = rec.candidate_end.replace(end);
+                        if let Some(other) = before.filter(|_| !progressed) {
+                            // Two answers that closed at different bytes, neither bringing
+                            // anything new: at least one of them was a drop.
+                            break Some(MediaError::Transient(format!(
+                                "recording {id}: connections closed at bytes {other} and {end}"
+                            )));
+                        }
+                        tracing::debug!(recording = %id, download, end, "connection closed without a length; confirming the end");
+                        confirming = true;
                         break None;
                     }
                     // A partial range that ended before its end: a drop.
@@ -1563,7 +1600,7 @@ async fn download_task(
         match broke {
             // The end of a partial range, or an end to confirm: not a failure; the next request
             // continues from `at`.
-            None if progressed || awaits_confirmation(&sh, &id, at) => continue,
+            None if progressed || confirming => continue,
             None => {
                 let e = MediaError::Failed(format!(
                     "recording {id}: a partial response at byte {at} brought no byte"
@@ -1577,14 +1614,6 @@ async fn download_task(
             },
         }
     }
-}
-
-/// Whether `at` is an end waiting to be confirmed (the request that confirms it brings nothing).
-fn awaits_confirmation(sh: &Shared, id: &Arc<str>, at: u64) -> bool {
-    sh.lock()
-        .recs
-        .get(id)
-        .is_some_and(|r| r.candidate_end == Some(at))
 }
 
 impl Shared {
