@@ -137,8 +137,11 @@ fn errors_are_one_clear_line() {
     let mut api = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut api).unwrap();
     let _g = Guard(dir.path());
+    let cache = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args([api.trim(), dir.path().to_str().unwrap(), "--no-state-file"])
+        // Its default cache directory in the test's own temporary directory, not in ~/.cache.
+        .env("XDG_CACHE_HOME", cache.path())
         .env("RC_CLIENT_ID", "wrong")
         .env("RC_CLIENT_SECRET", "wrong")
         .env("RC_JWT", "wrong")
