@@ -48,7 +48,7 @@ fn opens_of(fake: &FakeSource) -> Vec<u64> {
 }
 
 /// Reads `[from, EOF)` in reads of `step` bytes; checks each read is full except the last.
-async fn read_from(media: &Media, k: &RecordingKey, from: u64, step: u32) -> Vec<u8> {
+pub(crate) async fn read_from(media: &Media, k: &RecordingKey, from: u64, step: u32) -> Vec<u8> {
     let mut out = Vec::new();
     let mut off = from;
     loop {
@@ -78,8 +78,9 @@ async fn read_from(media: &Media, k: &RecordingKey, from: u64, step: u32) -> Vec
     }
 }
 
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..600 {
+/// Polls `cond` every 5 ms (of tokio time) for up to 5 s.
+pub(crate) async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
         if cond() {
             return;
         }

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::fake::{FakeRecording, FakeSource, expected};
-use super::tests::{cfg, key};
+use super::tests::{cfg, key, wait_until};
 use super::*;
 use crate::store::Reserved;
 
@@ -157,16 +156,6 @@ async fn read_range(media: &Media, k: &RecordingKey, from: u64, to: u64) -> Vec<
         out.extend_from_slice(&b);
     }
     out
-}
-
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::{DiskStore, StoreConfig, content_path, index_row};
 use crate::media::fake::{FakeRecording, FakeSource, expected};
-use crate::media::tests::{CS, cfg, key};
-use crate::media::{Known, Media, Priority, RecordingKey};
+use crate::media::tests::{CS, cfg, key, read_from, wait_until};
+use crate::media::{Known, Media, Priority};
 
 fn store(dir: &Path) -> Arc<DiskStore> {
     DiskStore::open(
@@ -55,30 +55,6 @@ fn opens_of(fake: &FakeSource) -> Vec<u64> {
     fake.opens().into_iter().map(|(_, o)| o).collect()
 }
 
-async fn read_all(media: &Media, k: &RecordingKey, step: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let b = media
-            .read(k, out.len() as u64, step, Priority::Interactive)
-            .await
-            .expect("read");
-        if b.is_empty() {
-            return out;
-        }
-        out.extend_from_slice(&b);
-    }
-}
-
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 #[tokio::test]
 async fn a_recording_read_once_is_read_from_disk_after_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -87,7 +63,7 @@ async fn a_recording_read_once_is_read_from_disk_after_a_restart() {
     let k = key("a b/1");
     let (fake, media, disk) = start(tmp.path(), &recs);
     media.open(&k, Priority::Interactive).await.unwrap();
-    assert!(read_all(&media, &k, 5000).await == expected(1, 0, len));
+    assert!(read_from(&media, &k, 0, 5000).await == expected(1, 0, len));
     media.close(&k);
     assert_eq!(opens_of(&fake), vec![0]);
     stop(media, disk).await;
@@ -108,7 +84,7 @@ async fn a_recording_read_once_is_read_from_disk_after_a_restart() {
         "known before any read"
     );
     assert_eq!(media.open(&k, Priority::Interactive).await.unwrap(), exact);
-    assert!(read_all(&media, &k, 5000).await == expected(1, 0, len));
+    assert!(read_from(&media, &k, 0, 5000).await == expected(1, 0, len));
     // A seek back and a re-read.
     let got = media
         .read(&k, 123_456, 10_000, Priority::Interactive)
@@ -156,7 +132,7 @@ async fn a_half_read_recording_resumes_with_one_request_from_the_stored_end() {
     );
     media.open(&k, Priority::Interactive).await.unwrap();
     assert!(opens_of(&fake).is_empty(), "open needs no request");
-    assert!(read_all(&media, &k, 7000).await == expected(2, 0, len));
+    assert!(read_from(&media, &k, 0, 7000).await == expected(2, 0, len));
     assert_eq!(
         opens_of(&fake),
         vec![held],
@@ -180,7 +156,7 @@ async fn a_damaged_cached_file_is_fetched_again() {
     let recs = [("a", FakeRecording::new(len, 3))];
     let k = key("a");
     let (_fake, media, disk) = start(tmp.path(), &recs);
-    assert!(read_all(&media, &k, 4096).await == expected(3, 0, len));
+    assert!(read_from(&media, &k, 0, 4096).await == expected(3, 0, len));
     stop(media, disk).await;
     let p = content_path(tmp.path(), "a");
     let mut bytes = std::fs::read(&p).unwrap();
@@ -190,7 +166,7 @@ async fn a_damaged_cached_file_is_fetched_again() {
     let (fake, media, disk) = start(tmp.path(), &recs);
     media.open(&k, Priority::Interactive).await.unwrap();
     assert!(
-        read_all(&media, &k, 4096).await == expected(3, 0, len),
+        read_from(&media, &k, 0, 4096).await == expected(3, 0, len),
         "the right bytes, never the damaged ones"
     );
     assert_eq!(opens_of(&fake), vec![0], "fetched again, once");
