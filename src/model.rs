@@ -234,6 +234,147 @@ impl CallRecord {
     }
 }
 
+/// A telephony session event: the body of a `/telephony/sessions` notification, as far as ringfs
+/// uses it. There is no "recording ready" event: a recording becomes fetchable some seconds after
+/// the party that recorded it is `Disconnected`, and its call-log record shows 15-30 s after the
+/// call ends (see [`SessionEvent::ended`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// `body.sequence`: per session; events may arrive out of order.
+    pub sequence: Option<u64>,
+    /// `body.sessionId`: the call-log's `sessionId` (the directory name).
+    pub session_id: SessionId,
+    /// `body.telephonySessionId`.
+    pub telephony_session_id: Option<String>,
+    /// `body.eventTime`, else the envelope's `timestamp`.
+    pub event_time: Option<jiff::Timestamp>,
+    /// The parties this event reports on (often only the one that changed).
+    pub parties: Vec<PartyEvent>,
+}
+
+/// One party of a [`SessionEvent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartyEvent {
+    /// `parties[].id`.
+    pub id: Option<String>,
+    /// `parties[].extensionId`, when the party is an extension of the account.
+    pub extension_id: Option<String>,
+    /// `direction == "Inbound"`.
+    pub inbound: bool,
+    /// `status.code`: `Setup`, `Proceeding`, `Answered`, `Hold`, `Disconnected`, ...
+    pub status: String,
+    /// `status.reason`: set when the party left but the session goes on (`BlindTransfer`, ...).
+    pub reason: Option<String>,
+    /// `recordings[]`: `active == false` means paused or stopped, not "ready".
+    pub recordings: Vec<EventRecording>,
+    pub from: Party,
+    pub to: Party,
+}
+
+/// A recording named by an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecording {
+    pub id: RecordingId,
+    pub active: bool,
+}
+
+impl SessionEvent {
+    /// Parses a notification: the whole envelope (`{uuid, event, body: {...}}`) or its body alone.
+    /// `sessionId` is required; everything else may be missing.
+    pub fn from_json(v: &Value) -> Result<SessionEvent, String> {
+        let body = v.get("body").filter(|b| b.is_object()).unwrap_or(v);
+        if !body.is_object() {
+            return Err("event is not an object".into());
+        }
+        let session_id = string_of(body.get("sessionId")).ok_or("event: missing sessionId")?;
+        let time = |x: Option<&Value>| x.and_then(Value::as_str).and_then(|t| t.parse().ok());
+        let parties = body
+            .get("parties")
+            .and_then(Value::as_array)
+            .map(|ps| ps.iter().map(party_event_of).collect())
+            .unwrap_or_default();
+        Ok(SessionEvent {
+            sequence: u64_of(body.get("sequence")),
+            session_id: session_id.into(),
+            telephony_session_id: string_of(body.get("telephonySessionId")),
+            event_time: time(body.get("eventTime")).or_else(|| time(v.get("timestamp"))),
+            parties,
+        })
+    }
+
+    /// The call has ended for ringfs: a party is `Disconnected` with no `status.reason` (a reason
+    /// such as `BlindTransfer` means the session goes on without that party).
+    pub fn ended(&self) -> bool {
+        self.parties
+            .iter()
+            .any(|p| p.status == "Disconnected" && p.reason.is_none())
+    }
+
+    /// The recordings this event names, deduplicated, in order of appearance.
+    pub fn recording_ids(&self) -> Vec<RecordingId> {
+        let mut ids: Vec<RecordingId> = Vec::new();
+        for r in self.parties.iter().flat_map(|p| &p.recordings) {
+            if !ids.contains(&r.id) {
+                ids.push(r.id.clone());
+            }
+        }
+        ids
+    }
+}
+
+fn party_event_of(p: &Value) -> PartyEvent {
+    let status = p.get("status");
+    PartyEvent {
+        id: string_of(p.get("id")),
+        extension_id: string_of(p.get("extensionId")),
+        inbound: p.get("direction").and_then(Value::as_str) == Some("Inbound"),
+        status: status
+            .and_then(|s| s.get("code"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        reason: status
+            .and_then(|s| s.get("reason"))
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+            .map(String::from),
+        recordings: p
+            .get("recordings")
+            .and_then(Value::as_array)
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| {
+                        Some(EventRecording {
+                            id: string_of(r.get("id"))?.into(),
+                            active: r.get("active").and_then(Value::as_bool).unwrap_or(false),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        from: party_of(p.get("from")),
+        to: party_of(p.get("to")),
+    }
+}
+
+/// What the live event feed tells the filesystem. The feed (the WebSocket subscription, in
+/// `api`) sends these; the core reacts to them without knowing the transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LiveNotice {
+    /// The subscription is live. `gap`: events may have been missed before it (a first
+    /// subscription, or a reconnect whose recovery failed), so what they would have said must be
+    /// learned from the call log once.
+    Live { gap: bool },
+    /// A telephony session event.
+    Event(SessionEvent),
+    /// The connection is lost and being recovered: until the next `Live`, changes are learned
+    /// by listing again, as without events.
+    Down,
+    /// Events are not available to this app or user (a refused subscription, a missing
+    /// permission): say why once, and list as without events from now on.
+    Unavailable(String),
+}
+
 impl RecordingMeta {
     /// Parses the metadata answer; `id` and `contentUri` are required.
     pub fn from_json(v: &Value) -> Result<RecordingMeta, String> {
@@ -332,6 +473,44 @@ mod tests {
         assert_eq!(m.duration, Some(31));
         assert!(RecordingMeta::from_json(&json!({"id": "9"})).is_err());
         assert!(RecordingMeta::from_json(&json!("x")).is_err());
+    }
+
+    #[test]
+    fn parses_the_seed_event() {
+        let v = json!({
+            "uuid": "1", "event": "/restapi/v1.0/account/1/extension/2/telephony/sessions",
+            "timestamp": "2019-03-08T22:30:40.059Z",
+            "body": {"sequence": 7, "sessionId": "1234567890", "telephonySessionId": "s-1",
+                "eventTime": "2019-03-08T22:30:39.938Z",
+                "parties": [{"id": "p-2", "extensionId": "22222222", "direction": "Inbound",
+                    "to": {"phoneNumber": "+16505550100", "name": "Jane Doe"},
+                    "from": {"phoneNumber": "+14155550100", "name": "John Smith"},
+                    "recordings": [{"id": "44444444", "active": false}, {"id": 44444444}],
+                    "status": {"code": "Answered", "rcc": false}}]}
+        });
+        let e = SessionEvent::from_json(&v).unwrap();
+        assert_eq!(e.sequence, Some(7));
+        assert_eq!(e.session_id, "1234567890");
+        assert_eq!(e.telephony_session_id.as_deref(), Some("s-1"));
+        assert_eq!(e.event_time.unwrap().to_string(), "2019-03-08T22:30:39.938Z");
+        assert_eq!(e.recording_ids(), vec![RecordingId::from("44444444")]);
+        assert_eq!(e.parties[0].from.name.as_deref(), Some("John Smith"));
+        assert!(e.parties[0].inbound);
+        assert!(!e.ended(), "Answered is not the end");
+        assert_eq!(SessionEvent::from_json(&v["body"]).unwrap(), e, "the body alone");
+        assert!(SessionEvent::from_json(&json!({"body": {"sequence": 1}})).is_err());
+    }
+
+    #[test]
+    fn a_disconnect_with_a_reason_is_not_the_end() {
+        let ev = |status: Value| {
+            SessionEvent::from_json(&json!({"sessionId": "1", "parties": [{"status": status}]}))
+                .unwrap()
+        };
+        assert!(ev(json!({"code": "Disconnected"})).ended());
+        assert!(ev(json!({"code": "Disconnected", "reason": ""})).ended());
+        assert!(!ev(json!({"code": "Disconnected", "reason": "BlindTransfer"})).ended());
+        assert!(!ev(json!({"code": "Proceeding"})).ended());
     }
 
     #[test]
