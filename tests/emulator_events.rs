@@ -748,3 +748,89 @@ async fn wstoken_counts_in_the_auth_group() {
     assert_eq!(s.ws_tokens, 3);
     assert_eq!(s.throttled, 1);
 }
+
+/// The official RingCentral Python SDK's WebSocket client (PyPI `ringcentral`, unchanged):
+/// gets a wstoken, connects, subscribes (it recognises the answer by `WSG-SubscriptionId`) and
+/// receives the events of a call.
+const SDK_SCRIPT: &str = r#"
+import asyncio, json, os
+from ringcentral import SDK
+from ringcentral.websocket.web_socket_client import WebSocketClient
+from ringcentral.websocket.events import WebSocketEvents
+
+platform = SDK(os.environ["RC_CLIENT_ID"], os.environ["RC_CLIENT_SECRET"], os.environ["RC_SERVER_URL"]).platform()
+platform.login(jwt=os.environ["RC_JWT"])
+
+async def main():
+    client = WebSocketClient(platform)
+    done = asyncio.Event()
+    got = []
+    def created(c):
+        asyncio.get_running_loop().create_task(c.create_subscription([os.environ["FILTER"]]))
+    def subscribed(sub):
+        print(json.dumps({"subscribed": sub.get_subscription_info()[1]["id"]}), flush=True)
+    def notified(message):
+        got.append(message)
+        status = message[1]["body"]["parties"][0]["status"]
+        if status["code"] == "Disconnected" and "reason" not in status:
+            done.set()
+    client.on(WebSocketEvents.connectionCreated, created)
+    client.on(WebSocketEvents.subscriptionCreated, subscribed)
+    client.on(WebSocketEvents.receiveSubscriptionNotification, notified)
+    task = asyncio.get_running_loop().create_task(client.create_new_connection())
+    await asyncio.wait_for(done.wait(), 20)
+    print(json.dumps({"events": got}), flush=True)
+    task.cancel()
+
+asyncio.run(main())
+"#;
+
+#[tokio::test]
+async fn the_official_python_sdk_subscribes_and_receives_a_calls_events() {
+    use tokio::io::AsyncBufReadExt as _;
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import ringcentral.websocket.web_socket_client"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        panic!("the official RingCentral Python SDK is missing: run `pip install ringcentral`");
+    }
+    let emu = start(config(fast())).await;
+    let c = Config::default();
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", SDK_SCRIPT])
+        .env("RC_SERVER_URL", emu.api_url())
+        .env("RC_CLIENT_ID", &c.client_id)
+        .env("RC_CLIENT_SECRET", &c.client_secret)
+        .env("RC_JWT", &c.jwt)
+        .env("FILTER", EXT_FILTER)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = |l: Option<String>| -> Value {
+        serde_json::from_str(&l.expect("a line from the SDK script")).expect("json")
+    };
+    let within = Duration::from_secs(20);
+    let first = tokio::time::timeout(within, lines.next_line()).await;
+    let subscribed = line(first.expect("the SDK subscribes").unwrap());
+    assert!(subscribed["subscribed"].is_string(), "{subscribed}");
+    let call = emu.start_call(NewCall::default());
+    let last = tokio::time::timeout(within, lines.next_line()).await;
+    let events = line(last.expect("the SDK gets the events").unwrap())["events"]
+        .as_array()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        codes(&events),
+        ["Setup", "Proceeding", "Answered", "Disconnected"]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|m| m[1]["body"]["sessionId"] == call.session_id.as_str()
+                && m[1]["subscriptionId"] == subscribed["subscribed"])
+    );
+    assert!(child.wait().await.unwrap().success());
+    assert_eq!(emu.stats().ws_subscriptions, 1);
+}

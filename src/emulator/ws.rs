@@ -437,6 +437,11 @@ impl State {
         body: Option<&Value>,
     ) -> (u16, serde_json::Map<String, Value>, Option<Value>) {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
+        // RingCentral's Python SDK creates with a trailing slash.
+        let path = match path.trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        };
         let n = self.notifications();
         let sub_id = path.strip_prefix("/restapi/v1.0/subscription/");
         let resp = match (method.to_ascii_uppercase().as_str(), path, sub_id) {
@@ -705,13 +710,17 @@ pub(super) async fn wstoken(AxState(st): AxState<Shared>, headers: HeaderMap) ->
             st.next_u64(),
             st.next_u64()
         );
-        lock(&st.ws.inner).tokens.insert(
+        let mut inner = lock(&st.ws.inner);
+        let now = Instant::now();
+        inner.tokens.retain(|_, t| t.expires > now);
+        inner.tokens.insert(
             token.clone(),
             WsToken {
                 expires: Instant::now() + n.wstoken_ttl,
                 login,
             },
         );
+        drop(inner);
         let (api, _) = bases(&st, &headers);
         let ws_base = api.replacen("http://", "ws://", 1);
         json_response(
@@ -757,12 +766,11 @@ async fn close(mut socket: WebSocket, reason: &'static str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.recv()).await;
 }
 
-fn sleep_until(at: Option<Instant>) -> impl std::future::Future<Output = ()> {
-    async move {
-        match at {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
