@@ -19,22 +19,33 @@ const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const EXT_FILTER: &str = "/restapi/v1.0/account/~/extension/~/telephony/sessions";
 const ACCOUNT_FILTER: &str = "/restapi/v1.0/account/~/telephony/sessions";
 
-/// Short event timings: a 2 s call is Setup, Proceeding at 0.1 s, Answered at 0.3 s,
-/// Disconnected at 2 s.
+/// Short event timings: a 1 s call is Setup, Proceeding at 0.1 s, Answered at 0.3 s,
+/// Disconnected at 1 s.
 fn fast() -> Notifications {
     Notifications::default().event_delays(Duration::from_millis(100), Duration::from_millis(300))
 }
 
+/// The record delay and the recording delay of [`config`].
+const DELAY: Duration = Duration::from_millis(500);
+
 /// No generated calls (only the example call, long over), so that the only events are those of
-/// the calls a test starts; records and recordings follow a call by 1 s each.
+/// the calls a test starts; records and recordings follow a call by [`DELAY`] each.
 fn config(n: Notifications) -> Config {
     Config {
         calls: 0,
         rate: RateLimits::unlimited(),
-        record_delay: Duration::from_secs(1),
-        recording_delay: Duration::from_secs(1),
+        record_delay: DELAY,
+        recording_delay: DELAY,
         notifications: n,
         ..Config::default()
+    }
+}
+
+/// A recorded inbound call of 1 s.
+fn one_second() -> NewCall {
+    NewCall {
+        duration: Duration::from_secs(1),
+        ..NewCall::default()
     }
 }
 
@@ -207,6 +218,14 @@ async fn events_until_end(ws: &mut Ws, session_id: &str) -> Vec<Value> {
     }
 }
 
+/// Sleeps until the wall clock reads `t`.
+async fn sleep_to(t: jiff::Timestamp) {
+    let left = t.duration_since(jiff::Timestamp::now());
+    if let Ok(d) = Duration::try_from(left) {
+        tokio::time::sleep(d).await;
+    }
+}
+
 fn codes(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -329,7 +348,7 @@ async fn subscription_answers_echo_the_message_id_and_name_the_subscription() {
     let m2 = subscribe(&mut ws, &[ACCOUNT_FILTER]).await;
     let id2 = m2[1]["id"].as_str().unwrap().to_string();
     assert_ne!(id, id2);
-    let call = emu.start_call(NewCall::default());
+    let call = emu.start_call(one_second());
     let ev = recv(&mut ws).await.unwrap();
     assert_eq!(ev[0]["type"], "ServerNotification");
     assert_eq!(ev[1]["subscriptionId"], id2.as_str());
@@ -381,7 +400,7 @@ async fn a_call_emits_four_statuses_then_reaches_the_call_log_and_the_media_host
     let token = login(&emu).await;
     let (mut ws, details) = connect(&emu).await;
     subscribe(&mut ws, &[EXT_FILTER]).await;
-    let call = emu.start_call(NewCall::default());
+    let call = emu.start_call(one_second());
     let rec = call.recording_id.clone().expect("recorded");
     let events = events_until_end(&mut ws, &call.session_id).await;
     assert_eq!(
@@ -422,9 +441,16 @@ async fn a_call_emits_four_statuses_then_reaches_the_call_log_and_the_media_host
     assert_eq!(recs(0), Value::Null, "no recording before the answer");
     assert_eq!(recs(2), json!([{"id": rec, "active": true}]));
     assert_eq!(recs(3), json!([{"id": rec, "active": false}]));
-    let ended = Instant::now();
+    assert_eq!(
+        events[3][1]["body"]["eventTime"],
+        call.end.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        "Disconnected at the call's end"
+    );
 
-    // The call log has the record 1 s after the end, the media host the bytes 1 s later.
+    // The call log has the record DELAY after the end, the media host the bytes DELAY later
+    // (the emulator's own `visible_at` and `fetchable_at`).
+    assert_eq!(call.visible_at, call.end + DELAY);
+    assert_eq!(call.fetchable_at, call.visible_at + DELAY);
     let from = (call.start - jiff::SignedDuration::from_hours(1)).to_string();
     let url = format!(
         "{}/restapi/v1.0/account/~/extension/~/call-log?sessionId={}&dateFrom={from}",
@@ -444,20 +470,23 @@ async fn a_call_emits_four_statuses_then_reaches_the_call_log_and_the_media_host
         }
     };
     let early = records(get(url.clone()).await.json().await.unwrap());
-    assert!(early.is_empty() || ended.elapsed() >= Duration::from_secs(1));
+    assert!(
+        jiff::Timestamp::now() < call.visible_at,
+        "the test asked before the record was due"
+    );
+    assert!(early.is_empty(), "not in the call log yet: {early:?}");
     let content = format!(
         "{}/restapi/v1.0/account/~/recording/{rec}/content",
         emu.media_url()
     );
-    tokio::time::sleep_until((ended + Duration::from_millis(1200)).into()).await;
+    sleep_to(call.visible_at + Duration::from_millis(100)).await;
     let listed = records(get(url).await.json().await.unwrap());
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["recording"]["id"], rec.as_str());
     let r = get(content.clone()).await;
-    if ended.elapsed() < Duration::from_secs(2) {
-        assert_eq!(r.status(), StatusCode::NOT_FOUND, "not fetchable yet");
-    }
-    tokio::time::sleep_until((ended + Duration::from_millis(2300)).into()).await;
+    assert!(jiff::Timestamp::now() < call.fetchable_at);
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "not fetchable yet");
+    sleep_to(call.fetchable_at + Duration::from_millis(100)).await;
     let r = get(content).await;
     assert_eq!(r.status(), StatusCode::OK);
     let bytes = r.bytes().await.unwrap();
@@ -476,9 +505,9 @@ async fn filters_with_recordings_and_status_code_pass_only_their_events() {
     .await;
     let silent = emu.start_call(NewCall {
         recorded: false,
-        ..NewCall::default()
+        ..one_second()
     });
-    let recorded = emu.start_call(NewCall::default());
+    let recorded = emu.start_call(one_second());
     let m = recv(&mut ws).await.unwrap();
     assert_eq!(m[1]["body"]["sessionId"], recorded.session_id.as_str());
     assert_eq!(codes(std::slice::from_ref(&m)), ["Disconnected"]);
@@ -495,7 +524,7 @@ async fn out_of_order_and_transfer_settings() {
     let emu = start(config(fast().out_of_order(true))).await;
     let (mut ws, _) = connect(&emu).await;
     subscribe(&mut ws, &[EXT_FILTER]).await;
-    let call = emu.start_call(NewCall::default());
+    let call = emu.start_call(one_second());
     let events = events_until_end(&mut ws, &call.session_id).await;
     assert_eq!(sequences(&events), [2, 1, 4, 3]);
     assert_eq!(
@@ -504,7 +533,7 @@ async fn out_of_order_and_transfer_settings() {
     );
 
     emu.set_notifications(fast().transfer_reason(true));
-    let call = emu.start_call(NewCall::default());
+    let call = emu.start_call(one_second());
     let events = events_until_end(&mut ws, &call.session_id).await;
     assert_eq!(
         codes(&events),
@@ -599,8 +628,8 @@ async fn heartbeats_are_answered_and_idle_connections_closed() {
 async fn a_dropped_connection_recovers_and_gets_each_missed_event_once() {
     let emu = start(config(
         fast()
-            .drop_after(Some(Duration::from_millis(900)))
-            .event_delays(Duration::from_millis(200), Duration::from_millis(500)),
+            .drop_after(Some(Duration::from_millis(700)))
+            .event_delays(Duration::from_millis(150), Duration::from_millis(400)),
     ))
     .await;
     let token = login(&emu).await;
@@ -609,7 +638,7 @@ async fn a_dropped_connection_recovers_and_gets_each_missed_event_once() {
     let mut newest = wsc(&recv(&mut ws).await.unwrap());
     let sub = subscribe(&mut ws, &[EXT_FILTER]).await;
     let call = emu.start_call(NewCall {
-        duration: Duration::from_secs(2),
+        duration: Duration::from_secs(1),
         ..NewCall::default()
     });
     let mut seen = Vec::new();
@@ -632,7 +661,8 @@ async fn a_dropped_connection_recovers_and_gets_each_missed_event_once() {
 
     // The call ends while no connection is open; recover within the window.
     emu.set_notifications(fast());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(jiff::Timestamp::now() < call.end, "dropped before the end");
+    sleep_to(call.end + Duration::from_millis(200)).await;
     let (uri, ws_token) = wstoken(&emu, &token).await;
     let mut ws = connect_with(&uri, &ws_token, Some(&newest.0)).await;
     let d = recv(&mut ws).await.unwrap();
@@ -652,7 +682,7 @@ async fn a_dropped_connection_recovers_and_gets_each_missed_event_once() {
     assert_eq!(emu.stats().ws_recoveries, 1);
 
     // The subscription lives on in the recovered session.
-    let call2 = emu.start_call(NewCall::default());
+    let call2 = emu.start_call(one_second());
     assert_ne!(call.session_id, call2.session_id);
     let events = events_until_end(&mut ws, &call2.session_id).await;
     assert_eq!(codes(&events).len(), 4);
@@ -678,7 +708,7 @@ async fn recovery_after_the_window_or_with_an_unknown_token_fails() {
     assert_eq!(d2[1]["recoveryState"], "Failed", "{d2}");
     assert!(d2[1]["recoveryErrorCode"].is_string());
     // No subscription: a call brings nothing until the client subscribes again.
-    let call = emu.start_call(NewCall::default());
+    let call = emu.start_call(one_second());
     assert!(next(&mut ws, Duration::from_millis(500)).await.is_none());
     subscribe(&mut ws, &[EXT_FILTER]).await;
     let m = recv(&mut ws).await.unwrap();
@@ -815,7 +845,7 @@ async fn the_official_python_sdk_subscribes_and_receives_a_calls_events() {
     let first = tokio::time::timeout(within, lines.next_line()).await;
     let subscribed = line(first.expect("the SDK subscribes").unwrap());
     assert!(subscribed["subscribed"].is_string(), "{subscribed}");
-    let call = emu.start_call(NewCall::default());
+    let call = emu.start_call(one_second());
     let last = tokio::time::timeout(within, lines.next_line()).await;
     let events = line(last.expect("the SDK gets the events").unwrap())["events"]
         .as_array()
