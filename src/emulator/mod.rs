@@ -266,9 +266,9 @@ impl Default for Config {
 /// The WebSocket notifications (`POST /restapi/oauth/wstoken`, the socket at its `uri`) and the
 /// telephony session events; the defaults are the real service's where the contract tells them.
 ///
-/// Every field can change while running ([`Emulator::set_notifications`]): the windows and
-/// timeouts of a connection are those in force when it opened (they are what its
-/// `ConnectionDetails` announced), the event timings and `out_of_order` those in force when the
+/// Every field can change while running ([`Emulator::set_notifications`]): the windows,
+/// timeouts and `drop_after` of a connection are those in force when it opened (the windows are
+/// what its `ConnectionDetails` announced), the event timings and `out_of_order` those in force when the
 /// call was scheduled (when it started), everything else applies at once.
 ///
 /// Error codes the contract does not name are the emulator's own: `WSG-901` (a `ws_access_token`

@@ -40,7 +40,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -168,6 +168,9 @@ pub(super) struct Hub {
     kill: watch::Sender<u64>,
     /// Calls `0..initial` are the initial data set (only their steps after start are sent).
     initial: usize,
+    /// Numbers the ids and tokens of this module: its own counter, so that the seeded fault
+    /// draws of `State::roll` do not depend on how many events were sent.
+    ids: AtomicU64,
 }
 
 impl Hub {
@@ -178,6 +181,7 @@ impl Hub {
             settings: RwLock::new(settings),
             kill: watch::channel(0).0,
             initial,
+            ids: AtomicU64::new(0),
         }
     }
 }
@@ -263,7 +267,7 @@ impl State {
     }
 
     fn next_u64(&self) -> u64 {
-        mix64(self.nonce ^ mix64(self.counter.fetch_add(1, Ordering::Relaxed) ^ 0x0057_5353))
+        mix64(self.nonce ^ mix64(self.ws.ids.fetch_add(1, Ordering::Relaxed) ^ 0x0057_5353))
     }
 
     fn new_id(&self) -> String {
