@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use ringfs::emulator::{self, AudioFormat, Config, Faults, MediaBehaviour, RateLimits};
+use ringfs::emulator::{
+    self, AudioFormat, Config, Faults, MediaBehaviour, Notifications, RateLimits,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Format {
@@ -27,6 +29,11 @@ enum Format {
 /// The media host also serves {MEDIA}/__emulator/files/, a plain HTTP directory of the recordings
 /// (no auth, no rate limits) for tools that only speak plain HTTP; {API}/__emulator/stats counts
 /// every request.
+///
+/// Telephony session events: POST {API}/restapi/oauth/wstoken gives a WebSocket URI and token;
+/// subscribe over the socket to /restapi/v1.0/account/~/telephony/sessions (or
+/// .../extension/~/telephony/sessions). With --live, each call emits Setup, Proceeding, Answered
+/// and Disconnected.
 #[derive(Debug, Parser)]
 #[command(name = "ringfs-emulator", version)]
 struct Args {
@@ -135,6 +142,42 @@ struct Args {
     /// Fault: fraction of call-log pages with truncated JSON.
     #[arg(long, default_value_t = 0.0)]
     malformed_json_fraction: f64,
+    /// WebSocket: lifetime of a ws_access_token, in seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    wstoken_ttl: f64,
+    /// WebSocket: recoveryTimeout, how long a dropped connection's session can be recovered.
+    #[arg(long, default_value_t = 180.0, value_name = "S")]
+    ws_recovery_timeout: f64,
+    /// WebSocket: recoveryBufferSize, events kept per session for a recovery.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    ws_recovery_buffer: usize,
+    /// WebSocket: idleTimeout, close a connection after S seconds without a client message.
+    #[arg(long, default_value_t = 1800.0, value_name = "S")]
+    ws_idle_timeout: f64,
+    /// WebSocket: absoluteTimeout, close a connection S seconds after it opened.
+    #[arg(long, default_value_t = 86_400.0, value_name = "S")]
+    ws_absolute_timeout: f64,
+    /// Fault: drop every WebSocket connection S seconds after it opened (no close frame).
+    #[arg(long, value_name = "S")]
+    ws_drop_after: Option<f64>,
+    /// Refuse wstoken (403 CMN-401) for lack of this app permission.
+    #[arg(long, value_name = "PERMISSION", num_args = 0..=1, default_missing_value = "WebSocketsSubscription")]
+    refuse_wstoken: Option<String>,
+    /// Refuse subscriptions over the WebSocket (403 CMN-401) for lack of this app permission.
+    #[arg(long, value_name = "PERMISSION", num_args = 0..=1, default_missing_value = "CallControl")]
+    refuse_subscription: Option<String>,
+    /// Telephony events: seconds from a call's start to Proceeding and to Answered.
+    #[arg(long, num_args = 2, value_names = ["PROCEEDING", "ANSWERED"], default_values_t = [1.0, 3.0])]
+    event_delays: Vec<f64>,
+    /// Telephony events: send each event S seconds after its eventTime.
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    event_delivery_delay: f64,
+    /// Telephony events: deliver each session's events in swapped pairs (sequence 2 before 1).
+    #[arg(long)]
+    events_out_of_order: bool,
+    /// Telephony events: a Disconnected with reason BlindTransfer halfway through each call.
+    #[arg(long)]
+    events_transfer: bool,
 }
 
 fn secs(s: f64, name: &str) -> anyhow::Result<Duration> {
@@ -202,6 +245,25 @@ impl Args {
                 ..Faults::default()
             },
             extra_calls: Vec::new(),
+            notifications: Notifications {
+                wstoken_ttl: secs(self.wstoken_ttl, "wstoken-ttl")?,
+                recovery_timeout: secs(self.ws_recovery_timeout, "ws-recovery-timeout")?,
+                recovery_buffer_size: self.ws_recovery_buffer,
+                idle_timeout: secs(self.ws_idle_timeout, "ws-idle-timeout")?,
+                absolute_timeout: secs(self.ws_absolute_timeout, "ws-absolute-timeout")?,
+                drop_after: self
+                    .ws_drop_after
+                    .map(|s| secs(s, "ws-drop-after"))
+                    .transpose()?,
+                refuse_wstoken: self.refuse_wstoken.clone(),
+                refuse_subscription: self.refuse_subscription.clone(),
+                proceeding_after: secs(self.event_delays[0], "event-delays")?,
+                answered_after: secs(self.event_delays[1], "event-delays")?,
+                delivery_delay: secs(self.event_delivery_delay, "event-delivery-delay")?,
+                out_of_order: self.events_out_of_order,
+                transfer_reason: self.events_transfer,
+                ..Notifications::default()
+            },
         })
     }
 }

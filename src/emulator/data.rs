@@ -589,6 +589,62 @@ impl Generator {
         }
     }
 
+    /// A call started on demand (`Emulator::start_call`), number `index`: the generated call of
+    /// that number, made the authorized user's, with the given start, length, direction and
+    /// (when `recorded`) an automatic recording; never missed.
+    pub fn injected(
+        &self,
+        index: u64,
+        start_ms: i64,
+        duration_s: u32,
+        recorded: bool,
+        inbound: bool,
+    ) -> Call {
+        let mut c = self.call(index, Some(start_ms), true);
+        let ext = &EXTENSIONS[0];
+        let me = Party {
+            phone_number: Some(ext.phone.to_string()),
+            extension_id: Some(ext.id),
+            name: Some(ext.name.to_string()),
+            ..Party::default()
+        };
+        let other = if c.inbound {
+            c.from.clone()
+        } else {
+            c.to.clone()
+        };
+        let other = if other.extension_id == Some(ext.id) {
+            Party {
+                phone_number: Some("+14155550199".into()),
+                ..Party::default()
+            }
+        } else {
+            other
+        };
+        (c.from, c.to) = if inbound { (other, me) } else { (me, other) };
+        c.inbound = inbound;
+        c.owner = 0;
+        c.duration_s = duration_s;
+        c.outcome = if inbound {
+            Outcome::Accepted
+        } else {
+            Outcome::Connected
+        };
+        c.short_recording = false;
+        c.two_legs = false;
+        let key = mix64(self.seed ^ mix64(index ^ 0x1A1E_C7ED));
+        c.recording = recorded.then(|| Recording {
+            id: (60_000_000 + index).to_string(),
+            kind: RecordingKind::Automatic,
+            audio: AudioSpec {
+                codec: self.codec(key),
+                key,
+                duration_s,
+            },
+        });
+        c
+    }
+
     /// The whole initial data set: `calls` generated calls plus the seed call.
     pub fn initial(&self, calls: usize, extra: &[super::ExtraCall]) -> Vec<Call> {
         let mut v: Vec<Call> = (0..calls as u64)

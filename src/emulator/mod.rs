@@ -18,6 +18,10 @@
 //! - `rate`: the gate in front of every RingCentral endpoint: rate limits, 429s, injected 5xx.
 //! - `oauth`: the token and revoke endpoints, and the token checks of the others.
 //! - `call_log`: the call log endpoints.
+//! - `events`: telephony session events: each call's timeline of party statuses, the event
+//!   bodies, the event filters.
+//! - `ws`: the WebSocket notifications: `wstoken`, the socket protocol (subscriptions,
+//!   heartbeats, timeouts, recovery) and the ticker that delivers the events as calls go on.
 //! - `media`: recording metadata and content, with the media quirks and faults.
 //! - `files`: the plain HTTP directory of the recordings on the media host.
 //! - `server`: the routers of both hosts and the accept loop (connection-level faults).
@@ -29,6 +33,7 @@
 mod audio;
 mod call_log;
 mod data;
+mod events;
 mod files;
 mod media;
 mod oauth;
@@ -37,6 +42,7 @@ mod rate;
 mod reply;
 mod server;
 mod state;
+mod ws;
 
 pub use quirks::{MediaQuirks, PastEnd, RangeMode};
 
@@ -80,13 +86,13 @@ pub struct RateLimits {
     pub window: Duration,
     /// Penalty after the limit is exceeded (`Retry-After`), 60 s on the real service.
     pub penalty: Duration,
-    /// Light group limit per window (50); no emulated endpoint is in this group.
+    /// Light group limit per window (50): subscription renew, get and delete over the WebSocket.
     pub light: u32,
-    /// Medium group limit per window (40); no emulated endpoint is in this group.
+    /// Medium group limit per window (40): subscription create over the WebSocket.
     pub medium: u32,
     /// Heavy group limit per window (10): call log, recording metadata and content.
     pub heavy: u32,
-    /// Auth group limit per window (5): token and revoke.
+    /// Auth group limit per window (5): token, revoke and wstoken.
     pub auth: u32,
 }
 
@@ -227,6 +233,8 @@ pub struct Config {
     pub faults: Faults,
     /// Calls added to the generated ones (after them in numbering; see [`ExtraCall`]).
     pub extra_calls: Vec<ExtraCall>,
+    /// WebSocket notifications; [`Emulator::set_notifications`] changes them while running.
+    pub notifications: Notifications,
 }
 
 impl Default for Config {
@@ -250,6 +258,175 @@ impl Default for Config {
             media: MediaBehaviour::default(),
             faults: Faults::default(),
             extra_calls: Vec::new(),
+            notifications: Notifications::default(),
+        }
+    }
+}
+
+/// The WebSocket notifications (`POST /restapi/oauth/wstoken`, the socket at its `uri`) and the
+/// telephony session events; the defaults are the real service's where the contract tells them.
+///
+/// Every field can change while running ([`Emulator::set_notifications`]): the windows,
+/// timeouts and `drop_after` of a connection are those in force when it opened (the windows are
+/// what its `ConnectionDetails` announced), the event timings and `out_of_order` those in force when the
+/// call was scheduled (when it started), everything else applies at once.
+///
+/// Error codes the contract does not name are the emulator's own: `WSG-901` (a `ws_access_token`
+/// that is unknown, already used, or missing), `WSG-904` (one that expired), `WSG-1001` (a
+/// recovery `wsc` token that is unknown or whose session is gone: `recoveryState` `Failed`),
+/// `SUB-521` (an event filter other than the telephony sessions ones), `SUB-522` (a transport
+/// other than `WebSocket`), `WSG-101` (a client message that is not `[header, body?]` or of an
+/// unknown type), `WSG-1006` (the connection lost its session to a recovery on another one). `WSG-902` (idle) and `WSG-903` (too old) are the contract's;
+/// `WSG-1003` (recovering another login's session) and `WSG-1005` (nothing to recover: the
+/// session had no subscription) are what RingCentral was seen to answer.
+#[derive(Clone, Debug)]
+pub struct Notifications {
+    /// Lifetime of a `ws_access_token` (30 s). `expires_in` says it in whole seconds, rounded up.
+    pub wstoken_ttl: Duration,
+    /// `recoveryTimeout`: how long a connection's session (its subscription and missed events)
+    /// outlives the connection (180 s).
+    pub recovery_timeout: Duration,
+    /// `recoveryBufferSize`: events kept per session for a recovery (100).
+    pub recovery_buffer_size: usize,
+    /// `idleTimeout`: a connection with no message from the client for this long gets an
+    /// `Error` `WSG-902` and is closed (1800 s).
+    pub idle_timeout: Duration,
+    /// `absoluteTimeout`: a connection this old gets an `Error` `WSG-903` and is closed (86400 s).
+    pub absolute_timeout: Duration,
+    /// `maxConnectionsPerSession` (announced only).
+    pub max_connections_per_session: u32,
+    /// `maxActiveRequests` (announced only: requests are answered one by one).
+    pub max_active_requests: u32,
+    /// `expiresIn` of a subscription (it renews itself while its session lives), 900 s.
+    pub subscription_ttl: Duration,
+    /// Drop every connection this long after it opened, abruptly: no `Error`, no close frame
+    /// (a network cut). The session stays recoverable.
+    pub drop_after: Option<Duration>,
+    /// `Some(permission)`: `wstoken` answers 403 `CMN-401` for lack of that app permission
+    /// (e.g. `WebSocketsSubscription`).
+    pub refuse_wstoken: Option<String>,
+    /// `Some(permission)`: a subscription request over the socket answers 403 `CMN-401` for
+    /// lack of that app permission (e.g. `CallControl`).
+    pub refuse_subscription: Option<String>,
+    /// From a call's start to its `Proceeding` (1 s; at most a quarter of the call).
+    pub proceeding_after: Duration,
+    /// From a call's start to its `Answered` (3 s; at most half of the call).
+    pub answered_after: Duration,
+    /// Events are sent this long after their `eventTime` (0).
+    pub delivery_delay: Duration,
+    /// Deliver the events of a session in swapped pairs: 2 before 1, 4 before 3, ... (each pair
+    /// when its later event is due), so that `body.sequence` runs backwards within each pair.
+    pub out_of_order: bool,
+    /// Emit a `Disconnected` with `status.reason` `BlindTransfer` halfway through each answered
+    /// call, before its final `Disconnected` (the session goes on).
+    pub transfer_reason: bool,
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        Notifications {
+            wstoken_ttl: Duration::from_secs(30),
+            recovery_timeout: Duration::from_secs(180),
+            recovery_buffer_size: 100,
+            idle_timeout: Duration::from_secs(1800),
+            absolute_timeout: Duration::from_secs(86_400),
+            max_connections_per_session: 5,
+            max_active_requests: 10,
+            subscription_ttl: Duration::from_secs(900),
+            drop_after: None,
+            refuse_wstoken: None,
+            refuse_subscription: None,
+            proceeding_after: Duration::from_secs(1),
+            answered_after: Duration::from_secs(3),
+            delivery_delay: Duration::ZERO,
+            out_of_order: false,
+            transfer_reason: false,
+        }
+    }
+}
+
+impl Notifications {
+    /// Sets [`Notifications::wstoken_ttl`].
+    pub fn wstoken_ttl(mut self, d: Duration) -> Self {
+        self.wstoken_ttl = d;
+        self
+    }
+    /// Sets [`Notifications::recovery_timeout`].
+    pub fn recovery_timeout(mut self, d: Duration) -> Self {
+        self.recovery_timeout = d;
+        self
+    }
+    /// Sets [`Notifications::recovery_buffer_size`].
+    pub fn recovery_buffer_size(mut self, n: usize) -> Self {
+        self.recovery_buffer_size = n;
+        self
+    }
+    /// Sets [`Notifications::idle_timeout`].
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+    /// Sets [`Notifications::absolute_timeout`].
+    pub fn absolute_timeout(mut self, d: Duration) -> Self {
+        self.absolute_timeout = d;
+        self
+    }
+    /// Sets [`Notifications::drop_after`].
+    pub fn drop_after(mut self, d: Option<Duration>) -> Self {
+        self.drop_after = d;
+        self
+    }
+    /// Sets [`Notifications::refuse_wstoken`].
+    pub fn refuse_wstoken(mut self, permission: Option<&str>) -> Self {
+        self.refuse_wstoken = permission.map(String::from);
+        self
+    }
+    /// Sets [`Notifications::refuse_subscription`].
+    pub fn refuse_subscription(mut self, permission: Option<&str>) -> Self {
+        self.refuse_subscription = permission.map(String::from);
+        self
+    }
+    /// Sets [`Notifications::proceeding_after`] and [`Notifications::answered_after`].
+    pub fn event_delays(mut self, proceeding: Duration, answered: Duration) -> Self {
+        self.proceeding_after = proceeding;
+        self.answered_after = answered;
+        self
+    }
+    /// Sets [`Notifications::delivery_delay`].
+    pub fn delivery_delay(mut self, d: Duration) -> Self {
+        self.delivery_delay = d;
+        self
+    }
+    /// Sets [`Notifications::out_of_order`].
+    pub fn out_of_order(mut self, on: bool) -> Self {
+        self.out_of_order = on;
+        self
+    }
+    /// Sets [`Notifications::transfer_reason`].
+    pub fn transfer_reason(mut self, on: bool) -> Self {
+        self.transfer_reason = on;
+        self
+    }
+}
+
+/// A call to start now with [`Emulator::start_call`].
+#[derive(Clone, Debug)]
+pub struct NewCall {
+    /// Length of the call (whole seconds; at least 1).
+    pub duration: Duration,
+    /// Whether it has a recording.
+    pub recorded: bool,
+    /// Inbound (true) or outbound.
+    pub inbound: bool,
+}
+
+impl Default for NewCall {
+    /// A recorded inbound call of 2 seconds.
+    fn default() -> Self {
+        NewCall {
+            duration: Duration::from_secs(2),
+            recorded: true,
+            inbound: true,
         }
     }
 }
@@ -258,10 +435,13 @@ impl Default for Config {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Requests per endpoint: `token`, `revoke`, `account-call-log`, `extension-call-log`,
-    /// `recording-meta`, `recording-content` (throttled and failed requests count too), and the
+    /// `recording-meta`, `recording-content`, `wstoken`, and over the WebSocket `subscription-create`,
+    /// `subscription-renew`, `subscription-get`, `subscription-delete` (throttled and failed
+    /// requests count too), and the
     /// plain directory of the media host: `files-index`, `files-head`, `files-get` (no group).
     pub by_endpoint: BTreeMap<String, u64>,
-    /// Requests per rate group: `Heavy`, `Auth` (no emulated endpoint is Light or Medium).
+    /// Requests per rate group: `Heavy`, `Auth`, and `Light` and `Medium` (subscription requests
+    /// over the WebSocket).
     pub by_group: BTreeMap<String, u64>,
     /// 429 answers sent (budget, penalty and forced).
     pub throttled: u64,
@@ -281,6 +461,21 @@ pub struct Stats {
     /// Media content requests per recording id, every answer counted (401, 404, 416, 429, 5xx too).
     #[serde(default)]
     pub media_by_recording: BTreeMap<String, u64>,
+    /// `POST /restapi/oauth/wstoken` requests, every answer counted (also `by_endpoint["wstoken"]`).
+    #[serde(default)]
+    pub ws_tokens: u64,
+    /// WebSocket connections opened (upgraded), refused ones included.
+    #[serde(default)]
+    pub ws_connections: u64,
+    /// Subscriptions created over a WebSocket (successful `POST /restapi/v1.0/subscription`).
+    #[serde(default)]
+    pub ws_subscriptions: u64,
+    /// Event messages (`ServerNotification`) written to a socket, replays included.
+    #[serde(default)]
+    pub ws_events_sent: u64,
+    /// Recoveries answered `recoveryState: "Successful"`.
+    #[serde(default)]
+    pub ws_recoveries: u64,
 }
 
 impl Stats {
@@ -420,6 +615,30 @@ impl Emulator {
     /// the whole file: ground truth for huge recordings.
     pub fn recording_range(&self, recording_id: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
         self.state.recording_range(recording_id, offset, len)
+    }
+
+    /// Replaces the notification settings while running (see [`Notifications`] for when each
+    /// takes effect).
+    pub fn set_notifications(&self, n: Notifications) {
+        self.state.set_notifications(n);
+    }
+
+    /// Starts a call now, owned by the authorized user (extension `~`), and returns it. Its
+    /// events follow its timeline from now (see [`Notifications`]); its record reaches the call
+    /// log `record_delay` after it ends and its recording is fetchable `recording_delay` later.
+    pub fn start_call(&self, call: NewCall) -> CallInfo {
+        self.state.start_call(call)
+    }
+
+    /// Drops every open WebSocket connection at once, abruptly (no `Error`, no close frame);
+    /// their sessions stay recoverable.
+    pub fn drop_ws_connections(&self) {
+        self.state.drop_ws_connections();
+    }
+
+    /// The number of WebSocket connections open now.
+    pub fn ws_open_connections(&self) -> usize {
+        self.state.ws_open_connections()
     }
 
     /// Stops both servers and waits for them.

@@ -86,12 +86,13 @@ impl State {
         body
     }
 
-    /// Checks a Bearer token (or the media host's `access_token` query parameter).
+    /// Checks a Bearer token (or the media host's `access_token` query parameter); tells the
+    /// login session the token belongs to.
     pub(super) fn authorize(
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
-    ) -> Result<(), Response> {
+    ) -> Result<u64, Response> {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -137,7 +138,7 @@ impl State {
                 "Token expired",
             ));
         }
-        Ok(())
+        Ok(t.session)
     }
 
     /// Basic client credentials of the OAuth endpoints.

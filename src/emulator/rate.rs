@@ -38,6 +38,8 @@ impl State {
         match g {
             Group::Heavy => r.heavy,
             Group::Auth => r.auth,
+            Group::Light => r.light,
+            Group::Medium => r.medium,
         }
     }
 

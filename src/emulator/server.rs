@@ -4,8 +4,9 @@
 //! Connections are served by hyper directly (not `axum::serve`) so that the `unreachable` fault
 //! can close a kept-alive connection without answering: the service returns an error and hyper
 //! drops the connection. The `hang` fault holds requests here too, before any handler sees them.
-//! The handlers are in `oauth`, `call_log`, `media` and `files`; each RingCentral one passes the
-//! gate of `rate` first.
+//! The handlers are in `oauth`, `call_log`, `media`, `files` and `ws`; each RingCentral one passes
+//! the gate of `rate` first. Connections are served with upgrades, for the WebSocket of `ws`;
+//! `ws`'s ticker runs beside the accept loops.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use super::media::{recording_content, recording_meta};
 use super::oauth::{revoke, token};
 use super::reply::{json_response, not_found};
 use super::state::Shared;
+use super::ws::{WS_PATH, ticker, ws_upgrade, wstoken};
 
 async fn stats(AxState(st): AxState<Shared>) -> Response {
     json_response(StatusCode::OK, &st.stats())
@@ -43,6 +45,8 @@ fn api_router(st: Shared) -> Router {
     Router::new()
         .route("/restapi/oauth/token", post(token))
         .route("/restapi/oauth/revoke", post(revoke))
+        .route("/restapi/oauth/wstoken", post(wstoken))
+        .route(WS_PATH, get(ws_upgrade))
         .route(
             "/restapi/v1.0/account/{account}/call-log",
             get(account_call_log),
@@ -133,7 +137,7 @@ async fn accept_loop(
                     }
                 });
                 conns.spawn(async move {
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
                     if let Err(e) = conn.await {
                         tracing::trace!(error = %e, "connection ended");
                     }
@@ -159,10 +163,17 @@ pub(super) async fn serve(
         st.clone(),
         rx.clone(),
     ));
-    let m = tokio::spawn(accept_loop(media, media_router(st.clone()), st.clone(), rx));
+    let m = tokio::spawn(accept_loop(
+        media,
+        media_router(st.clone()),
+        st.clone(),
+        rx.clone(),
+    ));
+    let t = tokio::spawn(ticker(st.clone(), rx));
     shutdown.await;
     let _ = tx.send(true);
     let _ = a.await;
     let _ = m.await;
+    let _ = t.await;
     Ok(())
 }

@@ -7,8 +7,9 @@
 //! when its recording can be fetched, the seeded fault draws, the request accounting, and the
 //! base URLs a client addressed.
 //!
-//! Lock order: `data` before `stats` and before the locks of `quirks`; `tokens`, `rate`,
-//! `advertised`, `faults` are never held together with another lock.
+//! Lock order: `data` before `stats` and before the locks of `quirks`; `data` before the `ws`
+//! hub's sessions before `stats` (see `ws`); `tokens`, `rate`, `advertised`, `faults` are never
+//! held together with another lock.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,21 +22,24 @@ use axum::http::{HeaderMap, header};
 use super::audio::{AudioSpec, mix64};
 use super::data::{ACCOUNT_ID, Call, Generator};
 use super::quirks::{PerRecording, content_type};
-use super::{CallInfo, Config, Faults, MediaQuirks, Stats};
+use super::ws::Hub;
+use super::{CallInfo, Config, Faults, MediaQuirks, NewCall, Stats};
 
 pub(super) type Shared = std::sync::Arc<State>;
 
-/// The rate-limit groups that have an emulated endpoint. Light and Medium have none (their
-/// limits in [`RateLimits`](super::RateLimits) are accepted and unused).
+/// The rate-limit groups. Light and Medium only hold the subscription requests sent over the
+/// WebSocket (renew and create).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Group {
     Heavy,
     Auth,
+    Light,
+    Medium,
 }
 
 impl Group {
     /// Number of groups: the length of the per-group arrays of [`State`].
-    pub(super) const COUNT: usize = 2;
+    pub(super) const COUNT: usize = 4;
 
     pub(super) fn index(self) -> usize {
         self as usize
@@ -44,6 +48,8 @@ impl Group {
         match self {
             Group::Heavy => "Heavy",
             Group::Auth => "Auth",
+            Group::Light => "Light",
+            Group::Medium => "Medium",
         }
     }
     /// The value of `X-Rate-Limit-Group`.
@@ -51,6 +57,8 @@ impl Group {
         match self {
             Group::Heavy => "heavy",
             Group::Auth => "auth",
+            Group::Light => "light",
+            Group::Medium => "medium",
         }
     }
 }
@@ -101,6 +109,8 @@ pub(super) struct Data {
     pub(super) by_recording: HashMap<String, usize>,
     /// The next live call (not started yet) and its live index.
     pub(super) pending_live: Option<(u64, Call)>,
+    /// Calls started with `Emulator::start_call` so far.
+    pub(super) injected: u64,
 }
 
 /// Shared state of both hosts.
@@ -110,7 +120,7 @@ pub(super) struct State {
     pub(super) cfg: Config,
     generator: Generator,
     /// Emulator start, Unix ms (live calls are timed from it).
-    t0_ms: i64,
+    pub(super) t0_ms: i64,
     /// Distinguishes this run's tokens from any earlier run's.
     pub(super) nonce: u64,
     pub(super) faults: RwLock<Faults>,
@@ -125,6 +135,8 @@ pub(super) struct State {
     pub(super) counter: AtomicU64,
     /// Media quirks set at runtime and what each recording has seen.
     pub(super) quirks: PerRecording,
+    /// WebSocket notifications: tokens, sessions, the event schedule, their settings.
+    pub(super) ws: Hub,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -160,10 +172,12 @@ impl State {
             .enumerate()
             .filter_map(|(i, c)| c.recording.as_ref().map(|r| (r.id.clone(), i)))
             .collect();
+        let initial = calls.len();
         let mut data = Data {
             calls,
             by_recording,
             pending_live: None,
+            injected: 0,
         };
         if cfg.live.is_some() {
             data.pending_live = Some((1, Self::live_call(&generator, &cfg, t0_ms, 1)));
@@ -177,6 +191,7 @@ impl State {
             api_addr,
             media_addr,
             faults: RwLock::new(cfg.faults.clone()),
+            ws: Hub::new(cfg.notifications.clone(), initial),
             nonce: mix64(
                 (t0_ms as u64) ^ (u64::from(std::process::id()) << 32) ^ u64::from(api_addr.port()),
             ),
@@ -311,34 +326,58 @@ impl State {
         ((x >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 
+    fn call_info(&self, c: &Call) -> CallInfo {
+        CallInfo {
+            call_log_id: c.call_log_id.clone(),
+            session_id: c.session_id.clone(),
+            telephony_session_id: c.telephony_session_id.clone(),
+            start: ts(c.start_ms),
+            duration_s: u64::from(c.duration_s),
+            end: ts(c.end_ms()),
+            inbound: c.inbound,
+            from_number: c.from.phone_number.clone(),
+            from_name: c.from.name.clone(),
+            to_number: c.to.phone_number.clone(),
+            to_name: c.to.name.clone(),
+            extension_id: c.extension().id.to_string(),
+            recording_id: c.recording.as_ref().map(|r| r.id.clone()),
+            content_type: c
+                .recording
+                .as_ref()
+                .map(|r| self.content_type(&r.id, r.audio)),
+            recording_len: c.recording.as_ref().map(|r| r.audio.len()),
+            visible_at: ts(self.visible_ms(c)),
+            fetchable_at: ts(self.fetchable_ms(c)),
+        }
+    }
+
     pub(super) fn call_infos(&self) -> Vec<CallInfo> {
         self.advance_live(now_ms());
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());
-        data.calls
-            .iter()
-            .map(|c| CallInfo {
-                call_log_id: c.call_log_id.clone(),
-                session_id: c.session_id.clone(),
-                telephony_session_id: c.telephony_session_id.clone(),
-                start: ts(c.start_ms),
-                duration_s: u64::from(c.duration_s),
-                end: ts(c.end_ms()),
-                inbound: c.inbound,
-                from_number: c.from.phone_number.clone(),
-                from_name: c.from.name.clone(),
-                to_number: c.to.phone_number.clone(),
-                to_name: c.to.name.clone(),
-                extension_id: c.extension().id.to_string(),
-                recording_id: c.recording.as_ref().map(|r| r.id.clone()),
-                content_type: c
-                    .recording
-                    .as_ref()
-                    .map(|r| self.content_type(&r.id, r.audio)),
-                recording_len: c.recording.as_ref().map(|r| r.audio.len()),
-                visible_at: ts(self.visible_ms(c)),
-                fetchable_at: ts(self.fetchable_ms(c)),
-            })
-            .collect()
+        data.calls.iter().map(|c| self.call_info(c)).collect()
+    }
+
+    /// Adds a call that starts now (see `Emulator::start_call`).
+    pub(super) fn start_call(&self, n: NewCall) -> CallInfo {
+        let now = now_ms();
+        self.advance_live(now);
+        let secs = u32::try_from(n.duration.as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+        data.injected += 1;
+        let index = self.cfg.calls as u64 + 2_000_000 + data.injected;
+        let call = self
+            .generator
+            .injected(index, now, secs, n.recorded, n.inbound);
+        if let Some(r) = &call.recording {
+            let i = data.calls.len();
+            data.by_recording.insert(r.id.clone(), i);
+        }
+        let info = self.call_info(&call);
+        tracing::debug!(session = %call.session_id, secs, "call started on demand");
+        data.calls.push(call);
+        info
     }
 
     pub(super) fn recording(&self, id: &str) -> Option<(AudioSpec, i64, i64, u32)> {
