@@ -235,7 +235,7 @@ async fn connection(
         let sent = match op.as_deref() {
             Ok("status") => send_line(&mut w, &status()).await,
             Ok("watch") => {
-                watch_loop(&mut w, subscribe(), &mut stop).await;
+                watch_loop(&mut w, &mut lines, subscribe(), &mut stop).await;
                 return;
             }
             Ok(other) => {
@@ -253,8 +253,11 @@ async fn connection(
     }
 }
 
+/// Streams announcements until the mount ends or the client goes away (noticed at once, not at
+/// the next write: an idle client that left must not keep a subscription).
 async fn watch_loop(
     w: &mut OwnedWriteHalf,
+    from_client: &mut Lines<BufReader<OwnedReadHalf>>,
     mut rx: broadcast::Receiver<Readable>,
     stop: &mut watch::Receiver<bool>,
 ) {
@@ -268,6 +271,10 @@ async fn watch_loop(
         let next = tokio::select! {
             r = rx.recv() => r,
             _ = stop.changed() => return,
+            l = from_client.next_line() => match l {
+                Ok(Some(_)) => continue, // nothing more is asked of a watch
+                _ => return,
+            },
         };
         let sent = match next {
             Ok(r) => send_line(w, &r).await,
