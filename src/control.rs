@@ -297,7 +297,7 @@ pub enum WatchLine {
     Missed(u64),
 }
 
-/// A client's watch stream ([`watch`]).
+/// A client's watch stream ([`watch()`]).
 pub struct Watch {
     lines: Lines<BufReader<OwnedReadHalf>>,
     _w: OwnedWriteHalf,
@@ -328,7 +328,7 @@ pub async fn watch(mountpoint: &Path) -> io::Result<Watch> {
     watch_at(&socket_path(mountpoint, false)?).await
 }
 
-/// [`watch`] on the socket at `socket`; returns once the server subscribed.
+/// [`watch()`] on the socket at `socket`; returns once the server subscribed.
 pub async fn watch_at(socket: &Path) -> io::Result<Watch> {
     let stream = UnixStream::connect(socket)
         .await

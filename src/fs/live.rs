@@ -231,7 +231,7 @@ impl Fs {
     }
 
     /// A subscription to the recordings that become readable from now on (see the module docs
-    /// of `live`). A subscriber that falls [`READABLE_BACKLOG`] behind misses the oldest.
+    /// of `live`). A subscriber that falls 1024 announcements behind misses the oldest.
     pub fn readable(&self) -> broadcast::Receiver<Readable> {
         self.readable.subscribe()
     }
@@ -543,6 +543,11 @@ impl Fs {
                 }
                 if a.fetch == Fetch::GaveUp {
                     return Some(Err(FsError::NotFound));
+                }
+                // Ended with no recording (nothing will be fetched), or fetched without this
+                // one: nothing to wait for; looked up as any id.
+                if (a.ended && a.recordings.is_empty()) || a.fetch == Fetch::Done {
+                    return None;
                 }
             }
             tokio::select! {

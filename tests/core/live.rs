@@ -288,6 +288,11 @@ async fn an_announced_id_waits_for_its_record_and_an_unknown_one_fails_at_once()
     let r = c.lookup("by-recording/71999999.mp3").await;
     assert_eq!(errno(&r), Some(libc::ENOENT));
     assert_eq!(t.elapsed(), Duration::ZERO, "an unknown id does not wait");
+    // An ended call without a recording: nothing is coming, so no wait either.
+    c.fs.on_notice(event("7100000010", 1, "Disconnected", None, None));
+    let r = c.lookup("by-session/7100000010").await;
+    assert_eq!(errno(&r), Some(libc::ENOENT));
+    assert_eq!(t.elapsed(), Duration::ZERO);
 }
 
 #[tokio::test(start_paused = true)]
