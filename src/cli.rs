@@ -40,7 +40,8 @@ Every long flag can also be given as a mount option: -o days=30,cache-size=64M,a
 Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in the background logs go to --log-file only.\n\n\
 The disk cache: `ringfs cache info [SOURCE]` shows where it is, what it holds and its limit;\n\
 `ringfs cache clear [SOURCE]` empties it (refused while a mount uses it). They take --cache-dir DIR,\n\
-or find the directory a mount of SOURCE would use (see `ringfs cache --help`).",
+or find the directory a mount of SOURCE would use (see `ringfs cache --help`).\n\n\
+New recordings: `ringfs watch MOUNTPOINT [--json]` prints each one as it becomes readable.",
     after_help = "Request costs (RingCentral's Heavy group allows about 10 requests a minute):\n\
   listing the root, by-session/ and by-recording/         0 requests\n\
   listing a date with < 1000 recordings                    at most 1 call-log request\n\

@@ -1,5 +1,9 @@
 //! The thin `fuser` adapter: the only module that names fuser.
 //!
+//! The core tells the kernel what changed (new sessions from live events or a re-list) through
+//! [`crate::fs::Changes`], implemented here over fuser's `Notifier` on a thread of its own
+//! ([`Mounted::changes`]).
+//!
 //! Every request is handed to the async core ([`crate::fs::Fs`]) on the tokio runtime and
 //! answered from there (fuser's reply objects may move between threads), so a `read` waiting for
 //! the network never blocks an `ls` in another window. Write operations answer EROFS here, at
