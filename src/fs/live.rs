@@ -276,7 +276,7 @@ impl Fs {
     }
 
     /// Takes in one notice of the event feed (see the module docs). Work that waits (a fetch,
-    /// a catch-up listing) is spawned on the current tokio runtime.
+    /// a catch-up listing) is spawned on the current tokio runtime: call it within one.
     pub fn on_notice(self: &Arc<Self>, notice: LiveNotice) {
         match notice {
             LiveNotice::Live { gap } => {
