@@ -40,7 +40,8 @@ Every long flag can also be given as a mount option: -o days=30,cache-size=64M,a
 Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in the background logs go to --log-file only.\n\n\
 The disk cache: `ringfs cache info [SOURCE]` shows where it is, what it holds and its limit;\n\
 `ringfs cache clear [SOURCE]` empties it (refused while a mount uses it). They take --cache-dir DIR,\n\
-or find the directory a mount of SOURCE would use (see `ringfs cache --help`).",
+or find the directory a mount of SOURCE would use (see `ringfs cache --help`).\n\n\
+New recordings: `ringfs watch MOUNTPOINT [--json]` prints each one as it becomes readable.",
     after_help = "Request costs (RingCentral's Heavy group allows about 10 requests a minute):\n\
   listing the root, by-session/ and by-recording/         0 requests\n\
   listing a date with < 1000 recordings                    at most 1 call-log request\n\
@@ -475,14 +476,73 @@ fn default_state_file() -> Option<PathBuf> {
     Some(base.join("ringfs").join("tokens.json"))
 }
 
-/// Runs the command line: `ringfs cache ...`, or a mount.
+/// Runs the command line: `ringfs cache ...`, `ringfs watch ...`, or a mount.
 pub fn main(args: Vec<OsString>) -> anyhow::Result<()> {
+    if args.get(1).is_some_and(|a| a == "watch") {
+        let rest = std::iter::once(OsString::from("ringfs watch")).chain(args.into_iter().skip(2));
+        return watch(WatchFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit()));
+    }
     if args.get(1).is_some_and(|a| a == "cache") {
         let rest = std::iter::once(OsString::from("ringfs cache")).chain(args.into_iter().skip(2));
         let flags = CacheFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit());
         return cache(flags);
     }
     parse(args).and_then(run)
+}
+
+/// `ringfs watch MOUNTPOINT [--json]`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringfs watch",
+    about = "Print each recording that becomes readable in a mount, as it does",
+    long_about = "Print each recording that becomes readable in a mount, as it does: its path \
+(one line, flushed), or with --json the call's record as one JSON line. Recordings of calls that \
+end while watching show within a minute or so with live events, otherwise when a listing of the \
+date finds them. Exits 0 when the mount goes away."
+)]
+pub struct WatchFlags {
+    /// The mount point of a running ringfs mount.
+    pub mountpoint: PathBuf,
+    /// Print the call's record (one JSON object per line) instead of the path.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn watch(flags: WatchFlags) -> anyhow::Result<()> {
+    let mountpoint = std::fs::canonicalize(&flags.mountpoint)
+        .with_context(|| format!("mount point {}", flags.mountpoint.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let mut stream = crate::control::watch(&mountpoint).await.with_context(|| {
+            format!(
+                "no ringfs control socket for {} (is it a ringfs mount of this user?)",
+                mountpoint.display()
+            )
+        })?;
+        let mut out = std::io::stdout().lock();
+        while let Some(line) = stream.next().await.context("reading the control socket")? {
+            let text = match line {
+                crate::control::WatchLine::Readable(r) if flags.json => r.record.to_string(),
+                crate::control::WatchLine::Readable(r) => {
+                    mountpoint.join(&r.path).display().to_string()
+                }
+                crate::control::WatchLine::Missed(n) => {
+                    eprintln!("ringfs watch: fell behind, {n} recordings not shown");
+                    continue;
+                }
+            };
+            match writeln!(out, "{text}").and_then(|()| out.flush()) {
+                Ok(()) => {}
+                // The reader went away (`ringfs watch | head -1`): done.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(e).context("writing to stdout"),
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `ringfs cache info|clear`.
@@ -871,7 +931,12 @@ fn serve(
     // Logging in is fatal only when there is no call index to serve from (see `Fs::start`).
     rt.block_on(core.start(client.login()))
         .context("logging in to RingCentral")?;
-    let adapter = crate::fuse::FuseAdapter::new(core, rt.handle().clone());
+    // Named now: finding it stats the mount point, which once mounted waits for this process.
+    let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
+    let control_path = crate::control::socket_path(&opts.mountpoint, true)
+        .map_err(|e| tracing::warn!("no control socket (`ringfs watch` will not work): {e}"))
+        .ok();
+    let adapter = crate::fuse::FuseAdapter::new(core.clone(), rt.handle().clone());
     let settings = crate::fuse::MountSettings {
         fsname: source_name(&opts.source),
         allow_other: opts.allow_other,
@@ -881,6 +946,18 @@ fn serve(
         passthrough: !opts.no_passthrough && disk.is_some(),
     };
     let mut session = crate::fuse::mount(adapter, &opts.mountpoint, &settings)?;
+    core.set_changes(session.changes());
+    let control = control_path.and_then(|path| {
+        let _in_runtime = rt.enter();
+        let mountpoint = canonical.clone();
+        let status = {
+            let core = core.clone();
+            Arc::new(move || crate::control::Status::of(&mountpoint, &core))
+        };
+        crate::control::serve(&path, core.clone(), status)
+            .map_err(|e| tracing::warn!("no control socket (`ringfs watch` will not work): {e}"))
+            .ok()
+    });
     tracing::info!(
         "mounted {} on {}",
         source_name(&opts.source),
@@ -916,6 +993,8 @@ fn serve(
     });
     let result = session.run();
     tracing::info!("unmounted");
+    // Ends the watchers' streams and removes the socket.
+    drop(control);
     rt.shutdown_timeout(Duration::from_secs(1));
     if let Some(meta) = meta {
         meta.shutdown();

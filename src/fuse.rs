@@ -1,5 +1,9 @@
 //! The thin `fuser` adapter: the only module that names fuser.
 //!
+//! The core tells the kernel what changed (new sessions from live events or a re-list) through
+//! [`crate::fs::Changes`], implemented here over fuser's `Notifier` on a thread of its own
+//! ([`Mounted::changes`]).
+//!
 //! Every request is handed to the async core ([`crate::fs::Fs`]) on the tokio runtime and
 //! answered from there (fuser's reply objects may move between threads), so a `read` waiting for
 //! the network never blocks an `ls` in another window. Write operations answer EROFS here, at
@@ -555,6 +559,73 @@ impl Mounted {
 
 /// A mount served on a background thread; unmounted when dropped.
 pub struct Background(#[allow(dead_code)] fuser::BackgroundSession);
+
+impl Mounted {
+    /// Where the core sends kernel invalidations for this mount ([`Fs::set_changes`]).
+    pub fn changes(&self) -> Arc<dyn crate::fs::Changes> {
+        KernelChanges::start(self.0.notifier())
+    }
+}
+
+impl Background {
+    /// As [`Mounted::changes`].
+    pub fn changes(&self) -> Arc<dyn crate::fs::Changes> {
+        KernelChanges::start(self.0.notifier())
+    }
+}
+
+enum Change {
+    Dir(u64),
+    Entry(u64, std::ffi::OsString),
+}
+
+/// The core's [`crate::fs::Changes`] over the kernel's notifications. A notification may block
+/// until the kernel releases the directory it names, and the core may ask for one while an
+/// operation on that directory waits for its answer: so they are queued and sent by a thread of
+/// their own, never from a request. The thread ends when the core drops its handle; after the
+/// unmount, sends fail and are ignored.
+struct KernelChanges(Mutex<std::sync::mpsc::Sender<Change>>);
+
+impl KernelChanges {
+    fn start(notifier: fuser::Notifier) -> Arc<dyn crate::fs::Changes> {
+        let (tx, rx) = std::sync::mpsc::channel::<Change>();
+        let spawned = std::thread::Builder::new()
+            .name("ringfs-inval".into())
+            .spawn(move || {
+                for change in rx {
+                    // ENOENT: the kernel holds nothing of it, so there is nothing to drop.
+                    let sent = match &change {
+                        Change::Dir(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                        Change::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name),
+                    };
+                    if let Err(e) = sent {
+                        tracing::trace!("kernel invalidation: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no kernel invalidations: {e}");
+        }
+        Arc::new(KernelChanges(Mutex::new(tx)))
+    }
+
+    fn send(&self, change: Change) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(change);
+    }
+}
+
+impl crate::fs::Changes for KernelChanges {
+    fn dir_changed(&self, ino: u64) {
+        self.send(Change::Dir(ino));
+    }
+    fn entry_added(&self, parent: u64, name: &OsStr) {
+        self.send(Change::Entry(parent, name.to_owned()));
+    }
+}
 
 /// Mounts read-only at `mountpoint`. As root this is mount(2); otherwise fusermount3.
 pub fn mount(

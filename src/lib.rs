@@ -5,7 +5,8 @@
 //! The modules are layered: each one uses only modules below it, and [`model`] uses none.
 //!
 //! ```text
-//! cli ──> source, fuse, fs, media, store, catalog, api, emulator
+//! cli ──> control, source, fuse, fs, media, store, catalog, api, emulator
+//! control ──> fs                    (the mount's Unix socket)
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
 //! fs ──> catalog, media, store, api, model
@@ -19,6 +20,7 @@
 //!
 //! - [`cli`]: command line and `-o` options -> one validated configuration; mounting and the
 //!   parent/child readiness handshake.
+//! - [`control`]: the mount's control socket: `ringfs watch` and the status.
 //! - [`source`]: binds the client to the traits of the core and the media layer.
 //! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
 //! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
@@ -40,6 +42,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod control;
 pub mod emulator;
 pub mod fs;
 pub mod fuse;

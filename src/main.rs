@@ -1,5 +1,5 @@
-//! `ringfs [OPTIONS] <SOURCE> <MOUNTPOINT>` and `ringfs cache info|clear`: see `ringfs --help`
-//! and the README.
+//! `ringfs [OPTIONS] <SOURCE> <MOUNTPOINT>`, `ringfs cache info|clear` and `ringfs watch`: see
+//! `ringfs --help` and the README.
 
 use std::process::ExitCode;
 

@@ -11,6 +11,8 @@
 // which every test binary compiles.
 #[path = "core/faulty.rs"]
 mod faulty;
+#[path = "core/live.rs"]
+mod live;
 #[path = "core/scripted.rs"]
 mod scripted;
 
@@ -39,7 +41,7 @@ const DAYS: u32 = 10;
 
 /// One core over a scripted log and a fake media host.
 struct Core {
-    fs: Fs,
+    fs: Arc<Fs>,
     /// The scripted log: the queries that reached it.
     log: Arc<ScriptedLog>,
     /// The wrapper in front of it: every call, with the outcome it got.
@@ -68,7 +70,7 @@ fn core_over(
         None => Fs::new(faults.clone(), media_layer, config),
     };
     Core {
-        fs,
+        fs: Arc::new(fs),
         log,
         faults,
         media,

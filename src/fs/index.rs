@@ -12,7 +12,7 @@
 //! held does not grow with the window. What dates were listed (`listed`) is kept for every date.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use jiff::Timestamp;
 use jiff::civil::Date;

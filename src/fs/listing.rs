@@ -4,7 +4,7 @@
 //! the one-listing-at-a-time lock, the silence bound on waiting for the API, and the scope
 //! switch when the account call log is refused.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -17,7 +17,7 @@ impl Fs {
     pub(super) fn is_listed(&self, st: &State, date: Date, now: Timestamp) -> bool {
         match st.index.listed.get(&date) {
             None => false,
-            Some(at) => !self.is_recent(date, now) || at.elapsed() < self.config.recent_ttl,
+            Some(at) => !self.is_recent(date, now) || at.elapsed() < self.recent_listing_ttl(st),
         }
     }
 
@@ -147,13 +147,14 @@ impl Fs {
             }
         };
         self.pages.send_modify(|n| *n += 1);
-        let mut st = self.state();
-        let st = &mut *st;
+        let mut guard = self.state();
+        let st = &mut *guard;
         let count = page.records.len();
         let oldest = page.records.iter().map(|r| r.start_time).min();
         let w = &self.config.window;
         let at = Instant::now();
         let calls = self.to_store(&page.records);
+        let fresh = Fs::new_recordings(st, &page.records);
         st.index.add_records(page.records, w);
         let first_request = plan.next.is_none();
         let exhausted = page.next.is_none();
@@ -194,7 +195,10 @@ impl Fs {
                 marked
             }
         };
+        let (readable, changed) = self.after_listing(st, fresh, &marked);
         self.after_page(st, &plan, calls, marked, exhausted, at);
+        drop(guard);
+        self.publish(readable, changed);
         Ok(())
     }
 

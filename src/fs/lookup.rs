@@ -2,10 +2,11 @@
 //! through the media URL built from the id and then the recording metadata, with a bounded
 //! negative cache so an unknown id costs one request per `negative_ttl`, not one per look.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use jiff::Timestamp;
 
+use super::live::Awaited;
 use super::{Fs, FsError, KnownRecording, NEGATIVE_CAP};
 use crate::api::{Priority, Scope};
 use crate::catalog::{self, AudioKind};
@@ -42,6 +43,10 @@ impl Fs {
             .is_some_and(|s| !s.recordings().is_empty())
         {
             return Ok(());
+        }
+        // Announced by the event feed: its record is on its way (no request, no negative entry).
+        if let Some(found) = self.wait_announced(Awaited::Session(session_id)).await {
+            return found;
         }
         let key = format!("s:{session_id}");
         if !catalog::is_plausible_id(session_id) || self.negative_hit(&key) {
@@ -92,6 +97,9 @@ impl Fs {
         self.hold_recording(id).await;
         if self.state().index.recordings.contains_key(id) {
             return Ok(());
+        }
+        if let Some(found) = self.wait_announced(Awaited::Recording(id)).await {
+            return found;
         }
         let key = format!("r:{id}");
         if !catalog::is_plausible_id(id) || self.negative_hit(&key) {

@@ -29,6 +29,10 @@
 //! the records of the dates in use stay in memory ([`DATES_IN_MEMORY`]); the others are read
 //! from it again when needed.
 //!
+//! With a live event feed (`live`, [`Fs::follow`]) those dates are listed again only every
+//! `live_relist`; the records of calls that end are fetched one session at a time instead, and
+//! what becomes readable is announced on [`Fs::readable`].
+//!
 //! When the API cannot be reached, what needs it fails at once with EIO while a background
 //! probe waits for it to come back (`reach`, [`Fs::start`]).
 //!
@@ -38,13 +42,15 @@
 //! - `error`: [`FsError`] and its errno; `node`: inodes; `attr`: attributes and sizes;
 //! - `entries`: directory entries; `listing`: listing dates (with `plan`, the pure planner, and
 //!   `index`, what is known of the call log); `lookup`: by-session and by-recording ids;
-//!   `persist`: the call index on disk; `reach`: an API that does not answer, and the start.
+//!   `persist`: the call index on disk; `reach`: an API that does not answer, and the start;
+//!   `live`: the event feed, kernel invalidations ([`Changes`]) and readable announcements.
 
 mod attr;
 mod entries;
 mod error;
 mod index;
 mod listing;
+mod live;
 mod lookup;
 mod node;
 mod persist;
@@ -55,7 +61,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use jiff::Timestamp;
@@ -69,6 +77,7 @@ use crate::model::{CallRecord, RecordingMeta};
 pub use attr::{Attr, DirEntry, Kind, Opened};
 pub use error::FsError;
 pub use index::{Index, KnownRecording, Session};
+pub use live::{Changes, FETCH_TRIES, Feed, LiveCounters, Readable, SESSIONS_CAP};
 use node::{BY_RECORDING, BY_SESSION, CALL_JSON, Inodes, Node};
 
 /// One page of the call log (the model's type, named for the [`CallLog`] trait).
@@ -142,6 +151,16 @@ pub struct FsConfig {
     /// How many dates' records a core over a call index holds in memory at most (beyond the
     /// dates that may still change); [`DATES_IN_MEMORY`] unless tuned.
     pub dates_in_memory: usize,
+    /// How long after the end of a call announced by the event feed its record is first asked
+    /// for (records show 15-30 s after the end on the real service; see `live`).
+    pub record_delay: Duration,
+    /// While the event feed is live: how long a listing of a date that may still change is
+    /// reused instead of `recent_ttl` (the safety re-list that catches what events missed).
+    pub live_relist: Duration,
+    /// How long a lookup of a session or recording the event feed announced (in progress or
+    /// just ended) waits for its record. Longer than `read_timeout` on purpose: the call may
+    /// still be going on, and the wait spends no request.
+    pub live_wait: Duration,
 }
 
 /// How many settled dates' records stay in memory with a call index; the least recently used is
@@ -171,6 +190,9 @@ impl FsConfig {
             assumed_format: AudioKind::Mp3,
             read_timeout: Duration::from_secs(30),
             dates_in_memory: DATES_IN_MEMORY,
+            record_delay: Duration::from_secs(20),
+            live_relist: Duration::from_secs(15 * 60),
+            live_wait: Duration::from_secs(120),
         }
     }
 }
@@ -201,6 +223,8 @@ struct State {
     /// Dates with records not written to the call index yet, with the number
     /// [`crate::store::MetaStore::written`] reaches once they are.
     unwritten: HashMap<Date, u64>,
+    /// What the event feed said (see `live`).
+    live: live::LiveState,
 }
 
 /// The filesystem core. Cheap to share (`Arc<Fs>`); every method takes `&self`.
@@ -224,6 +248,10 @@ pub struct Fs {
     reach: Arc<reach::Reach>,
     /// `open` hands out the files of recordings complete on disk (see [`Opened::backing`]).
     backing_files: AtomicBool,
+    /// Where kernel invalidations go, once the adapter set it (see [`Changes`]).
+    changes: std::sync::OnceLock<Arc<dyn Changes>>,
+    /// Recordings that became readable (see [`Fs::readable`]).
+    readable: tokio::sync::broadcast::Sender<Readable>,
 }
 
 /// Largest number of ids kept in the negative cache before it is cleared.
@@ -251,6 +279,7 @@ impl Fs {
                 catch_up: None,
                 loaded: HashSet::new(),
                 unwritten: HashMap::new(),
+                live: live::LiveState::default(),
             }),
             config,
             listing: tokio::sync::Mutex::new(()),
@@ -260,6 +289,8 @@ impl Fs {
             meta: None,
             reach: Arc::default(),
             backing_files: AtomicBool::new(false),
+            changes: std::sync::OnceLock::new(),
+            readable: tokio::sync::broadcast::Sender::new(live::READABLE_BACKLOG),
         }
     }
 

@@ -24,7 +24,7 @@
 //! node seen, so a file of a forgotten date keeps its number, and `getattr` reads the date again.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use jiff::Timestamp;
 use jiff::civil::Date;

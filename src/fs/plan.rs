@@ -95,7 +95,7 @@ mod tests {
     use super::*;
     use jiff::civil::date;
     use jiff::tz::TimeZone;
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     /// Midnight UTC of 2026-11-`day`.
     fn midnight(day: i8) -> Timestamp {

@@ -207,7 +207,7 @@ struct State {
 /// with [`super::faulty::Faulty`]).
 pub struct ScriptedLog {
     /// Newest first, as the call log orders them.
-    records: Vec<CallRecord>,
+    records: Mutex<Vec<CallRecord>>,
     /// Whether [`CallLog::recording_content_url`] knows the media host.
     media_host_known: bool,
     state: Mutex<State>,
@@ -219,13 +219,9 @@ impl ScriptedLog {
             .iter()
             .map(|c| CallRecord::from_json(&c.json()).expect("a well-formed record"))
             .collect();
-        records.sort_by(|a, b| {
-            b.start_time
-                .cmp(&a.start_time)
-                .then_with(|| b.id.cmp(&a.id))
-        });
+        sort(&mut records);
         ScriptedLog {
-            records,
+            records: Mutex::new(records),
             media_host_known: true,
             state: Mutex::default(),
         }
@@ -236,6 +232,13 @@ impl ScriptedLog {
     pub fn without_media_host(mut self) -> ScriptedLog {
         self.media_host_known = false;
         self
+    }
+
+    /// Puts `call` in the log from now on (a record that shows after the call ended).
+    pub fn add(&self, call: &Call) {
+        let mut records = self.records.lock().unwrap();
+        records.push(CallRecord::from_json(&call.json()).expect("a well-formed record"));
+        sort(&mut records);
     }
 
     /// Every query answered so far, in order.
@@ -286,8 +289,8 @@ impl ScriptedLog {
                 c.offset
             }
         };
-        let matching: Vec<&CallRecord> = self
-            .records
+        let all = self.records.lock().unwrap();
+        let matching: Vec<&CallRecord> = all
             .iter()
             .filter(|r| from <= r.start_time && r.start_time < to)
             .collect();
@@ -313,6 +316,14 @@ impl ScriptedLog {
         });
         Ok(Page { records, next })
     }
+}
+
+fn sort(records: &mut [CallRecord]) {
+    records.sort_by(|a, b| {
+        b.start_time
+            .cmp(&a.start_time)
+            .then_with(|| b.id.cmp(&a.id))
+    });
 }
 
 fn not_found(name: &str, value: &str, context: String) -> ApiError {
@@ -347,6 +358,8 @@ impl CallLog for ScriptedLog {
         self.record(Query::find_session(scope, session_id, since));
         let records = self
             .records
+            .lock()
+            .unwrap()
             .iter()
             .filter(|r| r.session_id == session_id && r.start_time >= since)
             .cloned()
@@ -360,7 +373,7 @@ impl CallLog for ScriptedLog {
         _prio: Priority,
     ) -> BoxFuture<'a, Result<RecordingMeta, ApiError>> {
         self.record(Query::recording_meta(id));
-        let found = self.records.iter().find_map(|r| {
+        let found = self.records.lock().unwrap().iter().find_map(|r| {
             r.recordings
                 .iter()
                 .find(|x| x.id == id)
