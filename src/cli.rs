@@ -771,7 +771,8 @@ pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
 fn init_logging(opts: &Options) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = log_filter("ringfs=info");
+    // fuser's own warnings (a request it could not answer) belong in the log too.
+    let filter = log_filter("ringfs=info,fuser=warn");
     let builder = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_target(false);
@@ -927,12 +928,19 @@ fn serve(
     result.context("serving the mount")
 }
 
-fn source_name(s: &Source) -> String {
-    match s {
-        Source::Demo => "demo".into(),
-        Source::RingCentral => "ringcentral".into(),
-        Source::Url(u) => u.clone(),
-    }
+/// The mount's source column in /proc/mounts: `ringfs:demo`, `ringfs:ringcentral`, or
+/// `ringfs:` and the API server's host (no scheme: mount tables split fields on spaces and some
+/// tools trip over `://`).
+pub fn source_name(s: &Source) -> String {
+    let what = match s {
+        Source::Demo => "demo",
+        Source::RingCentral => "ringcentral",
+        Source::Url(u) => {
+            let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+            rest.split('/').next().unwrap_or(rest)
+        }
+    };
+    format!("ringfs:{what}")
 }
 
 /// Builds the client (starting the in-process emulator for `demo`); logging in is left to
