@@ -273,3 +273,55 @@ fn ordinary_programs_leave_no_warning_in_the_log() {
         .collect();
     assert!(bad.is_empty(), "warnings in the log:\n{}", bad.join("\n"));
 }
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_system_knows_it_as_fuse_ringfs_through_mount_and_findmnt() {
+    if !can_mount() {
+        return;
+    }
+    let mp = MountPoint(tempfile::Builder::new().prefix("ringfs-mount8-").tempdir().unwrap());
+    let mnt = mp.0.path();
+    // mount(8) runs helpers with a fixed PATH (no ~/.cargo/bin): the README installs ringfs
+    // into /usr/local/bin; the test links the built binary there unless one is installed.
+    let link = Path::new("/usr/local/bin/ringfs");
+    let _link = if link.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ringfs"), link).unwrap();
+        Some(RemoveOnDrop(link.to_path_buf()))
+    } else {
+        None
+    };
+    // What an fstab line passes: generic options and x-systemd.* ones are accepted, ignored.
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "fuse.ringfs", "-o"])
+            .arg("ro,nodev,nosuid,_netdev,nofail,x-systemd.automount,days=3,demo_live=0")
+            .arg("demo")
+            .arg(mnt),
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(&*mnt.to_string_lossy()))
+        .expect("in /proc/mounts");
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!((fields[0], fields[2]), ("ringfs:demo", "fuse.ringfs"), "{line}");
+    assert!(fields[3].split(',').any(|o| o == "ro"), "{line}");
+    let found = run_ok(Command::new("findmnt").args(["-n", "-t", "fuse.ringfs", "-o", "TARGET"]));
+    assert!(
+        found.lines().any(|l| Path::new(l.trim()) == mnt),
+        "findmnt -t fuse.ringfs: {found}"
+    );
+    assert_eq!(names_in(mnt).unwrap().len(), 3 + 2);
+    run_ok(Command::new("umount").arg(mnt));
+    assert!(
+        eventually(Duration::from_secs(10), || (!is_mounted(mnt)).then_some(())).is_some()
+    );
+}
