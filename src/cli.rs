@@ -475,12 +475,19 @@ fn default_state_file() -> Option<PathBuf> {
     Some(base.join("ringfs").join("tokens.json"))
 }
 
-/// Runs the command line: `ringfs cache ...`, or a mount.
+/// Runs the command line: `ringfs cache ...`, `ringfs completions ...`, `ringfs man`, or a
+/// mount.
 pub fn main(args: Vec<OsString>) -> anyhow::Result<()> {
     if args.get(1).is_some_and(|a| a == "cache") {
         let rest = std::iter::once(OsString::from("ringfs cache")).chain(args.into_iter().skip(2));
         let flags = CacheFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit());
         return cache(flags);
+    }
+    if args
+        .get(1)
+        .is_some_and(|a| a == "completions" || a == "man")
+    {
+        return crate::manual::main(args.into_iter().skip(1).collect());
     }
     parse(args).and_then(run)
 }

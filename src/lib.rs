@@ -5,7 +5,7 @@
 //! The modules are layered: each one uses only modules below it, and [`model`] uses none.
 //!
 //! ```text
-//! cli ──> source, fuse, fs, media, store, catalog, api, emulator
+//! cli ──> manual, source, fuse, fs, media, store, catalog, api, emulator
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
 //! fs ──> catalog, media, store, api, model
@@ -19,6 +19,7 @@
 //!
 //! - [`cli`]: command line and `-o` options -> one validated configuration; mounting and the
 //!   parent/child readiness handshake.
+//! - [`manual`]: the man page and shell completions, from the clap definitions of [`cli`].
 //! - [`source`]: binds the client to the traits of the core and the media layer.
 //! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
 //! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
@@ -43,6 +44,7 @@ pub mod cli;
 pub mod emulator;
 pub mod fs;
 pub mod fuse;
+pub mod manual;
 pub mod media;
 pub mod model;
 pub mod source;

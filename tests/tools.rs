@@ -287,7 +287,12 @@ fn the_system_knows_it_as_fuse_ringfs_through_mount_and_findmnt() {
     if !can_mount() {
         return;
     }
-    let mp = MountPoint(tempfile::Builder::new().prefix("ringfs-mount8-").tempdir().unwrap());
+    let mp = MountPoint(
+        tempfile::Builder::new()
+            .prefix("ringfs-mount8-")
+            .tempdir()
+            .unwrap(),
+    );
     let mnt = mp.0.path();
     // mount(8) runs helpers with a fixed PATH (no ~/.cargo/bin): the README installs ringfs
     // into /usr/local/bin; the test links the built binary there unless one is installed.
@@ -312,7 +317,11 @@ fn the_system_knows_it_as_fuse_ringfs_through_mount_and_findmnt() {
         .find(|l| l.split(' ').nth(1) == Some(&*mnt.to_string_lossy()))
         .expect("in /proc/mounts");
     let fields: Vec<&str> = line.split(' ').collect();
-    assert_eq!((fields[0], fields[2]), ("ringfs:demo", "fuse.ringfs"), "{line}");
+    assert_eq!(
+        (fields[0], fields[2]),
+        ("ringfs:demo", "fuse.ringfs"),
+        "{line}"
+    );
     assert!(fields[3].split(',').any(|o| o == "ro"), "{line}");
     let found = run_ok(Command::new("findmnt").args(["-n", "-t", "fuse.ringfs", "-o", "TARGET"]));
     assert!(
@@ -321,7 +330,115 @@ fn the_system_knows_it_as_fuse_ringfs_through_mount_and_findmnt() {
     );
     assert_eq!(names_in(mnt).unwrap().len(), 3 + 2);
     run_ok(Command::new("umount").arg(mnt));
+    assert!(eventually(Duration::from_secs(10), || (!is_mounted(mnt)).then_some(())).is_some());
+}
+
+fn ringfs_out(args: &[&str]) -> String {
+    run_ok(Command::new(env!("CARGO_BIN_EXE_ringfs")).args(args))
+}
+
+#[test]
+fn the_man_page_renders_and_documents_every_option_once() {
+    let page = ringfs_out(&["man"]);
     assert!(
-        eventually(Duration::from_secs(10), || (!is_mounted(mnt)).then_some(())).is_some()
+        page.starts_with(".ie") || page.contains(".TH ringfs 1"),
+        "{}",
+        &page[..200]
     );
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ringfs.1");
+    std::fs::write(&file, &page).unwrap();
+    // groff with every warning on: the roff is clean. (`man` itself when installed.)
+    assert!(
+        have("groff"),
+        "groff is needed (apt-get install groff-base)"
+    );
+    let out = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-P-cbou"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).replace(['\u{2010}', '\u{2212}'], "-");
+    // Every long flag of --help is in the page, documented once.
+    let help = ringfs_out(&["--help"]);
+    let flags: std::collections::BTreeSet<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches([',', '.', ')', ':']))
+        .filter(|w| {
+            w.chars()
+                .skip(2)
+                .all(|c| c.is_ascii_lowercase() || c == '-')
+        })
+        .collect();
+    assert!(flags.len() > 20, "{flags:?}");
+    for flag in &flags {
+        assert!(text.contains(flag), "{flag} missing from the man page");
+    }
+    assert!(text.contains("REQUEST COSTS") && text.contains("ringfs-cache(1)"));
+    if have("man") {
+        let out = Command::new("man")
+            .args(["-P", "cat", "-l"])
+            .arg(&file)
+            .env("MANWIDTH", "100")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--disk-cache-size"));
+    }
+    // Every page, for a system's man directory.
+    let dir = tmp.path().join("man1");
+    std::fs::create_dir(&dir).unwrap();
+    ringfs_out(&["man", "--dir", dir.to_str().unwrap()]);
+    for page in [
+        "ringfs.1",
+        "ringfs-cache.1",
+        "ringfs-cache-info.1",
+        "ringfs-completions.1",
+    ] {
+        assert!(dir.join(page).exists(), "{page}");
+    }
+}
+
+#[test]
+fn bash_zsh_and_fish_load_the_completions() {
+    let bin = env!("CARGO_BIN_EXE_ringfs");
+    let out = run_ok(Command::new("bash").arg("-c").arg(format!(
+        "source <('{bin}' completions bash) && complete -p ringfs"
+    )));
+    assert!(out.contains("_ringfs ringfs"), "{out}");
+    // The script offers the flags and subcommands.
+    let script = ringfs_out(&["completions", "bash"]);
+    for word in ["--cache-dir", "--days", "cache", "completions", "man"] {
+        assert!(script.contains(word), "{word}");
+    }
+    for (shell, check) in [("zsh", "zsh -n"), ("fish", "fish --no-execute")] {
+        let script = ringfs_out(&["completions", shell]);
+        assert!(script.contains("disk-cache-size"), "{shell}");
+        let program = check.split(' ').next().unwrap();
+        if have(program) {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), &script).unwrap();
+            run_ok(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("{check} {}", file.path().display())),
+            );
+        }
+    }
+    let bad = Command::new(bin)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
 }
