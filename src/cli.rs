@@ -111,9 +111,12 @@ pub struct Flags {
     /// Do not keep tokens on disk (every mount then spends one Auth request).
     #[arg(long)]
     pub no_state_file: bool,
-    /// Write logs to this file (in the background, logs are otherwise discarded).
+    /// Write logs to this file, created 0600 (in the background, logs are otherwise discarded).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics; a port alone listens on 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Seconds a listing of today (or a date that may still change) is reused.
     #[arg(long, default_value_t = 30)]
     pub recent_ttl: u64,
@@ -167,6 +170,7 @@ pub struct Options {
     pub credentials_file: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
+    pub metrics: Option<std::net::SocketAddr>,
     pub recent_ttl: Duration,
     pub read_timeout: Duration,
     pub allow_other: bool,
@@ -263,6 +267,64 @@ pub fn expand_mount_options(
         }
     }
     Ok(out)
+}
+
+/// The exit status of a failed `ringfs` run, for service managers and scripts (the README's
+/// table). Every failure also prints one line saying what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Anything not below.
+    Failure = 1,
+    /// A bad flag or option value (clap's own usage errors exit 2 too).
+    Usage = 2,
+    /// The mount point is missing, not a directory, or a stale FUSE mount.
+    MountPoint = 3,
+    /// FUSE is not available (/dev/fuse missing) or mounting is not allowed.
+    NoFuse = 4,
+    /// A ringfs mount is already there.
+    AlreadyMounted = 5,
+    /// Credentials missing, unreadable, or refused by RingCentral.
+    Credentials = 6,
+    /// The RingCentral API could not be reached.
+    Unreachable = 7,
+}
+
+/// An error that decides the exit status; its message is the line printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
+pub struct Failed {
+    pub exit: Exit,
+    msg: String,
+}
+
+fn failed(exit: Exit, msg: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Failed {
+        exit,
+        msg: msg.to_string(),
+    })
+}
+
+/// The exit status for `e`: what a [`Failed`] in its chain says, else what a failed login
+/// tells (refused credentials, or no answer), else [`Exit::Failure`].
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(f) = e.chain().find_map(|c| c.downcast_ref::<Failed>()) {
+        return f.exit as u8;
+    }
+    if let Some(api) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::api::ApiError>())
+    {
+        use crate::api::ApiError as A;
+        return match api {
+            A::Service {
+                status: 400 | 401 | 403,
+                ..
+            } => Exit::Credentials as u8,
+            A::Transport { .. } | A::Timeout { .. } => Exit::Unreachable as u8,
+            _ => Exit::Failure as u8,
+        };
+    }
+    Exit::Failure as u8
 }
 
 /// Parses a size such as `256M`, `1G`, `65536`.
@@ -364,6 +426,12 @@ impl Options {
             credentials_file: f.credentials,
             state_file,
             log_file: f.log_file,
+            metrics: f
+                .metrics
+                .as_deref()
+                .map(crate::scrape::parse_addr)
+                .transpose()
+                .map_err(|e| anyhow!(e))?,
             recent_ttl: Duration::from_secs(f.recent_ttl.max(1)),
             read_timeout: Duration::from_secs(f.read_timeout.max(1)),
             allow_other: f.allow_other,
@@ -647,36 +715,63 @@ fn cache(flags: CacheFlags) -> anyhow::Result<()> {
 
 /// Parses the command line; clap prints help and usage errors itself.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Options> {
-    let args = expand_mount_options(args).map_err(|e| anyhow!(e))?;
+    let args = expand_mount_options(args).map_err(|e| failed(Exit::Usage, e))?;
     let flags = Flags::try_parse_from(args).unwrap_or_else(|e| e.exit());
-    Options::from_flags(flags)
+    Options::from_flags(flags).map_err(|e| failed(Exit::Usage, format!("{e:#}")))
 }
 
 /// Checks the mount point before anything else, with a message that says what to do.
 fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
+    let bad = |msg: String| Err(failed(Exit::MountPoint, msg));
     match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => bail!("mount point {} is not a directory", path.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+        Ok(m) if m.is_dir() => {
+            if ringfs_mounted_at(path) {
+                return Err(failed(
+                    Exit::AlreadyMounted,
+                    format!(
+                        "{} is already a ringfs mount (unmount it first: `umount {}`)",
+                        path.display(),
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Ok(_) => bad(format!("mount point {} is not a directory", path.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bad(format!(
             "mount point {p} is a stale FUSE mount left by a process that died \
              (Transport endpoint is not connected); clear it with `fusermount3 -u {p}` or `umount -l {p}`",
             p = path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!(
-                "mount point {} does not exist (mkdir it first)",
-                path.display()
-            )
-        }
-        Err(e) => bail!("mount point {}: {e}", path.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bad(format!(
+            "mount point {} does not exist (mkdir it first)",
+            path.display()
+        )),
+        Err(e) => bad(format!("mount point {}: {e}", path.display())),
     }
+}
+
+/// Whether a ringfs mount is at `path` already (the kernel would stack a second one on it).
+fn ringfs_mounted_at(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        // Mount points with spaces are written with octal escapes (`\040`).
+        f.len() > 2 && f[2] == "fuse.ringfs" && f[1].replace("\\040", " ") == path.to_string_lossy()
+    })
 }
 
 fn check_fuse() -> anyhow::Result<()> {
     if !Path::new("/dev/fuse").exists() {
-        bail!(
-            "FUSE is not available: /dev/fuse is missing (install fuse3 and load the fuse module)"
-        );
+        return Err(failed(
+            Exit::NoFuse,
+            "FUSE is not available: /dev/fuse is missing (install fuse3 and load the fuse module)",
+        ));
     }
     Ok(())
 }
@@ -684,6 +779,7 @@ fn check_fuse() -> anyhow::Result<()> {
 /// The credentials for a real account: `--credentials FILE` or the environment.
 fn credentials(opts: &Options) -> anyhow::Result<Credentials> {
     account_credentials(opts.credentials_file.as_deref(), &opts.source)
+        .map_err(|e| failed(Exit::Credentials, format!("{e:#}")))
 }
 
 /// The credentials from `file` or the environment, with the server URL of `source` if it is one.
@@ -715,7 +811,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let result = serve(opts, creds, &mut ready);
     if let (Err(e), Some(pipe)) = (&result, ready.as_mut()) {
         // The parent prints this; our own stderr may already be /dev/null.
-        let _ = writeln!(pipe, "{e:#}");
+        let _ = writeln!(pipe, "{} {e:#}", exit_code(e));
+        // The parent prints it: this process's own report (in `main`) would repeat it.
+        detach_stdio();
     }
     result
 }
@@ -747,13 +845,18 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
             if msg.trim() == "ready" {
                 std::process::exit(0);
             }
+            // `<exit status> <message>`, as `run` writes it.
             let msg = msg.trim();
+            let (code, msg) = match msg.split_once(' ') {
+                Some((c, m)) if c.parse::<u8>().is_ok() => (c.parse().unwrap_or(1), m),
+                _ => (1, msg),
+            };
             if msg.is_empty() {
                 eprintln!("ringfs: the mount process exited before the mount was ready");
             } else {
                 eprintln!("ringfs: {msg}");
             }
-            std::process::exit(1);
+            std::process::exit(code);
         }
     }
 }
@@ -785,9 +888,12 @@ fn init_logging(opts: &Options) -> anyhow::Result<()> {
         .with_target(false);
     match &opts.log_file {
         Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Logs name the account's calls: only the owner reads them.
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)
                 .with_context(|| format!("log file {}", path.display()))?;
             let _ = builder
@@ -871,6 +977,20 @@ fn serve(
         // stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
         disk.clone().map(|d| d as Arc<dyn crate::store::Tier>),
     );
+    if let Some(addr) = opts.metrics {
+        // Bound before the mount is reported ready, so a taken port fails the start.
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("metrics address {addr}"))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        tracing::info!("metrics on http://{bound}/metrics");
+        let sources = crate::scrape::Sources {
+            client: client.clone(),
+            media: media.clone(),
+            disk: disk.clone(),
+        };
+        rt.spawn(crate::scrape::serve(listener, sources));
+    }
     let log = Arc::new(client.clone());
     let core = Arc::new(match &meta {
         Some(meta) => Fs::with_index(log, media, config, meta.clone()),

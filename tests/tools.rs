@@ -442,3 +442,254 @@ fn bash_zsh_and_fish_load_the_completions() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+/// `GET /metrics` over a plain TCP connection: the body of a 200.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// Parses the text format strictly: every line is `# HELP name ...`, `# TYPE name kind` or
+/// `name{labels} value`; returns the samples by `name{labels}`.
+fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    let mut typed = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut w = rest.split(' ');
+            let (kw, name) = (w.next().unwrap(), w.next().unwrap());
+            assert!(kw == "HELP" || kw == "TYPE", "{line}");
+            if kw == "TYPE" {
+                let kind = w.next().unwrap();
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(typed.insert(name.to_string()), "{name} typed twice");
+            }
+            continue;
+        }
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let name = key.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        if let Some(labels) = key.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split(',') {
+                    let (k, v) = pair.split_once('=').unwrap();
+                    assert!(
+                        !k.is_empty() && v.starts_with('"') && v.ends_with('"'),
+                        "{line}"
+                    );
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{line}: no # TYPE before it");
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        samples.insert(key.to_string(), v);
+    }
+    samples
+}
+
+#[test]
+fn metrics_are_scraped_during_a_mount_and_move() {
+    if !can_mount() {
+        return;
+    }
+    let cfg = settled(6, 2);
+    let rt = runtime();
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = MountPoint(
+        tempfile::Builder::new()
+            .prefix("ringfs-metrics-")
+            .tempdir()
+            .unwrap(),
+    );
+    let mnt = mp.0.path();
+    run_ok(quiet_binary(&emu, &cfg, mnt, tmp.path()).args(["--metrics", "127.0.0.1:0"]));
+    let log = std::fs::read_to_string(tmp.path().join("ringfs.log")).unwrap();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("metrics on http://").nth(1))
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("the log says where the metrics are: {log}"))
+        .to_string();
+    let before = parse_exposition(&scrape(&addr));
+    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let file = walk_files(mnt)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "mp3") && !f.starts_with("by-recording"))
+        .expect("a recording");
+    let bytes = std::fs::read(mnt.join(&file)).unwrap();
+    // Again, past the kernel's page cache: the memory tier answers.
+    let f = std::fs::File::open(mnt.join(&file)).unwrap();
+    unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    drop(f);
+    std::fs::read(mnt.join(&file)).unwrap();
+    let after = parse_exposition(&scrape(&addr));
+    let moved = |k: &str| get(&after, k) - get(&before, k);
+    assert!(
+        moved("ringfs_api_requests_total{group=\"Heavy\",outcome=\"ok\"}") >= 2.0,
+        "a listing and a download: {after:?}"
+    );
+    assert!(moved("ringfs_downloaded_bytes_total") >= bytes.len() as f64);
+    assert!(moved("ringfs_media_first_byte_seconds_count") >= 1.0);
+    assert!(moved("ringfs_media_download_seconds_count") >= 1.0);
+    assert_eq!(
+        get(&after, "ringfs_media_download_seconds_bucket{le=\"+Inf\"}"),
+        get(&after, "ringfs_media_download_seconds_count")
+    );
+    let memory = moved("ringfs_cache_hits_total{tier=\"memory\"}")
+        + moved("ringfs_cache_misses_total{tier=\"memory\"}");
+    assert!(memory >= 1.0, "reads reached the memory tier: {after:?}");
+    for key in [
+        "ringfs_api_throttled_total",
+        "ringfs_api_retries_total",
+        "ringfs_cache_hits_total{tier=\"memory\"}",
+        "ringfs_cache_hit_ratio{tier=\"memory\"}",
+        "ringfs_cache_bytes{tier=\"disk\"}",
+    ] {
+        assert!(after.contains_key(key), "{key} missing");
+    }
+    let ratio = get(&after, "ringfs_cache_hit_ratio{tier=\"memory\"}");
+    assert!((0.0..=1.0).contains(&ratio));
+    eprintln!(
+        "[tools] metrics: +{} Heavy ok, +{} bytes, first byte sum {}s",
+        moved("ringfs_api_requests_total{group=\"Heavy\",outcome=\"ok\"}"),
+        moved("ringfs_downloaded_bytes_total"),
+        get(&after, "ringfs_media_first_byte_seconds_sum")
+    );
+}
+
+fn exit_of(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    (out.status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn failures_a_service_manager_sees_have_their_own_exit_status() {
+    if !Path::new("/dev/fuse").exists() {
+        // Without FUSE every start fails with 4 before anything else is checked.
+        let (code, _) =
+            exit_of(&mut Command::new(env!("CARGO_BIN_EXE_ringfs")).args(["demo", "/"]));
+        assert_eq!(code, 4);
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_ringfs");
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = |args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("XDG_CACHE_HOME", tmp.path().join("cache"))
+            .env("XDG_STATE_HOME", tmp.path().join("state"));
+        c
+    };
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt_s = mnt.to_str().unwrap();
+    let (code, err) = exit_of(&mut clean(&["demo", "/nonexistent/ringfs-mnt"]));
+    assert_eq!(code, 3, "{err}");
+    let (code, err) = exit_of(&mut clean(&["demo", mnt_s, "--days", "0"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = exit_of(&mut clean(&["ringcentral", mnt_s]));
+    assert_eq!(code, 6, "no credentials: {err}");
+    assert!(err.contains("RC_"), "{err}");
+    if !can_mount() {
+        return;
+    }
+    // Nothing listens on port 1: the API cannot be reached (after the client's retries).
+    let mut c = clean(&["http://127.0.0.1:1", mnt_s, "--no-state-file"]);
+    c.env("RC_CLIENT_ID", "id")
+        .env("RC_CLIENT_SECRET", "s")
+        .env("RC_JWT", "j");
+    let t = std::time::Instant::now();
+    let (code, err) = exit_of(&mut c);
+    assert_eq!(code, 7, "{err}");
+    eprintln!("[tools] unreachable API reported in {:?}", t.elapsed());
+    // Refused credentials, from the daemon through the parent.
+    let cfg = settled(2, 1);
+    let rt = runtime();
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    let _g = MountPoint(tempfile::tempdir_in(tmp.path()).unwrap());
+    let mut c = clean(&[
+        &emu.api_url(),
+        _g.0.path().to_str().unwrap(),
+        "--no-state-file",
+    ]);
+    c.env("RC_CLIENT_ID", "wrong")
+        .env("RC_CLIENT_SECRET", "wrong")
+        .env("RC_JWT", "wrong");
+    let (code, err) = exit_of(&mut c);
+    assert_eq!(code, 6, "{err}");
+    assert!(!err.contains("wrong"), "{err}");
+    // Already mounted.
+    run_ok(&mut clean(&[
+        "demo",
+        _g.0.path().to_str().unwrap(),
+        "-o",
+        "demo_live=0",
+    ]));
+    let (code, err) = exit_of(&mut clean(&[
+        "demo",
+        _g.0.path().to_str().unwrap(),
+        "-o",
+        "demo_live=0",
+    ]));
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("already"), "{err}");
+}
+
+#[test]
+fn the_log_file_is_private() {
+    if !can_mount() {
+        return;
+    }
+    let cfg = settled(2, 1);
+    let rt = runtime();
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = MountPoint(
+        tempfile::Builder::new()
+            .prefix("ringfs-log-")
+            .tempdir()
+            .unwrap(),
+    );
+    run_ok(&mut quiet_binary(&emu, &cfg, mp.0.path(), tmp.path()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(tmp.path().join("ringfs.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
