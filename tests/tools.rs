@@ -693,3 +693,49 @@ fn the_log_file_is_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// The fenced block of `lang` that follows `heading` in the README.
+fn readme_block(heading: &str, lang: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let at = readme.find(heading).unwrap_or_else(|| panic!("README has {heading:?}"));
+    let fence = format!("```{lang}\n");
+    let start = readme[at..].find(&fence).unwrap() + at + fence.len();
+    let end = readme[start..].find("```").unwrap() + start;
+    readme[start..end].to_string()
+}
+
+#[test]
+fn the_readmes_systemd_unit_verifies() {
+    if !have("systemd-analyze") {
+        eprintln!("skipped: systemd-analyze is not installed (package systemd)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The unit names the installed binary; here the one just built. Its man page is installed
+    // in a temporary MANPATH, since `Documentation=man:ringfs(1)` is checked with man.
+    let unit = readme_block("### Running as a systemd service", "ini")
+        .replace("/usr/local/bin/ringfs", env!("CARGO_BIN_EXE_ringfs"));
+    assert!(unit.contains("Type=forking") && unit.contains("RestartPreventExitStatus="));
+    let path = tmp.path().join("ringfs.service");
+    std::fs::write(&path, &unit).unwrap();
+    let man = tmp.path().join("man/man1");
+    std::fs::create_dir_all(&man).unwrap();
+    ringfs_out(&["man", "--dir", man.to_str().unwrap()]);
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .env("MANPATH", tmp.path().join("man"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+    // The exit statuses it does not retry are the ones the README's table lists.
+    let prevent = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+        .unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for code in prevent.split_whitespace() {
+        assert!(readme.contains(&format!("\n| {code} | ")), "exit status {code} in the table");
+    }
+}
