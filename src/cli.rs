@@ -824,7 +824,20 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
     let mut fds = [0; 2];
     // SAFETY: plain pipe(2)/fork(2); no threads exist yet (checked by the caller's design: the
     // tokio runtime is built after this returns).
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    #[cfg(target_os = "linux")]
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    // macOS has no pipe2; no other thread exists to race the FD_CLOEXEC.
+    #[cfg(not(target_os = "linux"))]
+    let rc = unsafe {
+        let rc = libc::pipe(fds.as_mut_ptr());
+        if rc == 0 {
+            for fd in fds {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        rc
+    };
+    if rc != 0 {
         bail!("pipe: {}", std::io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nothing else.

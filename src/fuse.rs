@@ -648,7 +648,7 @@ impl Filesystem for FuseAdapter {
 /// How a mount is set up.
 #[derive(Debug, Clone, Default)]
 pub struct MountSettings {
-    /// Shown as the source in /proc/mounts (`demo`, `ringcentral`, the URL).
+    /// Shown as the source in /proc/mounts (`ringfs:demo`, `ringfs:<API host>`, ...).
     pub fsname: String,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -666,19 +666,29 @@ pub struct Mounted {
     own: Option<Arc<OwnMount>>,
 }
 
-/// A mount made with mount(2) by ringfs, unmounted once.
+/// A mount made with mount(2) by ringfs, unmounted once. (Linux only makes one: see
+/// [`mount`].)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct OwnMount {
     path: std::ffi::CString,
     done: std::sync::atomic::AtomicBool,
 }
 
 impl OwnMount {
-    fn unmount(&self, flags: i32) -> std::io::Result<()> {
+    /// `lazy`: detach now, let go once the last file is closed (MNT_DETACH).
+    fn unmount(&self, lazy: bool) -> std::io::Result<()> {
         if self.done.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        #[cfg(target_os = "linux")]
         // SAFETY: umount2 on a NUL-terminated path.
-        match unsafe { libc::umount2(self.path.as_ptr(), flags) } {
+        let rc =
+            unsafe { libc::umount2(self.path.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) };
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: unmount on a NUL-terminated path.
+        let rc =
+            unsafe { libc::unmount(self.path.as_ptr(), if lazy { libc::MNT_FORCE } else { 0 }) };
+        match rc {
             0 => Ok(()),
             _ => {
                 let e = std::io::Error::last_os_error();
@@ -706,7 +716,7 @@ impl Unmounter {
     pub fn unmount(&mut self) -> std::io::Result<()> {
         match &mut self.0 {
             UnmounterKind::Fuser(u) => u.unmount(),
-            UnmounterKind::Own(m) => m.unmount(0),
+            UnmounterKind::Own(m) => m.unmount(false),
         }
     }
 }
@@ -746,7 +756,7 @@ impl Drop for Background {
             // Detached, as fuser does for its own mounts: a test that fails with a file still
             // open must not hang here. The serving thread ends once the kernel lets go.
             Some(m) => {
-                let _ = m.unmount(libc::MNT_DETACH);
+                let _ = m.unmount(true);
                 drop(bg);
             }
             None => drop(bg),
@@ -872,7 +882,7 @@ pub fn mount(
                 own: Some(own),
             }),
             Err(e) => {
-                let _ = own.unmount(libc::MNT_DETACH);
+                let _ = own.unmount(true);
                 Err(failed(e))
             }
         };

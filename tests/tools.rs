@@ -696,8 +696,11 @@ fn the_log_file_is_private() {
 
 /// The fenced block of `lang` that follows `heading` in the README.
 fn readme_block(heading: &str, lang: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let at = readme.find(heading).unwrap_or_else(|| panic!("README has {heading:?}"));
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let at = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has {heading:?}"));
     let fence = format!("```{lang}\n");
     let start = readme[at..].find(&fence).unwrap() + at + fence.len();
     let end = readme[start..].find("```").unwrap() + start;
@@ -728,14 +731,21 @@ fn the_readmes_systemd_unit_verifies() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify: {err}"
+    );
     // The exit statuses it does not retry are the ones the README's table lists.
     let prevent = unit
         .lines()
         .find_map(|l| l.strip_prefix("RestartPreventExitStatus="))
         .unwrap();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for code in prevent.split_whitespace() {
-        assert!(readme.contains(&format!("\n| {code} | ")), "exit status {code} in the table");
+        assert!(
+            readme.contains(&format!("\n| {code} | ")),
+            "exit status {code} in the table"
+        );
     }
 }
