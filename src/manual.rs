@@ -97,10 +97,11 @@ pub fn main(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     if args.first().is_some_and(|a| a == "man") {
         let name = std::iter::once("ringfs man".into()).chain(args.into_iter().skip(1));
         let flags = ManFlags::try_parse_from(name).unwrap_or_else(|e| e.exit());
-        return Ok(match flags.dir {
+        match flags.dir {
             Some(dir) => man_pages(&dir)?,
             None => man(&mut stdout)?,
-        });
+        }
+        return Ok(());
     }
     let name = std::iter::once("ringfs completions".into()).chain(args.into_iter().skip(1));
     let flags = CompletionsFlags::try_parse_from(name).unwrap_or_else(|e| e.exit());

@@ -599,8 +599,7 @@ fn exit_of(cmd: &mut Command) -> (i32, String) {
 fn failures_a_service_manager_sees_have_their_own_exit_status() {
     if !Path::new("/dev/fuse").exists() {
         // Without FUSE every start fails with 4 before anything else is checked.
-        let (code, _) =
-            exit_of(&mut Command::new(env!("CARGO_BIN_EXE_ringfs")).args(["demo", "/"]));
+        let (code, _) = exit_of(Command::new(env!("CARGO_BIN_EXE_ringfs")).args(["demo", "/"]));
         assert_eq!(code, 4);
         return;
     }
