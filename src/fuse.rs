@@ -672,12 +672,29 @@ pub struct Mounted {
 struct OwnMount {
     path: std::ffi::CString,
     done: std::sync::atomic::AtomicBool,
+    /// A duplicate of the session's /dev/fuse descriptor: it reports POLLERR once the kernel
+    /// ended the connection (the filesystem was unmounted), as fuser checks for its mounts.
+    dev: std::os::fd::OwnedFd,
 }
 
 impl OwnMount {
+    fn still_mounted(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.dev.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        !(n == 1 && p.revents & libc::POLLERR != 0)
+    }
+
     /// `lazy`: detach now, let go once the last file is closed (MNT_DETACH).
     fn unmount(&self, lazy: bool) -> std::io::Result<()> {
-        if self.done.swap(true, Ordering::SeqCst) {
+        if self.done.swap(true, Ordering::SeqCst) || !self.still_mounted() {
+            // Unmounted already (`umount`): unmounting again could detach a filesystem
+            // mounted at the same place since.
             return Ok(());
         }
         #[cfg(target_os = "linux")]
@@ -729,9 +746,16 @@ impl Mounted {
         })
     }
 
-    /// Serves requests until the filesystem is unmounted (by us or by `umount`).
+    /// Serves requests until the filesystem is unmounted (by us or by `umount`). A session
+    /// that ends for another reason leaves no mount behind.
     pub fn run(self) -> std::io::Result<()> {
-        self.session.run()
+        let result = self.session.run();
+        if let Some(m) = &self.own
+            && let Err(e) = m.unmount(true)
+        {
+            tracing::warn!("unmounting after the session ended: {e}");
+        }
+        result
     }
 
     /// Serves on a background thread; dropping the handle unmounts (used by tests).
@@ -782,6 +806,13 @@ fn mount_data(fd: i32, root_mode: u32, s: &MountSettings) -> String {
     data
 }
 
+/// A mount made by [`mount_direct`]: the session's descriptor, and the mount to unmount.
+#[cfg(target_os = "linux")]
+struct DirectMount {
+    fd: std::os::fd::OwnedFd,
+    own: OwnMount,
+}
+
 /// Mounts with mount(2) as type `fuse.ringfs` (what /proc/mounts and `findmnt -t fuse.ringfs`
 /// show; fuser's own mount(2) path always says plain `fuse`). `None` when not allowed (not
 /// root): fuser then mounts through fusermount3, which sets the subtype itself.
@@ -789,7 +820,7 @@ fn mount_data(fd: i32, root_mode: u32, s: &MountSettings) -> String {
 fn mount_direct(
     mountpoint: &std::path::Path,
     s: &MountSettings,
-) -> std::io::Result<Option<(std::os::fd::OwnedFd, std::ffi::CString)>> {
+) -> std::io::Result<Option<DirectMount>> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
@@ -800,6 +831,7 @@ fn mount_direct(
         .write(true)
         .open("/dev/fuse")?;
     let fd = std::os::fd::OwnedFd::from(dev);
+    let dup = fd.try_clone()?;
     use std::os::fd::AsRawFd;
     let data = mount_data(fd.as_raw_fd(), root_mode, s);
     let cstr = |v: &[u8]| CString::new(v).map_err(std::io::Error::other);
@@ -821,7 +853,14 @@ fn mount_direct(
         )
     };
     if rc == 0 {
-        return Ok(Some((fd, target)));
+        return Ok(Some(DirectMount {
+            fd,
+            own: OwnMount {
+                path: target,
+                done: std::sync::atomic::AtomicBool::new(false),
+                dev: dup,
+            },
+        }));
     }
     let e = std::io::Error::last_os_error();
     match e.raw_os_error() {
@@ -870,11 +909,8 @@ pub fn mount(
         anyhow::anyhow!("mounting on {}: {e}{hint}", mountpoint.display())
     };
     #[cfg(target_os = "linux")]
-    if let Some((fd, path)) = mount_direct(mountpoint, s).map_err(failed)? {
-        let own = Arc::new(OwnMount {
-            path,
-            done: std::sync::atomic::AtomicBool::new(false),
-        });
+    if let Some(DirectMount { fd, own }) = mount_direct(mountpoint, s).map_err(failed)? {
+        let own = Arc::new(own);
         let acl = config.acl;
         return match fuser::Session::from_fd(adapter, fd, acl, config) {
             Ok(session) => Ok(Mounted {
