@@ -8,8 +8,8 @@
 //! `noauto` and `_netdev`, accepted and ignored.
 //!
 //! Without `-f` the process forks before any thread exists; the parent waits on a pipe until the
-//! child says the mount is ready (exit 0) or why it failed (the reason, exit 1), as
-//! mountpoint-s3 and sshfs do.
+//! child says the mount is ready (exit 0) or why it failed (the reason, and the [`Exit`] status
+//! the parent exits with), as mountpoint-s3 and sshfs do.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -40,7 +40,9 @@ Every long flag can also be given as a mount option: -o days=30,cache-size=64M,a
 Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in the background logs go to --log-file only.\n\n\
 The disk cache: `ringfs cache info [SOURCE]` shows where it is, what it holds and its limit;\n\
 `ringfs cache clear [SOURCE]` empties it (refused while a mount uses it). They take --cache-dir DIR,\n\
-or find the directory a mount of SOURCE would use (see `ringfs cache --help`).",
+or find the directory a mount of SOURCE would use (see `ringfs cache --help`).\n\n\
+`ringfs man` prints the man page; `ringfs completions bash|zsh|fish` a shell completion script.\n\
+Exit statuses: 2 usage, 3 mount point, 4 no FUSE, 5 already mounted, 6 credentials, 7 API unreachable, 1 other.",
     after_help = "Request costs (RingCentral's Heavy group allows about 10 requests a minute):\n\
   listing the root, by-session/ and by-recording/         0 requests\n\
   listing a date with < 1000 recordings                    at most 1 call-log request\n\

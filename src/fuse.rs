@@ -5,6 +5,17 @@
 //! the network never blocks an `ls` in another window. Write operations answer EROFS here, at
 //! once: the mount is read-only by design.
 //!
+//! Besides reads, it answers what ordinary programs ask (`getxattr`/`listxattr` from the core's
+//! `user.ringcentral.*` attributes, `flush`, `access`, `statfs`, `lseek`, `ioctl`) so that
+//! fuser's "[Not Implemented]" warnings never reach the log.
+//!
+//! # Mounting
+//!
+//! As root on Linux the adapter mounts with mount(2) itself, as type `fuse.ringfs` (fuser's own
+//! mount(2) path says plain `fuse`, which `findmnt -t fuse.ringfs` and mount(8) helpers do not
+//! recognise), and hands the descriptor to fuser; it then unmounts itself, once. Otherwise
+//! fuser mounts through fusermount3, which sets the subtype.
+//!
 //! # Passthrough
 //!
 //! A recording the disk cache holds complete never changes, and its bytes are already in a
