@@ -1124,6 +1124,36 @@ async fn calls_csv_has_one_row_per_recording_quoted_and_sized_exactly() {
     assert_eq!(parse_csv(std::str::from_utf8(&empty).unwrap()).len(), 1);
 }
 
+#[tokio::test]
+async fn calls_csv_follows_the_real_format_and_is_never_cut_by_a_stale_size() {
+    let d = days_ago(3);
+    let c = core(
+        ScriptedLog::new(&[Call::new("1234567890", at(d, "10:00:00"), "44444444")]),
+        |_| {},
+    );
+    let mut wav = FakeRecording::new(5000, 1);
+    wav.content_type = Some("audio/wav".into());
+    c.media.add("44444444", wav);
+    let csv = format!("{d}/calls.csv");
+    let before = c.read_all(&csv, 4096).await.unwrap();
+    assert!(String::from_utf8_lossy(&before).contains("44444444.mp3"));
+    // Opening the recording teaches the account's real format: the path column follows.
+    let rec = c.list(&d.to_string()).await.unwrap()[0].name.clone();
+    let file = c.list(&format!("{d}/{rec}")).await.unwrap()[0].name.clone();
+    c.read_all(&format!("{d}/{rec}/{file}"), 1 << 20)
+        .await
+        .unwrap();
+    let attr = c.lookup(&csv).await.unwrap();
+    let after = c.read_all(&csv, 4096).await.unwrap();
+    assert!(String::from_utf8_lossy(&after).contains("44444444.wav"));
+    assert_eq!(attr.size, after.len() as u64);
+    // A size the kernel held from before is never used to cut reads: direct I/O, short TTL.
+    let opened = c.fs.open(attr.ino, false).await.unwrap();
+    assert!(opened.direct_io && !opened.keep_cache, "{opened:?}");
+    assert!(attr.attr_ttl <= Duration::from_secs(1));
+    c.fs.release(opened.fh);
+}
+
 // ------------------------------------------------------------------ the call index
 
 /// Every date of the window, newest first: (date, entry names, each session's call.json).

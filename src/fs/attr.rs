@@ -139,10 +139,11 @@ impl Fs {
                 }
                 let size = self.calls_csv(st, *d).len() as u64;
                 let start = self.config.window.date_range(*d).0;
-                let ttl = self.date_ttl(*d);
+                // Short: the size follows the listing and the names' extensions (see `open`).
+                let ttl = Duration::from_secs(1);
                 Ok(Attr {
                     attr_ttl: ttl,
-                    entry_ttl: ttl,
+                    entry_ttl: self.date_ttl(*d),
                     ..self.file_attr(ino, size, to_system(start), true)
                 })
             }

@@ -530,13 +530,14 @@ impl Fs {
                 let mut st = self.state();
                 let csv = Bytes::from(self.calls_csv(&st, date));
                 st.csv_handles.insert(fh, csv);
-                // A date that may still change may get new rows: no page cache kept across
-                // opens, and reads not cut at a size the kernel may hold from before.
-                let recent = self.is_recent(date, Timestamp::now());
+                // The content may change under a size the kernel holds: new rows on a recent
+                // date, and on any date the paths' extension once a recording's real format
+                // is learned. Direct I/O, so reads are never cut or padded by a stale size
+                // (the bytes are this handle's snapshot).
                 Ok(Opened {
                     fh,
-                    keep_cache: !recent,
-                    direct_io: recent,
+                    keep_cache: false,
+                    direct_io: true,
                     backing: None,
                 })
             }
