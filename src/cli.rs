@@ -8,8 +8,8 @@
 //! `noauto` and `_netdev`, accepted and ignored.
 //!
 //! Without `-f` the process forks before any thread exists; the parent waits on a pipe until the
-//! child says the mount is ready (exit 0) or why it failed (the reason, exit 1), as
-//! mountpoint-s3 and sshfs do.
+//! child says the mount is ready (exit 0) or why it failed (the reason, and the [`Exit`] status
+//! the parent exits with), as mountpoint-s3 and sshfs do.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -41,7 +41,9 @@ Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in 
 The disk cache: `ringfs cache info [SOURCE]` shows where it is, what it holds and its limit;\n\
 `ringfs cache clear [SOURCE]` empties it (refused while a mount uses it). They take --cache-dir DIR,\n\
 or find the directory a mount of SOURCE would use (see `ringfs cache --help`).\n\n\
-New recordings: `ringfs watch MOUNTPOINT [--json]` prints each one as it becomes readable.",
+New recordings: `ringfs watch MOUNTPOINT [--json]` prints each one as it becomes readable.\n\
+`ringfs man` prints the man page; `ringfs completions bash|zsh|fish` a shell completion script.\n\
+Exit statuses: 2 usage, 3 mount point, 4 no FUSE, 5 already mounted, 6 credentials, 7 API unreachable, 1 other.",
     after_help = "Request costs (RingCentral's Heavy group allows about 10 requests a minute):\n\
   listing the root, by-session/ and by-recording/         0 requests\n\
   listing a date with < 1000 recordings                    at most 1 call-log request\n\
@@ -112,9 +114,12 @@ pub struct Flags {
     /// Do not keep tokens on disk (every mount then spends one Auth request).
     #[arg(long)]
     pub no_state_file: bool,
-    /// Write logs to this file (in the background, logs are otherwise discarded).
+    /// Write logs to this file, created 0600 (in the background, logs are otherwise discarded).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics; a port alone listens on 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Seconds a listing of today (or a date that may still change) is reused.
     #[arg(long, default_value_t = 30)]
     pub recent_ttl: u64,
@@ -168,6 +173,7 @@ pub struct Options {
     pub credentials_file: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
+    pub metrics: Option<std::net::SocketAddr>,
     pub recent_ttl: Duration,
     pub read_timeout: Duration,
     pub allow_other: bool,
@@ -264,6 +270,64 @@ pub fn expand_mount_options(
         }
     }
     Ok(out)
+}
+
+/// The exit status of a failed `ringfs` run, for service managers and scripts (the README's
+/// table). Every failure also prints one line saying what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Anything not below.
+    Failure = 1,
+    /// A bad flag or option value (clap's own usage errors exit 2 too).
+    Usage = 2,
+    /// The mount point is missing, not a directory, or a stale FUSE mount.
+    MountPoint = 3,
+    /// FUSE is not available (/dev/fuse missing) or mounting is not allowed.
+    NoFuse = 4,
+    /// A ringfs mount is already there.
+    AlreadyMounted = 5,
+    /// Credentials missing, unreadable, or refused by RingCentral.
+    Credentials = 6,
+    /// The RingCentral API could not be reached.
+    Unreachable = 7,
+}
+
+/// An error that decides the exit status; its message is the line printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
+pub struct Failed {
+    pub exit: Exit,
+    msg: String,
+}
+
+fn failed(exit: Exit, msg: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Failed {
+        exit,
+        msg: msg.to_string(),
+    })
+}
+
+/// The exit status for `e`: what a [`Failed`] in its chain says, else what a failed login
+/// tells (refused credentials, or no answer), else [`Exit::Failure`].
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(f) = e.chain().find_map(|c| c.downcast_ref::<Failed>()) {
+        return f.exit as u8;
+    }
+    if let Some(api) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::api::ApiError>())
+    {
+        use crate::api::ApiError as A;
+        return match api {
+            A::Service {
+                status: 400 | 401 | 403,
+                ..
+            } => Exit::Credentials as u8,
+            A::Transport { .. } | A::Timeout { .. } => Exit::Unreachable as u8,
+            _ => Exit::Failure as u8,
+        };
+    }
+    Exit::Failure as u8
 }
 
 /// Parses a size such as `256M`, `1G`, `65536`.
@@ -365,6 +429,12 @@ impl Options {
             credentials_file: f.credentials,
             state_file,
             log_file: f.log_file,
+            metrics: f
+                .metrics
+                .as_deref()
+                .map(crate::scrape::parse_addr)
+                .transpose()
+                .map_err(|e| anyhow!(e))?,
             recent_ttl: Duration::from_secs(f.recent_ttl.max(1)),
             read_timeout: Duration::from_secs(f.read_timeout.max(1)),
             allow_other: f.allow_other,
@@ -476,7 +546,8 @@ fn default_state_file() -> Option<PathBuf> {
     Some(base.join("ringfs").join("tokens.json"))
 }
 
-/// Runs the command line: `ringfs cache ...`, `ringfs watch ...`, or a mount.
+/// Runs the command line: `ringfs cache ...`, `ringfs watch ...`, `ringfs completions ...`,
+/// `ringfs man`, or a mount.
 pub fn main(args: Vec<OsString>) -> anyhow::Result<()> {
     if args.get(1).is_some_and(|a| a == "watch") {
         let rest = std::iter::once(OsString::from("ringfs watch")).chain(args.into_iter().skip(2));
@@ -486,6 +557,12 @@ pub fn main(args: Vec<OsString>) -> anyhow::Result<()> {
         let rest = std::iter::once(OsString::from("ringfs cache")).chain(args.into_iter().skip(2));
         let flags = CacheFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit());
         return cache(flags);
+    }
+    if args
+        .get(1)
+        .is_some_and(|a| a == "completions" || a == "man")
+    {
+        return crate::manual::main(args.into_iter().skip(1).collect());
     }
     parse(args).and_then(run)
 }
@@ -700,36 +777,63 @@ fn cache(flags: CacheFlags) -> anyhow::Result<()> {
 
 /// Parses the command line; clap prints help and usage errors itself.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Options> {
-    let args = expand_mount_options(args).map_err(|e| anyhow!(e))?;
+    let args = expand_mount_options(args).map_err(|e| failed(Exit::Usage, e))?;
     let flags = Flags::try_parse_from(args).unwrap_or_else(|e| e.exit());
-    Options::from_flags(flags)
+    Options::from_flags(flags).map_err(|e| failed(Exit::Usage, format!("{e:#}")))
 }
 
 /// Checks the mount point before anything else, with a message that says what to do.
 fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
+    let bad = |msg: String| Err(failed(Exit::MountPoint, msg));
     match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => bail!("mount point {} is not a directory", path.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+        Ok(m) if m.is_dir() => {
+            if ringfs_mounted_at(path) {
+                return Err(failed(
+                    Exit::AlreadyMounted,
+                    format!(
+                        "{} is already a ringfs mount (unmount it first: `umount {}`)",
+                        path.display(),
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Ok(_) => bad(format!("mount point {} is not a directory", path.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bad(format!(
             "mount point {p} is a stale FUSE mount left by a process that died \
              (Transport endpoint is not connected); clear it with `fusermount3 -u {p}` or `umount -l {p}`",
             p = path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!(
-                "mount point {} does not exist (mkdir it first)",
-                path.display()
-            )
-        }
-        Err(e) => bail!("mount point {}: {e}", path.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bad(format!(
+            "mount point {} does not exist (mkdir it first)",
+            path.display()
+        )),
+        Err(e) => bad(format!("mount point {}: {e}", path.display())),
     }
+}
+
+/// Whether a ringfs mount is at `path` already (the kernel would stack a second one on it).
+fn ringfs_mounted_at(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        // Mount points with spaces are written with octal escapes (`\040`).
+        f.len() > 2 && f[2] == "fuse.ringfs" && f[1].replace("\\040", " ") == path.to_string_lossy()
+    })
 }
 
 fn check_fuse() -> anyhow::Result<()> {
     if !Path::new("/dev/fuse").exists() {
-        bail!(
-            "FUSE is not available: /dev/fuse is missing (install fuse3 and load the fuse module)"
-        );
+        return Err(failed(
+            Exit::NoFuse,
+            "FUSE is not available: /dev/fuse is missing (install fuse3 and load the fuse module)",
+        ));
     }
     Ok(())
 }
@@ -737,6 +841,7 @@ fn check_fuse() -> anyhow::Result<()> {
 /// The credentials for a real account: `--credentials FILE` or the environment.
 fn credentials(opts: &Options) -> anyhow::Result<Credentials> {
     account_credentials(opts.credentials_file.as_deref(), &opts.source)
+        .map_err(|e| failed(Exit::Credentials, format!("{e:#}")))
 }
 
 /// The credentials from `file` or the environment, with the server URL of `source` if it is one.
@@ -768,7 +873,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let result = serve(opts, creds, &mut ready);
     if let (Err(e), Some(pipe)) = (&result, ready.as_mut()) {
         // The parent prints this; our own stderr may already be /dev/null.
-        let _ = writeln!(pipe, "{e:#}");
+        let _ = writeln!(pipe, "{} {e:#}", exit_code(e));
+        // The parent prints it: this process's own report (in `main`) would repeat it.
+        detach_stdio();
     }
     result
 }
@@ -779,7 +886,20 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
     let mut fds = [0; 2];
     // SAFETY: plain pipe(2)/fork(2); no threads exist yet (checked by the caller's design: the
     // tokio runtime is built after this returns).
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    #[cfg(target_os = "linux")]
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    // macOS has no pipe2; no other thread exists to race the FD_CLOEXEC.
+    #[cfg(not(target_os = "linux"))]
+    let rc = unsafe {
+        let rc = libc::pipe(fds.as_mut_ptr());
+        if rc == 0 {
+            for fd in fds {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        rc
+    };
+    if rc != 0 {
         bail!("pipe: {}", std::io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nothing else.
@@ -800,13 +920,18 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
             if msg.trim() == "ready" {
                 std::process::exit(0);
             }
+            // `<exit status> <message>`, as `run` writes it.
             let msg = msg.trim();
+            let (code, msg) = match msg.split_once(' ') {
+                Some((c, m)) if c.parse::<u8>().is_ok() => (c.parse().unwrap_or(1), m),
+                _ => (1, msg),
+            };
             if msg.is_empty() {
                 eprintln!("ringfs: the mount process exited before the mount was ready");
             } else {
                 eprintln!("ringfs: {msg}");
             }
-            std::process::exit(1);
+            std::process::exit(code);
         }
     }
 }
@@ -831,15 +956,19 @@ pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
 fn init_logging(opts: &Options) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = log_filter("ringfs=info");
+    // fuser's own warnings (a request it could not answer) belong in the log too.
+    let filter = log_filter("ringfs=info,fuser=warn");
     let builder = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_target(false);
     match &opts.log_file {
         Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Logs name the account's calls: only the owner reads them.
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)
                 .with_context(|| format!("log file {}", path.display()))?;
             let _ = builder
@@ -923,6 +1052,20 @@ fn serve(
         // stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
         disk.clone().map(|d| d as Arc<dyn crate::store::Tier>),
     );
+    if let Some(addr) = opts.metrics {
+        // Bound before the mount is reported ready, so a taken port fails the start.
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("metrics address {addr}"))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        tracing::info!("metrics on http://{bound}/metrics");
+        let sources = crate::scrape::Sources {
+            client: client.clone(),
+            media: media.clone(),
+            disk: disk.clone(),
+        };
+        rt.spawn(crate::scrape::serve(listener, sources));
+    }
     let log = Arc::new(client.clone());
     let core = Arc::new(match &meta {
         Some(meta) => Fs::with_index(log, media, config, meta.clone()),
@@ -1006,12 +1149,19 @@ fn serve(
     result.context("serving the mount")
 }
 
-fn source_name(s: &Source) -> String {
-    match s {
-        Source::Demo => "demo".into(),
-        Source::RingCentral => "ringcentral".into(),
-        Source::Url(u) => u.clone(),
-    }
+/// The mount's source column in /proc/mounts: `ringfs:demo`, `ringfs:ringcentral`, or
+/// `ringfs:` and the API server's host (no scheme: mount tables split fields on spaces and some
+/// tools trip over `://`).
+pub fn source_name(s: &Source) -> String {
+    let what = match s {
+        Source::Demo => "demo",
+        Source::RingCentral => "ringcentral",
+        Source::Url(u) => {
+            let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+            rest.split('/').next().unwrap_or(rest)
+        }
+    };
+    format!("ringfs:{what}")
 }
 
 /// Builds the client (starting the in-process emulator for `demo`); logging in is left to

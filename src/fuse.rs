@@ -9,6 +9,17 @@
 //! the network never blocks an `ls` in another window. Write operations answer EROFS here, at
 //! once: the mount is read-only by design.
 //!
+//! Besides reads, it answers what ordinary programs ask (`getxattr`/`listxattr` from the core's
+//! `user.ringcentral.*` attributes, `flush`, `access`, `statfs`, `lseek`, `ioctl`) so that
+//! fuser's "[Not Implemented]" warnings never reach the log.
+//!
+//! # Mounting
+//!
+//! As root on Linux the adapter mounts with mount(2) itself, as type `fuse.ringfs` (fuser's own
+//! mount(2) path says plain `fuse`, which `findmnt -t fuse.ringfs` and mount(8) helpers do not
+//! recognise), and hands the descriptor to fuser; it then unmounts itself, once. Otherwise
+//! fuser mounts through fusermount3, which sets the subtype.
+//!
 //! # Passthrough
 //!
 //! A recording the disk cache holds complete never changes, and its bytes are already in a
@@ -36,10 +47,10 @@ use std::sync::{Arc, Mutex};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, DirEntry, Fs, FsError, Kind, Opened};
+use crate::fs::{Attr, DirEntry, Fs, FsError, Kind, Opened, XATTR_PREFIX, xattr_name_list};
 
 /// The fuser `Filesystem` over the core.
 pub struct FuseAdapter {
@@ -179,6 +190,16 @@ impl Opens {
             self.inodes.remove(&ino);
         }
         gone
+    }
+}
+
+/// Answers `getxattr`/`listxattr` as the kernel expects: the size alone when it asks with size
+/// 0 (a probe before it allocates), the bytes when they fit, ERANGE when they do not.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    match u32::try_from(value.len()) {
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len <= size => reply.data(value),
+        _ => reply.error(Errno::ERANGE),
     }
 }
 
@@ -379,6 +400,129 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    // What readers ask besides reading, answered here so that fuser's defaults (ENOSYS and a
+    // "[Not Implemented]" warning per call) never fill the log of an ordinary `cp` or `ls`.
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // security.*, system.* (ACLs), trusted.* and any other namespace: none, at once. `ls`
+        // and `cp -a` ask for them on every file.
+        let Some(name) = name.to_str().filter(|n| n.starts_with(XATTR_PREFIX)) else {
+            reply.error(Errno::ENODATA);
+            return;
+        };
+        let core = self.core.clone();
+        let name = name.to_owned();
+        self.rt.spawn(async move {
+            match core.xattr(ino.0, &name).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let core = self.core.clone();
+        self.rt.spawn(async move {
+            match core.xattrs(ino.0).await {
+                Ok(attrs) => reply_xattr(reply, size, &xattr_name_list(&attrs)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written, so nothing is pending at close.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Who may enter the mount at all is the kernel's check (allow_other / allow_root);
+        // beyond it everything may be read and nothing written.
+        if mask.contains(fuser::AccessFlags::W_OK) {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        let core = self.core.clone();
+        self.rt.spawn(async move {
+            match core.getattr(ino.0).await {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        // No capacity to report (nothing can be written); the name limit is the catalog's.
+        reply.statfs(
+            0,
+            0,
+            0,
+            0,
+            0,
+            128 * 1024,
+            crate::catalog::NAME_MAX as u32,
+            128 * 1024,
+        );
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // Only SEEK_DATA/SEEK_HOLE reach here (`cp` asks for holes). ENOSYS makes the kernel
+        // answer them itself from then on (the whole file is data), which is true here.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctl is ours (`lsattr`, terminals probing a file): "not a typewriter".
+        reply.error(Errno::ENOTTY);
+    }
+
     // Everything that would change the tree: read-only file system.
 
     fn setattr(
@@ -519,7 +663,7 @@ impl Filesystem for FuseAdapter {
 /// How a mount is set up.
 #[derive(Debug, Clone, Default)]
 pub struct MountSettings {
-    /// Shown as the source in /proc/mounts (`demo`, `ringcentral`, the URL).
+    /// Shown as the source in /proc/mounts (`ringfs:demo`, `ringfs:<API host>`, ...).
     pub fsname: String,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -530,47 +674,135 @@ pub struct MountSettings {
 }
 
 /// A mounted filesystem, served by [`Mounted::run`] on the calling thread.
-pub struct Mounted(fuser::Session<FuseAdapter>);
+pub struct Mounted {
+    session: fuser::Session<FuseAdapter>,
+    /// Set when ringfs made the mount itself (see [`mount`]): fuser then has nothing to
+    /// unmount, and the unmount is ours.
+    own: Option<Arc<OwnMount>>,
+}
+
+/// A mount made with mount(2) by ringfs, unmounted once. (Linux only makes one: see
+/// [`mount`].)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+struct OwnMount {
+    path: std::ffi::CString,
+    done: std::sync::atomic::AtomicBool,
+    /// A duplicate of the session's /dev/fuse descriptor: it reports POLLERR once the kernel
+    /// ended the connection (the filesystem was unmounted), as fuser checks for its mounts.
+    dev: std::os::fd::OwnedFd,
+}
+
+impl OwnMount {
+    fn still_mounted(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.dev.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        !(n == 1 && p.revents & libc::POLLERR != 0)
+    }
+
+    /// `lazy`: detach now, let go once the last file is closed (MNT_DETACH).
+    fn unmount(&self, lazy: bool) -> std::io::Result<()> {
+        if self.done.swap(true, Ordering::SeqCst) || !self.still_mounted() {
+            // Unmounted already (`umount`): unmounting again could detach a filesystem
+            // mounted at the same place since.
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: umount2 on a NUL-terminated path.
+        let rc =
+            unsafe { libc::umount2(self.path.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) };
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: unmount on a NUL-terminated path.
+        let rc =
+            unsafe { libc::unmount(self.path.as_ptr(), if lazy { libc::MNT_FORCE } else { 0 }) };
+        match rc {
+            0 => Ok(()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                // EINVAL: no longer a mount point (`umount` was run): the goal is reached.
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    Ok(())
+                } else {
+                    self.done.store(false, Ordering::SeqCst);
+                    Err(e)
+                }
+            }
+        }
+    }
+}
 
 /// Unmounts a [`Mounted`] from another thread (signal handling).
-pub struct Unmounter(fuser::SessionUnmounter);
+pub struct Unmounter(UnmounterKind);
+
+enum UnmounterKind {
+    Fuser(fuser::SessionUnmounter),
+    Own(Arc<OwnMount>),
+}
 
 impl Unmounter {
     pub fn unmount(&mut self) -> std::io::Result<()> {
-        self.0.unmount()
+        match &mut self.0 {
+            UnmounterKind::Fuser(u) => u.unmount(),
+            UnmounterKind::Own(m) => m.unmount(false),
+        }
     }
 }
 
 impl Mounted {
     pub fn unmount_callable(&mut self) -> Unmounter {
-        Unmounter(self.0.unmount_callable())
+        Unmounter(match &self.own {
+            Some(m) => UnmounterKind::Own(m.clone()),
+            None => UnmounterKind::Fuser(self.session.unmount_callable()),
+        })
     }
 
-    /// Serves requests until the filesystem is unmounted (by us or by `umount`).
+    /// Serves requests until the filesystem is unmounted (by us or by `umount`). A session
+    /// that ends for another reason leaves no mount behind.
     pub fn run(self) -> std::io::Result<()> {
-        self.0.run()
+        let result = self.session.run();
+        if let Some(m) = &self.own
+            && let Err(e) = m.unmount(true)
+        {
+            tracing::warn!("unmounting after the session ended: {e}");
+        }
+        result
     }
 
     /// Serves on a background thread; dropping the handle unmounts (used by tests).
     pub fn spawn(self) -> std::io::Result<Background> {
-        self.0.spawn().map(Background)
+        let own = self.own;
+        self.session
+            .spawn()
+            .map(|bg| Background { bg: Some(bg), own })
     }
 }
 
 /// A mount served on a background thread; unmounted when dropped.
-pub struct Background(#[allow(dead_code)] fuser::BackgroundSession);
+pub struct Background {
+    bg: Option<fuser::BackgroundSession>,
+    own: Option<Arc<OwnMount>>,
+}
 
 impl Mounted {
     /// Where the core sends kernel invalidations for this mount ([`Fs::set_changes`]).
     pub fn changes(&self) -> Arc<dyn crate::fs::Changes> {
-        KernelChanges::start(self.0.notifier())
+        KernelChanges::start(self.session.notifier())
     }
 }
 
 impl Background {
     /// As [`Mounted::changes`].
     pub fn changes(&self) -> Arc<dyn crate::fs::Changes> {
-        KernelChanges::start(self.0.notifier())
+        let bg = self
+            .bg
+            .as_ref()
+            .expect("a Background holds its session until dropped");
+        KernelChanges::start(bg.notifier())
     }
 }
 
@@ -627,7 +859,104 @@ impl crate::fs::Changes for KernelChanges {
     }
 }
 
-/// Mounts read-only at `mountpoint`. As root this is mount(2); otherwise fusermount3.
+impl Drop for Background {
+    fn drop(&mut self) {
+        let Some(bg) = self.bg.take() else { return };
+        match &self.own {
+            // Detached, as fuser does for its own mounts: a test that fails with a file still
+            // open must not hang here. The serving thread ends once the kernel lets go.
+            Some(m) => {
+                let _ = m.unmount(true);
+                drop(bg);
+            }
+            None => drop(bg),
+        }
+    }
+}
+
+/// The mount(2) options and flags of a read-only ringfs mount (Linux), as fusermount3 would
+/// pass them.
+#[cfg(target_os = "linux")]
+fn mount_data(fd: i32, root_mode: u32, s: &MountSettings) -> String {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!("fd={fd},rootmode={root_mode:o},user_id={uid},group_id={gid}");
+    if s.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    // allow_root is allow_other in the kernel; fuser then refuses users other than the owner
+    // and root itself (its SessionACL).
+    if s.allow_other || s.allow_root {
+        data.push_str(",allow_other");
+    }
+    data
+}
+
+/// A mount made by [`mount_direct`]: the session's descriptor, and the mount to unmount.
+#[cfg(target_os = "linux")]
+struct DirectMount {
+    fd: std::os::fd::OwnedFd,
+    own: OwnMount,
+}
+
+/// Mounts with mount(2) as type `fuse.ringfs` (what /proc/mounts and `findmnt -t fuse.ringfs`
+/// show; fuser's own mount(2) path always says plain `fuse`). `None` when not allowed (not
+/// root): fuser then mounts through fusermount3, which sets the subtype itself.
+#[cfg(target_os = "linux")]
+fn mount_direct(
+    mountpoint: &std::path::Path,
+    s: &MountSettings,
+) -> std::io::Result<Option<DirectMount>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let path = mountpoint.canonicalize()?;
+    let root_mode = std::fs::metadata(&path)?.mode() & libc::S_IFMT;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let fd = std::os::fd::OwnedFd::from(dev);
+    let dup = fd.try_clone()?;
+    use std::os::fd::AsRawFd;
+    let data = mount_data(fd.as_raw_fd(), root_mode, s);
+    let cstr = |v: &[u8]| CString::new(v).map_err(std::io::Error::other);
+    let (source, target) = (
+        cstr(s.fsname.as_bytes())?,
+        cstr(path.as_os_str().as_bytes())?,
+    );
+    let (fstype, data) = (cstr(b"fuse.ringfs")?, cstr(data.as_bytes())?);
+    let flags =
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME;
+    // SAFETY: mount(2) with NUL-terminated strings that live across the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(DirectMount {
+            fd,
+            own: OwnMount {
+                path: target,
+                done: std::sync::atomic::AtomicBool::new(false),
+                dev: dup,
+            },
+        }));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EPERM) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// Mounts read-only at `mountpoint`: as root with mount(2) as `fuse.ringfs` (Linux), otherwise
+/// through fuser (fusermount3).
 pub fn mount(
     mut adapter: FuseAdapter,
     mountpoint: &std::path::Path,
@@ -655,16 +984,32 @@ pub fn mount(
     } else {
         fuser::SessionACL::Owner
     };
+    let failed = |e: std::io::Error| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EBUSY) => " (something is already mounted there)",
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                " (not allowed: check /etc/fuse.conf and the mount point's owner)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("mounting on {}: {e}{hint}", mountpoint.display())
+    };
+    #[cfg(target_os = "linux")]
+    if let Some(DirectMount { fd, own }) = mount_direct(mountpoint, s).map_err(failed)? {
+        let own = Arc::new(own);
+        let acl = config.acl;
+        return match fuser::Session::from_fd(adapter, fd, acl, config) {
+            Ok(session) => Ok(Mounted {
+                session,
+                own: Some(own),
+            }),
+            Err(e) => {
+                let _ = own.unmount(true);
+                Err(failed(e))
+            }
+        };
+    }
     fuser::Session::new(adapter, mountpoint, &config)
-        .map(Mounted)
-        .map_err(|e| {
-            let hint = match e.raw_os_error() {
-                Some(libc::EBUSY) => " (something is already mounted there)",
-                Some(libc::EPERM) | Some(libc::EACCES) => {
-                    " (not allowed: check /etc/fuse.conf and the mount point's owner)"
-                }
-                _ => "",
-            };
-            anyhow::anyhow!("mounting on {}: {e}{hint}", mountpoint.display())
-        })
+        .map(|session| Mounted { session, own: None })
+        .map_err(failed)
 }

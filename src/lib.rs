@@ -5,7 +5,7 @@
 //! The modules are layered: each one uses only modules below it, and [`model`] uses none.
 //!
 //! ```text
-//! cli ──> control, source, fuse, fs, media, store, catalog, api, emulator
+//! cli ──> control, manual, scrape, source, fuse, fs, media, store, catalog, api, emulator
 //! control ──> fs                    (the mount's Unix socket)
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
@@ -14,13 +14,17 @@
 //! store                              (no ringfs module; its tests run the disk under media)
 //! catalog ──> model
 //! api ──> model
-//! model                              (no ringfs module)
+//! scrape ──> api, media, store, metrics   (the /metrics endpoint)
+//! model, metrics                     (no ringfs module; api and media write to metrics)
 //! emulator                           (no ringfs module; the tests' RingCentral)
 //! ```
 //!
 //! - [`cli`]: command line and `-o` options -> one validated configuration; mounting and the
 //!   parent/child readiness handshake.
 //! - [`control`]: the mount's control socket: `ringfs watch` and the status.
+//! - [`manual`]: the man page and shell completions, from the clap definitions of [`cli`].
+//! - [`metrics`]: request outcomes, bytes and latency histograms, written by api and media;
+//!   [`scrape`]: the `--metrics` endpoint that reads them and the layers' counters.
 //! - [`source`]: binds the client to the traits of the core and the media layer.
 //! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
 //! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
@@ -46,7 +50,10 @@ pub mod control;
 pub mod emulator;
 pub mod fs;
 pub mod fuse;
+pub mod manual;
 pub mod media;
+pub mod metrics;
 pub mod model;
+pub mod scrape;
 pub mod source;
 pub mod store;

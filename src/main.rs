@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringfs: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(ringfs::cli::exit_code(&e))
         }
     }
 }

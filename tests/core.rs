@@ -87,10 +87,11 @@ impl Core {
         Ok(attr)
     }
 
-    /// The entries of the directory at `path`.
+    /// The entries of the directory at `path`, without a date's `calls.csv` (so that a date's
+    /// entries are its sessions; `calls_csv_*` tests look at that file).
     async fn list(&self, path: &str) -> Result<Vec<DirEntry>, FsError> {
         let attr = self.lookup(path).await?;
-        self.fs.opendir(attr.ino).await
+        Ok(without_csv(self.fs.opendir(attr.ino).await?))
     }
 
     /// Call-log pages answered so far.
@@ -123,6 +124,11 @@ impl Core {
         self.fs.release(opened.fh);
         result
     }
+}
+
+fn without_csv(mut entries: Vec<DirEntry>) -> Vec<DirEntry> {
+    entries.retain(|e| e.name != "calls.csv");
+    entries
 }
 
 fn names(entries: &[DirEntry]) -> Vec<String> {
@@ -387,8 +393,8 @@ async fn a_hung_call_log_fails_listings_after_the_read_timeout() {
     );
     // The listing recovers once the log answers; nothing half-listed is taken for listed.
     c.faults.clear_rules();
-    assert_eq!(c.fs.opendir(a.ino).await.unwrap().len(), 5);
-    assert_eq!(c.fs.opendir(b.ino).await.unwrap().len(), 5);
+    assert_eq!(without_csv(c.fs.opendir(a.ino).await.unwrap()).len(), 5);
+    assert_eq!(without_csv(c.fs.opendir(b.ino).await.unwrap()).len(), 5);
     eprintln!(
         "[core] hung log: two listings failed after {took:?} (read timeout {timeout:?}); {} calls",
         c.calls()
@@ -409,7 +415,7 @@ async fn a_hung_page_released_before_the_read_timeout_succeeds() {
         c.faults.release();
     };
     let (r, ()) = tokio::join!(c.fs.opendir(a.ino), release);
-    assert_eq!(r.unwrap().len(), 5);
+    assert_eq!(without_csv(r.unwrap()).len(), 5);
     assert_eq!(t.elapsed(), timeout - Duration::from_secs(1));
 }
 
@@ -905,6 +911,249 @@ async fn attributes_follow_the_configuration() {
     assert_eq!(errno(&c.fs.open(ROOT, false).await), Some(libc::EISDIR));
     assert!(c.list(&days_ago(3).to_string()).await.unwrap().is_empty());
     assert_eq!(c.pages(), 1);
+}
+
+// ------------------------------------------------------------------ xattrs and calls.csv
+
+/// Two calls on one date: one with a caller id name that needs quoting in CSV, one outbound to
+/// an extension.
+fn two_calls(d: Date) -> (Call, Call) {
+    let quoted = Call {
+        name: Some("Smith, \"Jr\"\r\nSales".into()),
+        number: Some("+14155550100".into()),
+        duration: 93,
+        ..Call::new("1234567890", at(d, "14:05:12"), "44444444")
+    };
+    let outbound = Call {
+        inbound: false,
+        number: None,
+        ext: Some("205".into()),
+        ..Call::new("2345678901", at(d, "09:00:00"), "44444445")
+    };
+    (quoted, outbound)
+}
+
+fn xattr_map(attrs: Vec<(String, Vec<u8>)>) -> std::collections::BTreeMap<String, String> {
+    attrs
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn xattrs_show_the_call_and_cost_nothing() {
+    let d = days_ago(2);
+    let (call, _) = two_calls(d);
+    let c = core(ScriptedLog::new(std::slice::from_ref(&call)), |_| {});
+    c.media.add("44444444", FakeRecording::new(1000, 3));
+    let day = d.to_string();
+    let dir = c.list(&day).await.unwrap()[0].clone();
+    let pages = c.calls();
+    let want = |extra: &[(&str, &str)]| {
+        let mut m: std::collections::BTreeMap<String, String> = [
+            ("session_id", "1234567890"),
+            ("telephony_session_id", "s-1234567890"),
+            ("direction", "Inbound"),
+            ("from_number", "+14155550100"),
+            ("from_name", "Smith, \"Jr\"\r\nSales"),
+            ("to_number", "101"),
+            ("to_name", "Front Desk"),
+            ("start_time", &call.start.to_string()),
+            ("duration", "93"),
+            ("result", "Accepted"),
+            ("type", "Voice"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (format!("user.ringcentral.{k}"), v.to_string()))
+        .collect();
+        m.retain(|_, v| !v.is_empty());
+        m
+    };
+    assert_eq!(xattr_map(c.fs.xattrs(dir.ino).await.unwrap()), want(&[]));
+    let file = c.list(&format!("{day}/{}", dir.name)).await.unwrap()[0].clone();
+    assert_eq!(
+        xattr_map(c.fs.xattrs(file.ino).await.unwrap()),
+        want(&[("recording_id", "44444444")]),
+        "before the recording was opened its content type is not known"
+    );
+    // Once opened, the content type the media host answered shows too.
+    let path = format!("{day}/{}/{}", dir.name, file.name);
+    c.read_all(&path, 1 << 20).await.unwrap();
+    let attrs = xattr_map(c.fs.xattrs(file.ino).await.unwrap());
+    assert_eq!(
+        attrs
+            .get("user.ringcentral.content_type")
+            .map(String::as_str),
+        Some("audio/mpeg")
+    );
+    assert_eq!(
+        c.fs.xattr(file.ino, "user.ringcentral.recording_id")
+            .await
+            .unwrap(),
+        b"44444444"
+    );
+    for name in [
+        "user.ringcentral.nothing",
+        "security.selinux",
+        "system.posix_acl_access",
+        "trusted.x",
+        "user.other",
+    ] {
+        assert_eq!(
+            errno(&c.fs.xattr(file.ino, name).await),
+            Some(libc::ENODATA),
+            "{name}"
+        );
+    }
+    // The root, dates and call.json carry none.
+    assert!(c.fs.xattrs(ROOT).await.unwrap().is_empty());
+    let date = c.lookup(&day).await.unwrap();
+    assert!(c.fs.xattrs(date.ino).await.unwrap().is_empty());
+    assert_eq!(c.calls(), pages, "attributes cost no call-log request");
+    assert_eq!(errno(&c.fs.xattrs(999_999).await), Some(libc::ENOENT));
+}
+
+/// A minimal RFC 4180 reader (quoted fields, doubled quotes, CRLF records), independent of the
+/// writer under test.
+fn parse_csv(s: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut field = String::new();
+    let mut chars = s.chars().peekable();
+    let mut quoted = false;
+    while let Some(ch) = chars.next() {
+        match (quoted, ch) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, ch) => field.push(ch),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') => {
+                assert_eq!(chars.next(), Some('\n'), "CR outside quotes is a line end");
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, '\n') => panic!("bare LF outside quotes"),
+            (false, ch) => field.push(ch),
+        }
+    }
+    assert!(
+        field.is_empty() && row.is_empty(),
+        "the last record ends with CRLF"
+    );
+    rows
+}
+
+#[tokio::test]
+async fn calls_csv_has_one_row_per_recording_quoted_and_sized_exactly() {
+    let d = days_ago(2);
+    let (quoted, outbound) = two_calls(d);
+    let c = core(ScriptedLog::new(&[quoted.clone(), outbound]), |_| {});
+    let day = d.to_string();
+    let entries =
+        c.fs.opendir(c.lookup(&day).await.unwrap().ino)
+            .await
+            .unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.name == "calls.csv" && e.kind == Kind::File),
+        "listed in the date"
+    );
+    let calls = c.calls();
+    let attr = c.lookup(&format!("{day}/calls.csv")).await.unwrap();
+    // Small pieces, so a read that cut or padded a field would show.
+    let bytes = c.read_all(&format!("{day}/calls.csv"), 7).await.unwrap();
+    assert_eq!(
+        attr.size,
+        bytes.len() as u64,
+        "getattr's size is the content's"
+    );
+    let rows = parse_csv(std::str::from_utf8(&bytes).unwrap());
+    assert_eq!(
+        rows[0],
+        [
+            "start",
+            "direction",
+            "from",
+            "to",
+            "from_name",
+            "to_name",
+            "duration",
+            "result",
+            "session_id",
+            "recording_id",
+            "path"
+        ]
+    );
+    assert_eq!(rows.len(), 3, "a header and one row per recording");
+    let sessions = c.list(&day).await.unwrap();
+    // Rows follow the date's directory order (09:00 first).
+    assert_eq!(rows[1][1], "Outbound");
+    assert_eq!(rows[1][3], "205");
+    assert_eq!(rows[1][9], "44444445");
+    let q = &rows[2];
+    assert_eq!(q[0], quoted.start.to_string());
+    assert_eq!(q[2], "+14155550100");
+    assert_eq!(
+        q[4], "Smith, \"Jr\"\r\nSales",
+        "quotes, comma and CRLF survive"
+    );
+    assert_eq!((q[5].as_str(), q[6].as_str()), ("Front Desk", "93"));
+    assert_eq!((q[7].as_str(), q[8].as_str()), ("Accepted", "1234567890"));
+    // The path leads to the recording, relative to the date.
+    assert!(
+        q[10].starts_with(&format!("{}/", sessions[1].name)),
+        "{}",
+        q[10]
+    );
+    let rec = c.lookup(&format!("{day}/{}", q[10])).await.unwrap();
+    assert_eq!(rec.kind, Kind::File);
+    assert_eq!(
+        c.calls(),
+        calls,
+        "calls.csv costs nothing beyond the date's listing"
+    );
+    // A date without calls has the header alone.
+    let empty = c
+        .read_all(&format!("{}/calls.csv", days_ago(5)), 4096)
+        .await
+        .unwrap();
+    assert_eq!(parse_csv(std::str::from_utf8(&empty).unwrap()).len(), 1);
+}
+
+#[tokio::test]
+async fn calls_csv_follows_the_real_format_and_is_never_cut_by_a_stale_size() {
+    let d = days_ago(3);
+    let c = core(
+        ScriptedLog::new(&[Call::new("1234567890", at(d, "10:00:00"), "44444444")]),
+        |_| {},
+    );
+    let mut wav = FakeRecording::new(5000, 1);
+    wav.content_type = Some("audio/wav".into());
+    c.media.add("44444444", wav);
+    let csv = format!("{d}/calls.csv");
+    let before = c.read_all(&csv, 4096).await.unwrap();
+    assert!(String::from_utf8_lossy(&before).contains("44444444.mp3"));
+    // Opening the recording teaches the account's real format: the path column follows.
+    let rec = c.list(&d.to_string()).await.unwrap()[0].name.clone();
+    let file = c.list(&format!("{d}/{rec}")).await.unwrap()[0].name.clone();
+    c.read_all(&format!("{d}/{rec}/{file}"), 1 << 20)
+        .await
+        .unwrap();
+    let attr = c.lookup(&csv).await.unwrap();
+    let after = c.read_all(&csv, 4096).await.unwrap();
+    assert!(String::from_utf8_lossy(&after).contains("44444444.wav"));
+    assert_eq!(attr.size, after.len() as u64);
+    // A size the kernel held from before is never used to cut reads: direct I/O, short TTL.
+    let opened = c.fs.open(attr.ino, false).await.unwrap();
+    assert!(opened.direct_io && !opened.keep_cache, "{opened:?}");
+    assert!(attr.attr_ttl <= Duration::from_secs(1));
+    c.fs.release(opened.fh);
 }
 
 // ------------------------------------------------------------------ the call index

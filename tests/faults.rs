@@ -1141,7 +1141,12 @@ fn hostile_and_odd_records_stay_inside_their_directories() {
 
     // The odd date: every name safe and reachable, every session directory too.
     let odir = m.p(&odd_day.to_string());
-    let names = names_in(&odir).unwrap();
+    // The session directories (the date's calls.csv beside them is checked in tests/tools.rs).
+    let names: Vec<String> = names_in(&odir)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n != "calls.csv")
+        .collect();
     check_names(&odir, &names);
     for n in &names {
         let sdir = odir.join(n);

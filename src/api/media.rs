@@ -70,6 +70,11 @@ pub struct MediaStream {
     position: u64,
     /// The body; `None` once it ended or failed (a failure is final).
     body: Option<Body>,
+    /// When the request was sent (for the metrics' latencies).
+    sent_at: std::time::Instant,
+    first_byte_seen: bool,
+    /// The body's end was counted in the download-time histogram.
+    end_seen: bool,
 }
 
 impl std::fmt::Debug for MediaStream {
@@ -212,6 +217,7 @@ impl MediaStream {
         req.range_from = (offset > 0).then_some(offset);
         req.passthrough = &[416];
         req.retry_transient = false;
+        let sent_at = std::time::Instant::now();
         let resp = transport.execute(&req, prio).await?;
         let status = resp.status().as_u16();
         let headers = resp.headers();
@@ -256,6 +262,9 @@ impl MediaStream {
             body_pos: answer.start,
             position: offset,
             body,
+            sent_at,
+            first_byte_seen: false,
+            end_seen: false,
         })
     }
 
@@ -307,6 +316,12 @@ impl MediaStream {
                     return Err(e);
                 }
                 Ok(Some(mut b)) => {
+                    crate::metrics::BYTES_DOWNLOADED
+                        .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    if !self.first_byte_seen && !b.is_empty() {
+                        self.first_byte_seen = true;
+                        crate::metrics::FIRST_BYTE.observe(self.sent_at.elapsed());
+                    }
                     let first = self.body_pos;
                     self.body_pos += b.len() as u64;
                     let limit = match self.end {
@@ -318,6 +333,10 @@ impl MediaStream {
                     {
                         self.body = None;
                         return Err(self.mismatch(format!("more bytes than the announced {limit}")));
+                    }
+                    // Readers stop at the content's end without waiting for the body's.
+                    if limit == Some(self.body_pos) {
+                        self.note_end();
                     }
                     if self.body_pos <= self.position {
                         continue;
@@ -350,9 +369,18 @@ impl MediaStream {
                         }
                         None => {}
                     }
+                    self.note_end();
                     return Ok(None);
                 }
             }
+        }
+    }
+
+    /// Counts the download's time once, at the content's end or the body's clean end.
+    fn note_end(&mut self) {
+        if !self.end_seen {
+            self.end_seen = true;
+            crate::metrics::DOWNLOAD_TIME.observe(self.sent_at.elapsed());
         }
     }
 

@@ -419,6 +419,14 @@ impl Transport {
             bump(&sh.counters.requests[req.group as usize]);
             tracing::debug!(context = %req.context, group = req.group.name(), ?prio, retry = retries, "sending request");
             let sent = tokio::time::timeout(cfg.stall_timeout, rb.send()).await;
+            crate::metrics::request(
+                req.group.name(),
+                match &sent {
+                    Err(_) => "timeout",
+                    Ok(Err(_)) => "transport_error",
+                    Ok(Ok(r)) => crate::metrics::outcome_of_status(r.status().as_u16()),
+                },
+            );
             let mut wait = None;
             let err = match sent {
                 Err(_) => ApiError::Timeout {

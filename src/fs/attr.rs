@@ -133,6 +133,20 @@ impl Fs {
                 let size = call_json(s).len() as u64;
                 Ok(self.file_attr(ino, size, to_system(s.first().start_time), true))
             }
+            Node::CallsCsv(d) => {
+                if !self.config.window.contains(*d, now) {
+                    return Err(FsError::NotFound);
+                }
+                let size = self.calls_csv(st, *d).len() as u64;
+                let start = self.config.window.date_range(*d).0;
+                // Short: the size follows the listing and the names' extensions (see `open`).
+                let ttl = Duration::from_secs(1);
+                Ok(Attr {
+                    attr_ttl: ttl,
+                    entry_ttl: self.date_ttl(*d),
+                    ..self.file_attr(ino, size, to_system(start), true)
+                })
+            }
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
                 let rec = st.index.recordings.get(id).ok_or(FsError::NotFound)?;
                 let mtime = rec.start.map(to_system).unwrap_or(self.mounted_at);

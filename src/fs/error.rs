@@ -46,6 +46,9 @@ pub enum FsError {
     Offline,
     #[error("bad file handle")]
     BadHandle,
+    /// No extended attribute of that name.
+    #[error("no such attribute")]
+    NoData,
 }
 
 impl FsError {
@@ -60,6 +63,7 @@ impl FsError {
                 libc::EIO
             }
             FsError::BadHandle => libc::EBADF,
+            FsError::NoData => libc::ENODATA,
         }
     }
 

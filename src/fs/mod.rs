@@ -5,7 +5,7 @@
 //! # The tree
 //! ```text
 //! /                       dates of the window (newest first in readdir order), by-session, by-recording
-//! /YYYY-MM-DD/            one directory per call session that has a recording
+//! /YYYY-MM-DD/            one directory per call session that has a recording, and calls.csv
 //! /YYYY-MM-DD/<session>/  its recordings (`... <recordingId>.mp3|wav`) and call.json
 //! /by-session/<id>/       any session id, resolved on lookup through the call log
 //! /by-recording/<id>.ext  any recording id: the media URL built from the id, then the recording
@@ -43,9 +43,11 @@
 //! - `entries`: directory entries; `listing`: listing dates (with `plan`, the pure planner, and
 //!   `index`, what is known of the call log); `lookup`: by-session and by-recording ids;
 //!   `persist`: the call index on disk; `reach`: an API that does not answer, and the start;
-//!   `live`: the event feed, kernel invalidations ([`Changes`]) and readable announcements.
+//!   `live`: the event feed, kernel invalidations ([`Changes`]) and readable announcements;
+//! - `xattr`: `user.ringcentral.*` attributes; `csv`: each date's `calls.csv`.
 
 mod attr;
+mod csv;
 mod entries;
 mod error;
 mod index;
@@ -56,6 +58,7 @@ mod node;
 mod persist;
 mod plan;
 mod reach;
+mod xattr;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -78,7 +81,8 @@ pub use attr::{Attr, DirEntry, Kind, Opened};
 pub use error::FsError;
 pub use index::{Index, KnownRecording, Session};
 pub use live::{Changes, FETCH_TRIES, Feed, LiveCounters, Readable, SESSIONS_CAP};
-use node::{BY_RECORDING, BY_SESSION, CALL_JSON, Inodes, Node};
+use node::{BY_RECORDING, BY_SESSION, CALL_JSON, CALLS_CSV, Inodes, Node};
+pub use xattr::{PREFIX as XATTR_PREFIX, Xattr, name_list as xattr_name_list};
 
 /// One page of the call log (the model's type, named for the [`CallLog`] trait).
 pub use crate::model::CallLogPage as Page;
@@ -212,6 +216,8 @@ struct State {
     negative: HashMap<String, Instant>,
     /// Open recording handles: fh -> recording key.
     handles: HashMap<u64, RecordingKey>,
+    /// Open `calls.csv` handles: fh -> the bytes rendered at open.
+    csv_handles: HashMap<u64, Bytes>,
     /// Where every call is known: the spans listed, by this mount and (from the call index)
     /// the ones before it.
     coverage: persist::Coverage,
@@ -275,6 +281,7 @@ impl Fs {
                 density: None,
                 negative: HashMap::new(),
                 handles: HashMap::new(),
+                csv_handles: HashMap::new(),
                 coverage: persist::Coverage::default(),
                 catch_up: None,
                 loaded: HashSet::new(),
@@ -351,6 +358,10 @@ impl Fs {
                     Node::Date(date)
                 }
             },
+            Node::Date(date) if name == CALLS_CSV => {
+                self.ensure_date(date).await?;
+                Node::CallsCsv(date)
+            }
             Node::Date(date) => {
                 // `HH-MM-SS dir party <sessionId>`: anything else is refused before it costs
                 // a listing.
@@ -415,7 +426,10 @@ impl Fs {
                 self.resolve_recording(id).await?;
                 Node::ByRecFile(id.to_string())
             }
-            Node::CallJson { .. } | Node::RecFile { .. } | Node::ByRecFile(_) => {
+            Node::CallJson { .. }
+            | Node::CallsCsv(_)
+            | Node::RecFile { .. }
+            | Node::ByRecFile(_) => {
                 return Err(FsError::NotDir);
             }
         };
@@ -460,7 +474,13 @@ impl Fs {
                 }
                 self.ensure_date(date).await?;
                 let mut st = self.state();
-                Ok(self.date_children(&mut st, date))
+                let mut out = self.date_children(&mut st, date);
+                out.push(DirEntry {
+                    ino: st.inodes.ino(Node::CallsCsv(date)),
+                    kind: Kind::File,
+                    name: CALLS_CSV.to_string(),
+                });
+                Ok(out)
             }
             Node::SessionDir {
                 session,
@@ -513,9 +533,10 @@ impl Fs {
                     })
                     .collect())
             }
-            Node::CallJson { .. } | Node::RecFile { .. } | Node::ByRecFile(_) => {
-                Err(FsError::NotDir)
-            }
+            Node::CallJson { .. }
+            | Node::CallsCsv(_)
+            | Node::RecFile { .. }
+            | Node::ByRecFile(_) => Err(FsError::NotDir),
         }
     }
 
@@ -535,6 +556,22 @@ impl Fs {
                 direct_io: false,
                 backing: None,
             }),
+            Node::CallsCsv(date) => {
+                self.load_date(date).await;
+                let mut st = self.state();
+                let csv = Bytes::from(self.calls_csv(&st, date));
+                st.csv_handles.insert(fh, csv);
+                // The content may change under a size the kernel holds: new rows on a recent
+                // date, and on any date the paths' extension once a recording's real format
+                // is learned. Direct I/O, so reads are never cut or padded by a stale size
+                // (the bytes are this handle's snapshot).
+                Ok(Opened {
+                    fh,
+                    keep_cache: false,
+                    direct_io: true,
+                    backing: None,
+                })
+            }
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
                 self.hold_recording(&id).await;
                 let (key, start, duration) = {
@@ -606,6 +643,13 @@ impl Fs {
                 let end = start.saturating_add(size as usize).min(json.len());
                 Ok(Bytes::copy_from_slice(&json[start..end]))
             }
+            Node::CallsCsv(_) => {
+                let st = self.state();
+                let csv = st.csv_handles.get(&fh).ok_or(FsError::BadHandle)?;
+                let start = (offset as usize).min(csv.len());
+                let end = start.saturating_add(size as usize).min(csv.len());
+                Ok(csv.slice(start..end))
+            }
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
                 let key = self
                     .state()
@@ -623,7 +667,11 @@ impl Fs {
     }
 
     pub fn release(&self, fh: u64) {
-        let key = self.state().handles.remove(&fh);
+        let key = {
+            let mut st = self.state();
+            st.csv_handles.remove(&fh);
+            st.handles.remove(&fh)
+        };
         if let Some(key) = key {
             self.media.close(&key);
         }

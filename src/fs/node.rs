@@ -22,6 +22,8 @@ pub(super) enum Node {
         session: String,
         by_session: bool,
     },
+    /// `calls.csv` of a date.
+    CallsCsv(Date),
     /// A recording file in a session directory.
     RecFile {
         id: String,
@@ -36,6 +38,7 @@ pub(super) enum Node {
 pub(super) const BY_SESSION: &str = "by-session";
 pub(super) const BY_RECORDING: &str = "by-recording";
 pub(super) const CALL_JSON: &str = "call.json";
+pub(super) const CALLS_CSV: &str = "calls.csv";
 
 #[derive(Default)]
 pub(super) struct Inodes {

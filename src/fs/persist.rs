@@ -412,6 +412,7 @@ impl Fs {
                 self.hold_session(session).await;
             }
             Node::RecFile { id, .. } | Node::ByRecFile(id) => self.hold_recording(id).await,
+            Node::CallsCsv(date) => self.load_date(*date).await,
             Node::Root | Node::Date(_) | Node::BySession | Node::ByRecording => {}
         }
     }
