@@ -106,11 +106,7 @@ pub fn event_filter(scope: Scope) -> &'static str {
 pub fn is_unavailable(e: &ApiError) -> bool {
     e.is_service()
         && !e.is_transient()
-        && protocol::is_permission_error(
-            e.status().map(u64::from),
-            e.error_code(),
-            &e.to_string(),
-        )
+        && protocol::is_permission_error(e.status().map(u64::from), e.error_code(), &e.to_string())
 }
 
 /// `POST /restapi/oauth/wstoken` with the bearer token, in the Auth group.
@@ -259,12 +255,8 @@ async fn connection(
         url.query_pairs_mut().append_pair("wsc", w);
     }
     let connector = (url.scheme() == "wss").then(tls_connector).flatten();
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(
-        url.as_str(),
-        None,
-        false,
-        connector,
-    );
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, false, connector);
     let ws = match tokio::time::timeout(config.handshake_timeout, connecting).await {
         Ok(Ok((ws, _))) => ws,
         // The error names no URL, so it carries no token.
@@ -354,9 +346,7 @@ fn tls_connector() -> Option<tokio_tungstenite::Connector> {
             }
         }
     });
-    config
-        .clone()
-        .map(tokio_tungstenite::Connector::Rustls)
+    config.clone().map(tokio_tungstenite::Connector::Rustls)
 }
 
 #[cfg(test)]
@@ -383,7 +373,10 @@ mod tests {
             expires_in: 30,
         };
         let d = format!("{t:?}");
-        assert!(!d.contains("s3cr3t") && d.contains("wss://ws.example/ws"), "{d}");
+        assert!(
+            !d.contains("s3cr3t") && d.contains("wss://ws.example/ws"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -530,9 +530,10 @@ impl Protocol {
             tracing::debug!("events: ignoring an answer to no pending request");
             return Vec::new();
         };
-        let sub_header = header
-            .get("headers")
-            .and_then(|h| h.get("WSG-SubscriptionId").or_else(|| h.get("wsg-subscriptionid")));
+        let sub_header = header.get("headers").and_then(|h| {
+            h.get("WSG-SubscriptionId")
+                .or_else(|| h.get("wsg-subscriptionid"))
+        });
         let same_id = header.get("messageId").and_then(Value::as_str) == Some(message_id.as_str());
         if !same_id && sub_header.is_none() {
             tracing::debug!("events: ignoring an answer to another request");
@@ -599,13 +600,11 @@ impl Protocol {
                 return Vec::new();
             }
         };
-        let key = str_of(body.get("uuid"))
-            .map(Key::Uuid)
-            .or_else(|| {
-                event
-                    .sequence
-                    .map(|s| Key::Sequence(event.session_id.to_string(), s))
-            });
+        let key = str_of(body.get("uuid")).map(Key::Uuid).or_else(|| {
+            event
+                .sequence
+                .map(|s| Key::Sequence(event.session_id.to_string(), s))
+        });
         if let Some(k) = key
             && !self.seen.insert(k)
         {
@@ -725,7 +724,10 @@ mod tests {
         let mut p = Protocol::new(FILTER, timing());
         assert_eq!(p.begin(t0), None, "nothing to recover at first");
         p.opened(t0);
-        assert!(p.on_tick(t0).is_empty(), "nothing is sent before ConnectionDetails");
+        assert!(
+            p.on_tick(t0).is_empty(),
+            "nothing is sent before ConnectionDetails"
+        );
         let out = p.on_text(&details("t0", 1, None), t0);
         let req = sent(&out);
         assert_eq!(req.len(), 1);
@@ -739,7 +741,11 @@ mod tests {
         assert_eq!(req[0][1]["eventFilters"], json!([FILTER]));
         assert_eq!(req[0][1]["deliveryMode"]["transportType"], "WebSocket");
         let out = p.on_text(
-            &answer(&h["messageId"], 200, json!({"id": "sub-1", "status": "Active"})),
+            &answer(
+                &h["messageId"],
+                200,
+                json!({"id": "sub-1", "status": "Active"}),
+            ),
             t0,
         );
         assert_eq!(notices(&out), vec![LiveNotice::Live { gap: true }]);
@@ -751,7 +757,11 @@ mod tests {
     #[test]
     fn subscribes_after_details_and_goes_live_with_a_gap() {
         let (p, _) = live();
-        assert_eq!(p.wsc().unwrap().token, "t1", "the answer's newer wsc is kept");
+        assert_eq!(
+            p.wsc().unwrap().token,
+            "t1",
+            "the answer's newer wsc is kept"
+        );
         assert_eq!(p.limits(), Limits::default());
     }
 
@@ -820,7 +830,10 @@ mod tests {
         assert_eq!(p.wsc().unwrap().token, "t3", "details restart the sequence");
         // The replay: the delivered event is dropped, the missed one goes through.
         assert!(notices(&p.on_text(&event(Some("u1"), "42", 1), t1)).is_empty());
-        assert_eq!(notices(&p.on_text(&event(Some("u2"), "42", 2), t1)).len(), 1);
+        assert_eq!(
+            notices(&p.on_text(&event(Some("u2"), "42", 2), t1)).len(),
+            1
+        );
     }
 
     #[test]
@@ -836,7 +849,10 @@ mod tests {
         let req = sent(&out);
         assert_eq!(req[0][0]["method"], "POST");
         assert_eq!(p.subscription_id(), None);
-        let out = p.on_text(&answer(&req[0][0]["messageId"], 200, json!({"id": "sub-2"})), t);
+        let out = p.on_text(
+            &answer(&req[0][0]["messageId"], 200, json!({"id": "sub-2"})),
+            t,
+        );
         assert_eq!(notices(&out), vec![LiveNotice::Live { gap: true }]);
         assert_eq!(p.subscription_id(), Some("sub-2"));
     }
@@ -931,7 +947,13 @@ mod tests {
         assert_eq!(sent(&p.on_tick(t61)).len(), 1);
         let out = p.on_tick(t61 + Duration::from_secs(10));
         assert!(
-            matches!(&out[..], [Output::Reconnect { immediate: false, .. }]),
+            matches!(
+                &out[..],
+                [Output::Reconnect {
+                    immediate: false,
+                    ..
+                }]
+            ),
             "{out:?}"
         );
     }
@@ -987,7 +1009,13 @@ mod tests {
         assert!(p.on_tick(t + Duration::from_secs(89)).is_empty());
         let out = p.on_tick(t + Duration::from_secs(90));
         assert!(
-            matches!(&out[..], [Output::Reconnect { immediate: true, .. }]),
+            matches!(
+                &out[..],
+                [Output::Reconnect {
+                    immediate: true,
+                    ..
+                }]
+            ),
             "{out:?}"
         );
     }
@@ -1024,10 +1052,7 @@ mod tests {
         let e = json!([{"type": "Error", "status": 403},
             {"errors": [{"errorCode": "CMN-401", "message": "needs WebSocketSubscriptions permission"}]}]);
         let out = p.on_text(&e.to_string(), t);
-        assert!(matches!(
-            &notices(&out)[..],
-            [LiveNotice::Unavailable(_)]
-        ));
+        assert!(matches!(&notices(&out)[..], [LiveNotice::Unavailable(_)]));
         assert_eq!(out.last(), Some(&Output::Stop));
     }
 
