@@ -210,6 +210,8 @@ impl Server {
                 tokio::spawn(async move {
                     let seen = Arc::new(Mutex::new(String::new()));
                     let s = seen.clone();
+                    // The result type is tungstenite's callback signature, not ours to shrink.
+                    #[allow(clippy::result_large_err)]
                     let cb =
                         move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                               resp| {
