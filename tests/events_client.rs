@@ -515,3 +515,35 @@ async fn a_reconnect_storm_stays_within_the_auth_budget() {
     assert_eq!(accepted, 4, "one connection per wstoken");
     assert_eq!(client.stats().requests("Auth"), 5);
 }
+
+/// A connection is replaced before the server's `absoluteTimeout` would end it, recovering the
+/// session on the new one.
+#[tokio::test]
+async fn the_connection_is_replaced_before_its_absolute_timeout() {
+    let mut srv = Server::start().await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let _feed = ringfs::api::spawn_events(srv.client(), Scope::Extension, config(), tx);
+    let mut c1 = srv.conn().await;
+    c1.send(
+        json!([{"type": "ConnectionDetails", "messageId": "cd", "status": 200,
+        "wsc": {"token": "wsc-0", "sequence": 1}},
+        {"recoveryTimeout": 180, "idleTimeout": 1800, "absoluteTimeout": 1}]),
+    )
+    .await;
+    c1.answer_subscription(200, json!({"id": "sub-1"})).await;
+    let opened = tokio::time::Instant::now();
+    assert_eq!(next(&mut rx).await, LiveNotice::Live { gap: true });
+    assert_eq!(next(&mut rx).await, LiveNotice::Down);
+    let replaced = opened.elapsed();
+    assert!(
+        replaced < Duration::from_secs(1),
+        "before the server's close: {replaced:?}"
+    );
+    let mut c2 = srv.conn().await;
+    assert_eq!(
+        c2.query.get("wsc").map(String::as_str),
+        Some("wsc-after-sub")
+    );
+    c2.details("wsc-1", Some("Successful")).await;
+    assert_eq!(next(&mut rx).await, LiveNotice::Live { gap: false });
+}
