@@ -36,8 +36,9 @@
 //!   under a cache directory with an SQLite index); and the call index (call-log records, the
 //!   spans listed), so a remount lists past dates for free.
 //! - [`catalog`]: pure naming: call-log records -> dates, session directories, file names.
-//! - [`api`]: the RingCentral client. Auth, call log, recording media, and the request budget
-//!   (one pacer per rate group). It is the only code that sends requests, and names no FUSE type.
+//! - [`api`]: the RingCentral client. Auth, call log, recording media, live events (WebSocket),
+//!   and the request budget (one pacer per rate group). It is the only code that sends
+//!   requests, and names no FUSE type.
 //! - [`model`]: the domain types: call records, parties, recordings, and the `RecordingId` and
 //!   `SessionId` newtypes.
 //! - [`emulator`]: an in-process RingCentral API emulator (API host + media host), used by the

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::credentials::Credentials;
 use super::error::ApiError;
+use super::events::{self, WsToken};
 use super::media::MediaStream;
 use super::recordings::{self, MediaHost};
 use super::transport::{ClientStats, Transport, TransportConfig};
@@ -188,6 +189,13 @@ impl Client {
         prio: Priority,
     ) -> Result<MediaStream, ApiError> {
         recordings::open_media(&self.transport, content_uri, offset, prio).await
+    }
+
+    /// `POST /restapi/oauth/wstoken`: a token and URL for one WebSocket connection (Auth rate
+    /// group, through the pacer). A 403 (a missing permission) is an
+    /// [`ApiError::Service`] that [`events::is_unavailable`] recognises.
+    pub async fn ws_token(&self) -> Result<WsToken, ApiError> {
+        events::ws_token(&self.transport).await
     }
 
     /// A snapshot of the counters.

@@ -14,6 +14,9 @@
 //! - `recordings`: recording metadata, the media host (configured, learned or derived) and
 //!   the "manual" content URL, opening a recording's content.
 //! - `media`: [`MediaStream`], one media response read exactly as the server sent it.
+//! - [`events`]: live telephony events over the WebSocket notifications: `wstoken`, the
+//!   protocol state machine, the supervisor task ([`spawn_events`]) that yields
+//!   [`LiveNotice`]s.
 //! - `transport`: the single request path (pacer permit -> bearer token -> send -> retry
 //!   policy -> body reading with the stall timeout) and the counters.
 //! - `auth`: token answers, renewal timing, the 0600 state file that keeps tokens across
@@ -28,15 +31,17 @@ mod call_log;
 mod client;
 pub mod credentials;
 mod error;
+pub mod events;
 mod media;
 pub mod pacer;
 mod recordings;
 mod transport;
 
-pub use crate::model::{CallRecord, Party, RecordingMeta, RecordingRef};
+pub use crate::model::{CallRecord, LiveNotice, Party, RecordingMeta, RecordingRef, SessionEvent};
 pub use client::{Client, ClientConfig};
 pub use credentials::Credentials;
 pub use error::{ApiError, chain};
+pub use events::{EventsConfig, WsToken, event_filter, spawn_events};
 pub use media::{BodyEnd, MediaStream};
 pub use transport::ClientStats;
 

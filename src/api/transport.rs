@@ -383,6 +383,15 @@ impl Transport {
         let cfg = &sh.cfg;
         let mut auth_retried = false;
         loop {
+            // A bearer request in the Auth group (`wstoken`) gets its token before its permit:
+            // renewing the token takes an Auth permit of its own, which the pacer may not
+            // grant while this request holds one (before the group's first answer it grants
+            // one at a time), so renewing under the permit would wait forever. A token that
+            // expires while the permit is awaited earns a 401, which is retried below.
+            let mut early = None;
+            if req.auth == AuthKind::Bearer && req.group == RateGroup::Auth {
+                early = Some(self.bearer(prio).await?);
+            }
             let permit = sh.pacers.get(req.group).acquire(prio).await;
             let mut rb = sh.http.request(req.method.clone(), &req.url);
             if !req.query.is_empty() {
@@ -397,7 +406,10 @@ impl Transport {
             let mut generation = 0;
             match req.auth {
                 AuthKind::Bearer => {
-                    let (token, g) = self.bearer(prio).await?;
+                    let (token, g) = match early.take() {
+                        Some(t) => t,
+                        None => self.bearer(prio).await?,
+                    };
                     generation = g;
                     rb = rb.bearer_auth(&token.0);
                 }
