@@ -120,6 +120,11 @@ pub struct Flags {
     /// Serve Prometheus metrics at http://ADDR/metrics; a port alone listens on 127.0.0.1.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Learn of new calls from RingCentral's telephony events over a WebSocket: `auto`
+    /// subscribes when the app may and otherwise lists today again every --recent-ttl;
+    /// `websocket` fails the mount when the subscription is refused; `off` only lists.
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub events: EventsMode,
     /// Seconds a listing of today (or a date that may still change) is reused.
     #[arg(long, default_value_t = 30)]
     pub recent_ttl: u64,
@@ -174,6 +179,7 @@ pub struct Options {
     pub state_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
     pub metrics: Option<std::net::SocketAddr>,
+    pub events: EventsMode,
     pub recent_ttl: Duration,
     pub read_timeout: Duration,
     pub allow_other: bool,
@@ -272,6 +278,18 @@ pub fn expand_mount_options(
     Ok(out)
 }
 
+/// How the mount learns of new calls (`--events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsMode {
+    /// Subscribe when the app may, list again on --recent-ttl when it may not.
+    Auto,
+    /// Subscribe, and fail the mount when the subscription is refused.
+    #[value(name = "websocket")]
+    WebSocket,
+    /// Never subscribe: list today again every --recent-ttl.
+    Off,
+}
+
 /// The exit status of a failed `ringfs` run, for service managers and scripts (the README's
 /// table). Every failure also prints one line saying what to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +308,8 @@ pub enum Exit {
     Credentials = 6,
     /// The RingCentral API could not be reached.
     Unreachable = 7,
+    /// `--events websocket` and the subscription was refused or did not come.
+    Events = 8,
 }
 
 /// An error that decides the exit status; its message is the line printed.
@@ -429,6 +449,7 @@ impl Options {
             credentials_file: f.credentials,
             state_file,
             log_file: f.log_file,
+            events: f.events,
             metrics: f
                 .metrics
                 .as_deref()
@@ -1074,6 +1095,7 @@ fn serve(
     // Logging in is fatal only when there is no call index to serve from (see `Fs::start`).
     rt.block_on(core.start(client.login()))
         .context("logging in to RingCentral")?;
+    start_events(&rt, &opts, &client, &core)?;
     // Named now: finding it stats the mount point, which once mounted waits for this process.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
     let control_path = crate::control::socket_path(&opts.mountpoint, true)
@@ -1147,6 +1169,54 @@ fn serve(
         disk.shutdown();
     }
     result.context("serving the mount")
+}
+
+/// Starts the live event feed into the core (`--events`). With `websocket`, waits (up to
+/// --read-timeout) until the subscription is live and fails the start when it is refused or
+/// does not come, so a service manager sees it; with `auto`, the mount does not wait for it.
+fn start_events(
+    rt: &tokio::runtime::Runtime,
+    opts: &Options,
+    client: &Client,
+    core: &Arc<Fs>,
+) -> anyhow::Result<()> {
+    if opts.events == EventsMode::Off {
+        return Ok(());
+    }
+    let _in_runtime = rt.enter();
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    core.clone().follow(rx);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let insist = opts.events == EventsMode::WebSocket;
+    rt.spawn(crate::source::live_feed(
+        client.clone(),
+        opts.scope,
+        crate::api::EventsConfig::default(),
+        tx,
+        insist.then_some(first_tx),
+    ));
+    if insist {
+        let first = rt.block_on(tokio::time::timeout(opts.read_timeout, first_rx));
+        match first {
+            Ok(Ok(crate::api::LiveNotice::Live { .. })) => {}
+            Ok(Ok(crate::api::LiveNotice::Unavailable(why))) => {
+                return Err(failed(
+                    Exit::Events,
+                    format!("--events websocket: the subscription was refused: {why}"),
+                ));
+            }
+            _ => {
+                return Err(failed(
+                    Exit::Events,
+                    format!(
+                        "--events websocket: no live subscription within {} s",
+                        opts.read_timeout.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The mount's source column in /proc/mounts: `ringfs:demo`, `ringfs:ringcentral`, or

@@ -6,7 +6,10 @@ use jiff::Timestamp;
 use crate::api::{
     ApiError, BodyEnd, CallRecord, Client, MediaStream, Priority, RecordingMeta, Scope, chain,
 };
-use crate::fs::{CallLog, Page};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{EventsConfig, LiveNotice, spawn_events};
+use crate::fs::{CallLog, Page, ScopeChoice};
 use crate::media::{BoxFuture, MediaBody, MediaError, MediaSource, RecordingKey};
 
 impl CallLog for Client {
@@ -109,5 +112,48 @@ impl MediaBody for Body {
     }
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<bytes::Bytes>, MediaError>> {
         Box::pin(async move { self.0.next_chunk().await.map_err(media_error) })
+    }
+}
+
+/// Feeds `tx` the live notices of the call log the mount reads: the subscription of `scope`,
+/// or with [`ScopeChoice::Auto`] the account's first and, when that one is refused (a user who
+/// may not see the whole account's calls), the extension's. Only the last refusal reaches the
+/// core, so it falls back to listing only when no subscription is allowed at all. `first`, when
+/// given, receives the first notice that settles whether events flow (`Live` or
+/// `Unavailable`), for a mount that insists on events.
+pub async fn live_feed(
+    client: Client,
+    scope: ScopeChoice,
+    config: EventsConfig,
+    tx: mpsc::Sender<LiveNotice>,
+    mut first: Option<oneshot::Sender<LiveNotice>>,
+) {
+    let scopes: &[Scope] = match scope {
+        ScopeChoice::Auto => &[Scope::Account, Scope::Extension],
+        ScopeChoice::Fixed(Scope::Account) => &[Scope::Account],
+        ScopeChoice::Fixed(Scope::Extension) => &[Scope::Extension],
+    };
+    for (i, &s) in scopes.iter().enumerate() {
+        let last = i + 1 == scopes.len();
+        let (inner_tx, mut inner) = mpsc::channel(256);
+        let task = spawn_events(client.clone(), s, config, inner_tx);
+        while let Some(notice) = inner.recv().await {
+            if let LiveNotice::Unavailable(why) = &notice
+                && !last
+            {
+                tracing::info!("no {} events ({why}); trying the extension's", s.name());
+                break;
+            }
+            if matches!(notice, LiveNotice::Live { .. } | LiveNotice::Unavailable(_))
+                && let Some(first) = first.take()
+            {
+                let _ = first.send(notice.clone());
+            }
+            if tx.send(notice).await.is_err() {
+                task.abort();
+                return;
+            }
+        }
+        task.abort();
     }
 }

@@ -38,6 +38,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use tokio::sync::{broadcast, mpsc};
+
+use crate::media::{Known, MediaError, RecordingKey};
 use tokio::time::Instant;
 
 use super::node::Node;
@@ -271,7 +273,11 @@ impl Fs {
                     }
                 }
             }
-            self.state().live.feed = Feed::Off;
+            // A feed that ended because events are not available keeps saying why.
+            let mut st = self.state();
+            if !matches!(st.live.feed, Feed::Unavailable(_)) {
+                st.live.feed = Feed::Off;
+            }
         })
     }
 
@@ -553,6 +559,25 @@ impl Fs {
             tokio::select! {
                 _ = progress.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => return Some(Err(FsError::NotFound)),
+            }
+        }
+    }
+
+    /// Opens a recording's media. A recording the event feed announced is one whose call has
+    /// just ended, so "not there" means "still being processed": the open waits for it, up to
+    /// `live_wait`, instead of failing with EAGAIN. The waiting costs a request only each time
+    /// the media layer's cool-down after a 404 has passed (1 s, doubling), so a script that
+    /// opens a recording the moment it is listed gets its bytes for a few requests at most.
+    pub(super) async fn open_media(&self, key: &RecordingKey) -> Result<Known, MediaError> {
+        let deadline = Instant::now() + self.config.live_wait;
+        loop {
+            let got = self.media.open(key, Priority::Interactive).await;
+            let announced = self.state().live.by_recording.contains_key(key.id.as_str());
+            match got {
+                Err(MediaError::NotAvailable(_)) if announced && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => return other,
             }
         }
     }

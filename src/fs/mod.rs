@@ -586,7 +586,7 @@ impl Fs {
                         rec.duration,
                     )
                 };
-                let known = match self.media.open(&key, Priority::Interactive).await {
+                let known = match self.open_media(&key).await {
                     Ok(known) => known,
                     Err(MediaError::NotAvailable(msg)) => {
                         // Listed but not fetchable: the call has just ended and the recording

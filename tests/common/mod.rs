@@ -96,6 +96,10 @@ impl Mounted {
     pub fn emu(&self) -> &Emulator {
         &self.stack.emu
     }
+    /// The kernel invalidations of this mount, for [`Fs::set_changes`].
+    pub fn changes(&self) -> Arc<dyn ringfs::fs::Changes> {
+        self.bg.as_ref().expect("mounted").changes()
+    }
 }
 
 /// Whether this process can mount FUSE file systems: root, and `/dev/fuse` present. Tests that
