@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! cli ──> control, source, fuse, fs, media, store, catalog, api, emulator
-//! control ──> fs                    (the mount's Unix socket)
+//! control ──> status, fs            (the mount's Unix socket)
+//! status ──> fs, media, store, api   (what `ringfs status` shows; no request)
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
 //! fs ──> catalog, media, store, api, model
@@ -21,6 +22,8 @@
 //! - [`cli`]: command line and `-o` options -> one validated configuration; mounting and the
 //!   parent/child readiness handshake.
 //! - [`control`]: the mount's control socket: `ringfs watch` and the status.
+//! - [`status`]: what `ringfs status` shows, gathered from the pacer, media layer, disk store
+//!   and core without a request; the estimate of when queued downloads are done.
 //! - [`source`]: binds the client to the traits of the core and the media layer.
 //! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
 //! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
@@ -49,4 +52,5 @@ pub mod fuse;
 pub mod media;
 pub mod model;
 pub mod source;
+pub mod status;
 pub mod store;
