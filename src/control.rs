@@ -1,5 +1,6 @@
 //! The mount's control socket: a Unix socket per mount through which `ringfs watch` (and any
-//! script) follows the recordings that become readable and asks for the mount's status.
+//! script) follows the recordings that become readable, and `ringfs status` asks for the mount's
+//! status (rate groups, queue and estimate, downloads, caches: see [`crate::status`]).
 //!
 //! # Where it is
 //! In the runtime directory: `$XDG_RUNTIME_DIR/ringfs/`, else `/run/user/UID/ringfs/` when

@@ -959,6 +959,58 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_snapshot_shows_counts_waiters_holds_and_the_services_word() {
+        let p = Arc::new(Pacers::new());
+        p.observe(
+            RateGroup::Heavy,
+            200,
+            &headers(&[
+                ("x-rate-limit-limit", "2"),
+                ("x-rate-limit-window", "1"),
+                ("x-rate-limit-remaining", "2"),
+            ]),
+        );
+        let g = Arc::clone(p.get(RateGroup::Heavy));
+        let a = g
+            .acquire_as(Priority::Interactive, RequestKind::Listing)
+            .await;
+        drop(g.acquire(Priority::Interactive).await);
+        let g2 = Arc::clone(&g);
+        let waiter = tokio::spawn(async move {
+            g2.acquire_as(Priority::Background, RequestKind::Download)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = g.snapshot();
+        assert_eq!(
+            (s.limit, s.window, s.learned),
+            (2, Duration::from_secs(1), true)
+        );
+        assert_eq!((s.used, s.in_flight, s.open, s.remaining()), (2, 1, 1, 0));
+        assert_eq!(
+            s.waiting,
+            vec![(Priority::Background, RequestKind::Download)]
+        );
+        // The answered one stops counting 1.25 s after its answer (100 ms ago).
+        assert_eq!(s.frees_in, vec![Duration::from_millis(1150)]);
+        assert_eq!(s.next_in(), Some(Duration::from_millis(1150)));
+        let (said, age) = s.server.unwrap();
+        assert_eq!(said.remaining, Some(2));
+        assert_eq!(age, Duration::from_millis(100));
+        // A 429 holds the group: the snapshot shows what is left of it, and the waiter goes
+        // once it ends.
+        p.observe(RateGroup::Heavy, 429, &headers(&[("retry-after", "5")]));
+        let s = g.snapshot();
+        assert_eq!(s.hold, Some(Duration::from_secs(5)));
+        assert_eq!(s.next_in(), Some(Duration::from_secs(5)));
+        drop(a);
+        let t = Instant::now();
+        drop(waiter.await.unwrap());
+        assert_eq!(t.elapsed(), Duration::from_secs(5));
+        assert!(g.snapshot().waiting.is_empty());
+    }
+
     #[test]
     fn parses_retry_after_and_group_names() {
         assert_eq!(
