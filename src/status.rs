@@ -76,6 +76,8 @@ pub struct GroupStatus {
     pub in_flight: u32,
     /// Seconds left on a hold after a 429 (`Retry-After`), when one is in force.
     pub hold_secs: Option<f64>,
+    /// When that hold ends (RFC 3339, UTC).
+    pub hold_ends_at: Option<String>,
     /// Requests waiting for the pacer, in grant order.
     pub waiting: Vec<Waiter>,
     /// Seconds until the first waiter goes, when one waits.
@@ -229,6 +231,17 @@ fn group_status(s: &GroupSnapshot) -> GroupStatus {
         remaining: s.remaining(),
         in_flight: s.in_flight,
         hold_secs: s.hold.map(secs),
+        hold_ends_at: s.hold.and_then(|h| {
+            let h = jiff::SignedDuration::try_from(h).ok()?;
+            Some(
+                jiff::Timestamp::now()
+                    .checked_add(h)
+                    .ok()?
+                    .round(jiff::Unit::Second)
+                    .ok()?
+                    .to_string(),
+            )
+        }),
         waiting: s
             .waiting
             .iter()

@@ -119,8 +119,9 @@ fn status_during_a_throttled_copy_shows_the_queue_and_its_estimate_holds() {
     if !can_mount() {
         return;
     }
-    // 6 Heavy requests per 3 s: a date of ~30 recordings takes five windows or so.
-    let s = setup(60, 6, 3);
+    // 6 Heavy requests per 3 s. 90 calls over two days put some 30 recordings in yesterday
+    // (all 24 hours of it are in the data set whatever the time of day): five windows or so.
+    let s = setup(90, 6, 3);
     let (date, sessions) = biggest_date(&s.mnt());
     assert!(sessions >= 20, "{sessions} sessions in {}", date.display());
     let dest = s.tmp.path().join("copy");
