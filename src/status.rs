@@ -8,10 +8,11 @@
 //! let the last one through. The work counted is
 //! - the downloads the media layer runs whose request has not gone yet (waiting in the pacer,
 //!   [`DownloadInfo::started`] false), and every Heavy waiter of the pacer ahead of them;
-//! - the recordings of the dates being read (a recording of the date was opened in the last
-//!   [`READING_WITHIN`]) that were never fetched: a program that reads a date through (`cp -r`,
-//!   `rsync`) opens them one after the other, one request each. The mount cannot know that the
-//!   program will read them all; it says so ("if the rest of DATE is read").
+//! - the recordings of the dates being read through that were never fetched: a date counts
+//!   once two different recordings of it were opened one after the other, the last within
+//!   [`READING_WITHIN`] ([`Fs::reading`]), as a program that reads a date through (`cp -r`,
+//!   `rsync`) does, one request each. The mount cannot know that the program will read them
+//!   all; it says so ("if the rest of DATE is read").
 //!
 //! The pacer's own rule is then played forward over its send log ([`crate::api::pacer::grant_times`]): at most
 //! `limit` requests counted at once, each counting from its grant until `window + margin`

@@ -335,3 +335,56 @@ fn status_without_a_mount_fails_with_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// Without a kernel: which dates count as being read through, and what is left in them.
+#[test]
+fn a_date_counts_as_being_read_once_two_of_its_recordings_were_opened() {
+    use ringfs::fs::Kind;
+    let s = common::stack(quick_config(40, 2), |_| {});
+    let fs = s.fs.clone();
+    s.rt.block_on(async move {
+        // The date with the most sessions, and its recording files.
+        let mut best = (0, Vec::new());
+        for d in fs.opendir(1).await.unwrap() {
+            if !d.name.starts_with("20") {
+                continue;
+            }
+            let mut files = Vec::new();
+            for session in fs.opendir(d.ino).await.unwrap() {
+                if session.kind != Kind::Dir {
+                    continue;
+                }
+                for f in fs.opendir(session.ino).await.unwrap() {
+                    if f.name.ends_with(".mp3") || f.name.ends_with(".wav") {
+                        files.push(f.ino);
+                    }
+                }
+            }
+            if files.len() > best.1.len() {
+                best = (d.ino, files);
+            }
+        }
+        let files = best.1;
+        assert!(files.len() >= 4, "{} recordings", files.len());
+        let within = Duration::from_secs(60);
+        assert!(fs.reading(within).is_empty(), "listing is not reading");
+        // One recording opened twice: a player, not a copy.
+        for _ in 0..2 {
+            let o = fs.open(files[0], false).await.unwrap();
+            fs.release(o.fh);
+        }
+        assert!(fs.reading(within).is_empty(), "{:?}", fs.reading(within));
+        let o = fs.open(files[1], false).await.unwrap();
+        fs.release(o.fh);
+        let r = fs.reading(within);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].recordings, files.len());
+        assert_eq!(
+            r[0].unfetched,
+            files.len() - 2,
+            "the two opened are fetched"
+        );
+        // Long enough ago, it is not being read any more.
+        assert!(fs.reading(Duration::ZERO).is_empty());
+    });
+}

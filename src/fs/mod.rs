@@ -225,8 +225,9 @@ struct State {
     unwritten: HashMap<Date, u64>,
     /// What the event feed said (see `live`).
     live: live::LiveState,
-    /// Dates a recording was opened in, with when last (see [`Fs::reading`]).
-    reading: HashMap<Date, Instant>,
+    /// Dates recordings were opened in (see [`Fs::reading`]): when last, which recording,
+    /// and how many times a recording other than the one before was opened.
+    reading: HashMap<Date, (Instant, String, u32)>,
 }
 
 /// The filesystem core. Cheap to share (`Arc<Fs>`); every method takes `&self`.
@@ -334,19 +335,23 @@ impl Fs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The dates a recording was opened in during the last `within`, newest use first, with
-    /// their recordings and how many of those were never fetched (see [`Media::unfetched`]): the
-    /// work left when a program reads a date through (`cp -r`, `rsync`). No request.
+    /// The dates being read through: a recording of the date was opened during the last
+    /// `within`, and recordings of it were opened one after another (two different ones at
+    /// least, so a player opening one file again and again is not a copy), newest use first,
+    /// with their recordings and how many of those were never fetched (see
+    /// [`Media::unfetched`]): the work left when a program reads a date through (`cp -r`,
+    /// `rsync`). No request.
     pub fn reading(&self, within: Duration) -> Vec<Reading> {
         let now = Instant::now();
         let mut dates: Vec<(Date, Vec<String>, Instant)> = {
             let mut st = self.state();
             st.reading
-                .retain(|_, at| now.saturating_duration_since(*at) < within);
+                .retain(|_, (at, _, _)| now.saturating_duration_since(*at) < within);
             let st = &*st;
             st.reading
                 .iter()
-                .map(|(d, at)| {
+                .filter(|(_, (_, _, distinct))| *distinct >= 2)
+                .map(|(d, (at, _, _))| {
                     let ids = st
                         .index
                         .sessions_on(*d)
@@ -619,7 +624,15 @@ impl Fs {
                         .or_else(|| rec.start.map(|t| self.config.window.date_of(t)));
                     let rec = rec.clone();
                     if let Some(date) = date {
-                        st.reading.insert(date, Instant::now());
+                        let mark =
+                            st.reading
+                                .entry(date)
+                                .or_insert((Instant::now(), String::new(), 0));
+                        if mark.1 != id {
+                            mark.1 = id.clone();
+                            mark.2 += 1;
+                        }
+                        mark.0 = Instant::now();
                     }
                     (
                         RecordingKey {
