@@ -569,7 +569,8 @@ pub struct StatusFlags {
     /// Print the raw status object (one JSON line per mount).
     #[arg(long)]
     pub json: bool,
-    /// Refresh every SECS seconds (default 2) until interrupted.
+    /// Refresh every SECS seconds (default 2) until interrupted (`ringfs status MOUNTPOINT
+    /// --watch`: the mount point goes first, or it would be read as SECS).
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
     pub watch: Option<f64>,
 }
@@ -602,13 +603,14 @@ fn status(flags: StatusFlags) -> anyhow::Result<()> {
         Some(s) => Some(Duration::from_secs_f64(s.max(0.1))),
         None => None,
     };
-    let sockets = status_sockets(flags.mountpoint.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let mut out = std::io::stdout().lock();
     loop {
+        // Found again at each refresh: mounts come and go while watching.
+        let sockets = status_sockets(flags.mountpoint.as_deref())?;
         let mut text = String::new();
         let mut answered = 0;
         for socket in &sockets {
@@ -1330,6 +1332,19 @@ mod tests {
         assert!(!o.no_passthrough, "passthrough by default");
         let o = parse(&["ringfs", "demo", "/m", "-o", "no_passthrough"]);
         assert!(o.no_passthrough);
+    }
+
+    #[test]
+    fn status_flags_parse() {
+        let f = StatusFlags::try_parse_from(["ringfs status", "--watch"]).unwrap();
+        assert_eq!((f.mountpoint, f.watch, f.json), (None, Some(2.0), false));
+        let f =
+            StatusFlags::try_parse_from(["ringfs status", "/mnt/c", "--json", "--watch", "0.5"])
+                .unwrap();
+        assert_eq!(f.mountpoint.as_deref(), Some(Path::new("/mnt/c")));
+        assert_eq!((f.watch, f.json), (Some(0.5), true));
+        let f = StatusFlags::try_parse_from(["ringfs status"]).unwrap();
+        assert_eq!(f.watch, None);
     }
 
     #[test]
