@@ -21,11 +21,12 @@ impl Drop for Unmount {
     }
 }
 
+/// Fields drop in order: the mount goes before its directory is removed.
 struct Setup {
+    _unmount: Unmount,
     tmp: tempfile::TempDir,
     _rt: tokio::runtime::Runtime,
     emu: Emulator,
-    _unmount: Unmount,
 }
 
 impl Setup {
