@@ -42,8 +42,11 @@ The disk cache: `ringfs cache info [SOURCE]` shows where it is, what it holds an
 `ringfs cache clear [SOURCE]` empties it (refused while a mount uses it). They take --cache-dir DIR,\n\
 or find the directory a mount of SOURCE would use (see `ringfs cache --help`).\n\n\
 New recordings: `ringfs watch MOUNTPOINT [--json]` prints each one as it becomes readable.\n\
+Progress: `ringfs status [MOUNTPOINT] [--json] [--watch [SECS]]` shows the rate limits, queued\n\
+downloads and when they should be done, and the caches (see `ringfs status --help`).\n\
 `ringfs man` prints the man page; `ringfs completions bash|zsh|fish` a shell completion script.\n\
-Exit statuses: 2 usage, 3 mount point, 4 no FUSE, 5 already mounted, 6 credentials, 7 API unreachable, 1 other.",
+Exit statuses: 2 usage, 3 mount point, 4 no FUSE, 5 already mounted, 6 credentials, 7 API unreachable,\n\
+8 --events websocket refused, 1 other.",
     after_help = "Request costs (RingCentral's Heavy group allows about 10 requests a minute):\n\
   listing the root, by-session/ and by-recording/         0 requests\n\
   listing a date with < 1000 recordings                    at most 1 call-log request\n\
@@ -567,12 +570,16 @@ fn default_state_file() -> Option<PathBuf> {
     Some(base.join("ringfs").join("tokens.json"))
 }
 
-/// Runs the command line: `ringfs cache ...`, `ringfs watch ...`, `ringfs completions ...`,
-/// `ringfs man`, or a mount.
+/// Runs the command line: `ringfs cache ...`, `ringfs watch ...`, `ringfs status ...`,
+/// `ringfs completions ...`, `ringfs man`, or a mount.
 pub fn main(args: Vec<OsString>) -> anyhow::Result<()> {
     if args.get(1).is_some_and(|a| a == "watch") {
         let rest = std::iter::once(OsString::from("ringfs watch")).chain(args.into_iter().skip(2));
         return watch(WatchFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit()));
+    }
+    if args.get(1).is_some_and(|a| a == "status") {
+        let rest = std::iter::once(OsString::from("ringfs status")).chain(args.into_iter().skip(2));
+        return status(StatusFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit()));
     }
     if args.get(1).is_some_and(|a| a == "cache") {
         let rest = std::iter::once(OsString::from("ringfs cache")).chain(args.into_iter().skip(2));
@@ -641,6 +648,112 @@ fn watch(flags: WatchFlags) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `ringfs status [MOUNTPOINT] [--json] [--watch [SECS]]`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringfs status",
+    about = "Show what a mount is doing: rate limits, queued downloads and when they are done, caches",
+    long_about = "Show what a mount is doing: per rate group the requests used and left in the \
+current window and any hold after a 429, requests waiting for the pacer, downloads in flight, \
+how many downloads are queued and when they should be done at the rate allowed, the memory and \
+disk caches, the event feed, the account and the uptime. Asking sends no request.\n\n\
+Without MOUNTPOINT: every ringfs mount of this user (found through its control socket in the \
+runtime directory). Only the mounting user can ask."
+)]
+pub struct StatusFlags {
+    /// The mount point of a running ringfs mount (default: every mount of this user).
+    pub mountpoint: Option<PathBuf>,
+    /// Print the raw status object (one JSON line per mount).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds (default 2) until interrupted (`ringfs status MOUNTPOINT
+    /// --watch`: the mount point goes first, or it would be read as SECS).
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<f64>,
+}
+
+/// The control sockets to ask: the one of `mountpoint`, or every one in the runtime directory.
+fn status_sockets(mountpoint: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
+    if let Some(m) = mountpoint {
+        let path = crate::control::socket_path(m, false).with_context(|| {
+            format!(
+                "no ringfs control socket for {} (is it a ringfs mount of this user?)",
+                m.display()
+            )
+        })?;
+        return Ok(vec![path]);
+    }
+    let dir = crate::control::runtime_dir(false).context("no ringfs mount of this user")?;
+    let mut sockets: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+        .collect();
+    sockets.sort();
+    Ok(sockets)
+}
+
+fn status(flags: StatusFlags) -> anyhow::Result<()> {
+    let interval = match flags.watch {
+        Some(s) if !(s.is_finite() && s > 0.0) => anyhow::bail!("--watch SECS must be > 0"),
+        Some(s) => Some(Duration::from_secs_f64(s.max(0.1))),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        // Found again at each refresh: mounts come and go while watching.
+        let sockets = status_sockets(flags.mountpoint.as_deref())?;
+        let mut text = String::new();
+        let mut answered = 0;
+        for socket in &sockets {
+            match rt.block_on(crate::control::status_at(socket)) {
+                Ok(v) => {
+                    answered += 1;
+                    if flags.json {
+                        text += &format!("{v}\n");
+                    } else {
+                        if answered > 1 {
+                            text.push('\n');
+                        }
+                        text += &crate::status::render(&v);
+                    }
+                }
+                // Without a mount point a socket left by a mount that died is skipped; a mount
+                // point that was asked for is an error.
+                Err(e) if flags.mountpoint.is_some() => {
+                    let m = flags.mountpoint.as_deref().unwrap_or(Path::new("?"));
+                    return Err(anyhow::anyhow!(
+                        "no ringfs control socket for {} (is it a ringfs mount of this user?): {e}",
+                        m.display()
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        if answered == 0 {
+            anyhow::bail!("no ringfs mount of this user answers");
+        }
+        if interval.is_some() && !flags.json {
+            // Home and clear the screen: the summary is redrawn in place.
+            text = format!("\x1b[H\x1b[2J{text}");
+        }
+        match write!(out, "{text}").and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e).context("writing to stdout"),
+        }
+        let Some(every) = interval else {
+            return Ok(());
+        };
+        std::thread::sleep(every);
+    }
 }
 
 /// `ringfs cache info|clear`.
@@ -1023,6 +1136,7 @@ fn serve(
     ready: &mut Option<std::fs::File>,
 ) -> anyhow::Result<()> {
     init_logging(&opts)?;
+    let started = tokio::time::Instant::now();
     let disk = opts.disk_cache_dir(creds.as_ref()).and_then(|dir| {
         let config = crate::store::StoreConfig {
             max_bytes: opts.disk_cache_bytes,
@@ -1115,10 +1229,14 @@ fn serve(
     let control = control_path.and_then(|path| {
         let _in_runtime = rt.enter();
         let mountpoint = canonical.clone();
-        let status = {
-            let core = core.clone();
-            Arc::new(move || crate::control::Status::of(&mountpoint, &core))
+        let sources = crate::status::Sources {
+            fs: core.clone(),
+            client: client.clone(),
+            disk: disk.clone(),
+            disk_cap: opts.disk_cache_bytes,
+            started,
         };
+        let status = Arc::new(move || crate::control::Status::gather(&mountpoint, &sources));
         crate::control::serve(&path, core.clone(), status)
             .map_err(|e| tracing::warn!("no control socket (`ringfs watch` will not work): {e}"))
             .ok()
@@ -1435,6 +1553,19 @@ mod tests {
         assert!(!o.no_passthrough, "passthrough by default");
         let o = parse(&["ringfs", "demo", "/m", "-o", "no_passthrough"]);
         assert!(o.no_passthrough);
+    }
+
+    #[test]
+    fn status_flags_parse() {
+        let f = StatusFlags::try_parse_from(["ringfs status", "--watch"]).unwrap();
+        assert_eq!((f.mountpoint, f.watch, f.json), (None, Some(2.0), false));
+        let f =
+            StatusFlags::try_parse_from(["ringfs status", "/mnt/c", "--json", "--watch", "0.5"])
+                .unwrap();
+        assert_eq!(f.mountpoint.as_deref(), Some(Path::new("/mnt/c")));
+        assert_eq!((f.watch, f.json), (Some(0.5), true));
+        let f = StatusFlags::try_parse_from(["ringfs status"]).unwrap();
+        assert_eq!(f.watch, None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The mount's control socket: a Unix socket per mount through which `ringfs watch` (and any
-//! script) follows the recordings that become readable and asks for the mount's status.
+//! script) follows the recordings that become readable, and `ringfs status` asks for the mount's
+//! status (rate groups, queue and estimate, downloads, caches: see [`crate::status`]).
 //!
 //! # Where it is
 //! In the runtime directory: `$XDG_RUNTIME_DIR/ringfs/`, else `/run/user/UID/ringfs/` when
@@ -46,6 +47,10 @@ pub struct Status {
     pub live: LiveCounters,
     /// Dates whose records are held in memory.
     pub dates_in_memory: usize,
+    /// What the mount adds: rate groups, queue and estimate, downloads, caches, account,
+    /// uptime (flattened into the same object; see [`crate::status`]).
+    #[serde(flatten)]
+    pub progress: Option<crate::status::Progress>,
 }
 
 impl Status {
@@ -56,6 +61,15 @@ impl Status {
             events: fs.feed(),
             live: fs.live_counters(),
             dates_in_memory: fs.dates_in_memory(),
+            progress: None,
+        }
+    }
+
+    /// The status of a mount with everything it adds.
+    pub fn gather(mountpoint: &Path, sources: &crate::status::Sources) -> Status {
+        Status {
+            progress: Some(sources.progress()),
+            ..Status::of(mountpoint, &sources.fs)
         }
     }
 }
@@ -372,6 +386,7 @@ mod tests {
                 ..Default::default()
             },
             dates_in_memory: 1,
+            progress: None,
         })
     }
 

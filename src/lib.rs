@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! cli ──> control, manual, scrape, source, fuse, fs, media, store, catalog, api, emulator
-//! control ──> fs                    (the mount's Unix socket)
+//! control ──> status, fs            (the mount's Unix socket)
+//! status ──> fs, media, store, api   (what `ringfs status` shows; no request)
 //! source ──> fs, media, api          (binds the client to the core's traits)
 //! fuse ──> fs
 //! fs ──> catalog, media, store, api, model
@@ -25,6 +26,8 @@
 //! - [`manual`]: the man page and shell completions, from the clap definitions of [`cli`].
 //! - [`metrics`]: request outcomes, bytes and latency histograms, written by api and media;
 //!   [`scrape`]: the `--metrics` endpoint that reads them and the layers' counters.
+//! - [`status`]: what `ringfs status` shows, gathered from the pacer, media layer, disk store
+//!   and core without a request; the estimate of when queued downloads are done.
 //! - [`source`]: binds the client to the traits of the core and the media layer.
 //! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
 //! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
@@ -57,4 +60,5 @@ pub mod metrics;
 pub mod model;
 pub mod scrape;
 pub mod source;
+pub mod status;
 pub mod store;

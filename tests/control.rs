@@ -79,6 +79,7 @@ fn watch_prints_each_readable_path_and_exits_0_when_the_socket_closes() {
                 events: Feed::Off,
                 live: LiveCounters::default(),
                 dates_in_memory: 0,
+                progress: None,
             }),
         )
         .unwrap()

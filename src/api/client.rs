@@ -202,6 +202,16 @@ impl Client {
     pub fn stats(&self) -> ClientStats {
         self.transport.stats()
     }
+
+    /// What every rate group's pacer holds now: counts, holds, waiters (no request).
+    pub fn rate_snapshot(&self) -> Vec<super::pacer::GroupSnapshot> {
+        self.transport.rate_snapshot()
+    }
+
+    /// The API server's base URL.
+    pub fn server_url(&self) -> &str {
+        self.transport.server()
+    }
 }
 
 #[cfg(test)]

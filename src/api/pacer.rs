@@ -44,7 +44,7 @@
 //!
 //! Every retry acquires a new permit, so retries spend budget like any other request.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +106,145 @@ impl RateGroup {
             .into_iter()
             .find(|g| g.name().eq_ignore_ascii_case(name.trim()))
     }
+}
+
+/// What a request is for, as [`GroupPacer::snapshot`] shows the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestKind {
+    /// Call-log pages, session lookups, recording metadata.
+    Listing,
+    /// Recording content.
+    Download,
+    /// Token requests.
+    Auth,
+    /// Anything else.
+    Other,
+}
+
+impl RequestKind {
+    /// `listing`, `download`, `auth`, `other`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Listing => "listing",
+            RequestKind::Download => "download",
+            RequestKind::Auth => "auth",
+            RequestKind::Other => "other",
+        }
+    }
+}
+
+/// What the last `X-Rate-Limit-*` headers of a group said (each may be missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerCount {
+    pub limit: Option<u32>,
+    pub remaining: Option<u32>,
+    pub window: Option<Duration>,
+}
+
+/// One group's pacer as it is now ([`GroupPacer::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct GroupSnapshot {
+    pub group: RateGroup,
+    /// Requests per `window`, from the service's headers once `learned`, else the contract's.
+    pub limit: u32,
+    pub window: Duration,
+    pub learned: bool,
+    /// How long an answered request keeps counting here: the window and the pacer's margin.
+    pub keep: Duration,
+    /// Requests counted against `limit` now: in flight, and answered less than `keep` ago.
+    pub used: u32,
+    /// Permits granted and not yet answered.
+    pub in_flight: u32,
+    /// What is left of the hold after a 429 (`Retry-After`), if one is in force.
+    pub hold: Option<Duration>,
+    /// The waiters, in the order they will be granted.
+    pub waiting: Vec<(Priority, RequestKind)>,
+    /// When each answered request still counted stops counting, soonest first.
+    pub frees_in: Vec<Duration>,
+    /// Entries of the log still open (in flight).
+    pub open: u32,
+    /// No answer seen yet: one request at a time.
+    pub probing: bool,
+    /// Average time from a send to its answer's headers (zero before the first answer).
+    pub round_trip: Duration,
+    /// The last `X-Rate-Limit-*` headers and how long ago they came.
+    pub server: Option<(ServerCount, Duration)>,
+}
+
+impl GroupSnapshot {
+    /// Requests that could go now if nothing held the group.
+    pub fn remaining(&self) -> u32 {
+        self.limit.saturating_sub(self.used)
+    }
+
+    /// When `n` more requests would be granted, counted from now, if nobody else asks: the
+    /// pacer's rule applied to what it holds ([`grant_times`]).
+    pub fn grants(&self, n: usize) -> Vec<Duration> {
+        grant_times(&Backlog {
+            limit: self.limit,
+            keep: self.keep,
+            hold: self.hold.unwrap_or_default(),
+            frees_in: &self.frees_in,
+            open: self.open,
+            round_trip: self.round_trip,
+            n,
+        })
+    }
+
+    /// When the first waiter will go, if any waits.
+    pub fn next_in(&self) -> Option<Duration> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        self.grants(1).first().copied()
+    }
+
+    /// The steady rate the pacer allows, per minute (`limit` per `keep`).
+    pub fn per_minute(&self) -> f64 {
+        f64::from(self.limit) * 60.0 / self.keep.as_secs_f64().max(0.001)
+    }
+}
+
+/// The input of [`grant_times`].
+#[derive(Debug, Clone, Copy)]
+pub struct Backlog<'a> {
+    pub limit: u32,
+    /// How long an answered request counts.
+    pub keep: Duration,
+    /// Nothing goes before this (a hold after a 429).
+    pub hold: Duration,
+    /// When each counted, answered request stops counting.
+    pub frees_in: &'a [Duration],
+    /// Requests in flight: each counts until its answer (expected in `round_trip`) and `keep`
+    /// after it.
+    pub open: u32,
+    pub round_trip: Duration,
+    /// Requests to place.
+    pub n: usize,
+}
+
+/// When each of `n` requests would be granted, from now: the pacer's rule (at most `limit`
+/// counted at once; an entry counts from its grant until `keep` after its answer, which comes
+/// `round_trip` after the grant; nothing before the hold ends) played forward. Pure arithmetic,
+/// the estimate behind `ringfs status`'s "all done in".
+pub fn grant_times(b: &Backlog<'_>) -> Vec<Duration> {
+    let limit = b.limit.max(1) as usize;
+    let mut frees: Vec<Duration> = b.frees_in.to_vec();
+    frees.extend((0..b.open).map(|_| b.round_trip + b.keep));
+    let mut out = Vec::with_capacity(b.n.min(100_000));
+    let mut t = b.hold;
+    for _ in 0..b.n.min(100_000) {
+        frees.retain(|f| *f > t);
+        if frees.len() >= limit {
+            frees.sort();
+            // The grant waits until enough entries stopped counting for one slot to open.
+            t = t.max(frees[frees.len() - limit]);
+            frees.retain(|f| *f > t);
+        }
+        out.push(t);
+        frees.push(t + b.round_trip + b.keep);
+    }
+    out
 }
 
 /// Hold applied after a 429 without `Retry-After`.
@@ -195,11 +334,17 @@ struct State {
     hold_until: Option<Instant>,
     /// Waiters; the first one is the only one that may be granted.
     queue: BTreeSet<(Priority, u64)>,
+    /// What each waiter is for, by its id (for [`GroupPacer::snapshot`] only).
+    kinds: HashMap<u64, RequestKind>,
+    /// The last `X-Rate-Limit-*` headers of an answer other than 429, and when they came.
+    last_seen: Option<(ServerCount, Instant)>,
     next_id: u64,
     /// Permits granted and not yet dropped.
     in_flight: u32,
     /// Whether any request of this group has completed (ends the one-at-a-time probing).
     answered: bool,
+    /// A moving average of the time from a send to its answer's headers (for estimates only).
+    round_trip: Option<Duration>,
 }
 
 /// Id used for sends the service counted that we did not make.
@@ -240,9 +385,12 @@ impl GroupPacer {
                 sends: Vec::new(),
                 hold_until: None,
                 queue: BTreeSet::new(),
+                kinds: HashMap::new(),
+                last_seen: None,
                 next_id: 0,
                 in_flight: 0,
                 answered: false,
+                round_trip: None,
             }),
             notify: Notify::new(),
         }
@@ -268,13 +416,60 @@ impl GroupPacer {
         self.lock().hold_until.filter(|h| *h > Instant::now())
     }
 
+    /// What the pacer holds now, for a status display: nothing is sent or changed.
+    pub fn snapshot(&self) -> GroupSnapshot {
+        let now = Instant::now();
+        let s = self.lock();
+        let keep = s.window + margin(s.window);
+        let mut frees_in: Vec<Duration> = s
+            .sends
+            .iter()
+            .filter(|e| !e.open)
+            .map(|e| (e.at + keep).saturating_duration_since(now))
+            .filter(|d| !d.is_zero())
+            .collect();
+        frees_in.sort();
+        let open = s.sends.iter().filter(|e| e.open).count() as u32;
+        GroupSnapshot {
+            group: self.group,
+            limit: s.limit,
+            window: s.window,
+            learned: s.learned,
+            keep,
+            used: open + frees_in.len() as u32,
+            in_flight: s.in_flight,
+            hold: s
+                .hold_until
+                .map(|h| h.saturating_duration_since(now))
+                .filter(|d| !d.is_zero()),
+            waiting: s
+                .queue
+                .iter()
+                .map(|(p, id)| (*p, s.kinds.get(id).copied().unwrap_or(RequestKind::Other)))
+                .collect(),
+            frees_in,
+            open,
+            probing: !s.answered,
+            round_trip: s.round_trip.unwrap_or_default(),
+            server: s
+                .last_seen
+                .map(|(c, at)| (c, now.saturating_duration_since(at))),
+        }
+    }
+
     /// Waits for the right to send one request. Cancel-safe: dropping the future leaves the queue.
     pub async fn acquire(self: &Arc<Self>, prio: Priority) -> Permit {
+        self.acquire_as(prio, RequestKind::Other).await
+    }
+
+    /// [`GroupPacer::acquire`] for a request of `kind` (shown by [`GroupPacer::snapshot`]).
+    pub async fn acquire_as(self: &Arc<Self>, prio: Priority, kind: RequestKind) -> Permit {
         let key = {
             let mut s = self.lock();
             let id = s.next_id;
             s.next_id += 1;
             s.queue.insert((prio, id));
+            s.kinds.insert(id, kind);
             (prio, id)
         };
         let mut guard = QueueGuard {
@@ -328,6 +523,7 @@ impl GroupPacer {
             .retain(|e| e.open || now.saturating_duration_since(e.at) < keep);
         if (s.sends.len() as u64) < u64::from(s.limit.max(1)) {
             s.queue.remove(&key);
+            s.kinds.remove(&key.1);
             s.sends.push(Sent {
                 id: key.1,
                 at: now,
@@ -385,6 +581,16 @@ impl GroupPacer {
         }
         // A 429 says "remaining 0" whatever the window holds (a forced 429 has no penalty and
         // no count behind it); the hold is the answer to a 429, not the send log.
+        if status != 429 {
+            s.last_seen = Some((
+                ServerCount {
+                    limit: limit.and_then(|l| u32::try_from(l).ok()),
+                    remaining: remaining.and_then(|r| u32::try_from(r).ok()),
+                    window: window.map(Duration::from_secs),
+                },
+                now,
+            ));
+        }
         if let Some(rem) = remaining.filter(|_| status != 429) {
             let server_used = u64::from(s.limit).saturating_sub(rem);
             let window = s.window;
@@ -423,7 +629,10 @@ struct QueueGuard<'a> {
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
         if !self.granted {
-            self.pacer.lock().queue.remove(&self.key);
+            let mut s = self.pacer.lock();
+            s.queue.remove(&self.key);
+            s.kinds.remove(&self.key.1);
+            drop(s);
             self.pacer.notify.notify_waiters();
         }
     }
@@ -462,8 +671,13 @@ impl Drop for Permit {
         let now = Instant::now();
         let mut s = self.pacer.lock();
         if let Some(e) = s.sends.iter_mut().find(|e| e.id == self.id) {
+            let took = now.saturating_duration_since(e.at);
             e.at = now;
             e.open = false;
+            s.round_trip = Some(match s.round_trip {
+                Some(avg) => (avg * 7 + took) / 8,
+                None => took,
+            });
         }
         s.in_flight = s.in_flight.saturating_sub(1);
         s.answered = true;
@@ -743,6 +957,58 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_snapshot_shows_counts_waiters_holds_and_the_services_word() {
+        let p = Arc::new(Pacers::new());
+        p.observe(
+            RateGroup::Heavy,
+            200,
+            &headers(&[
+                ("x-rate-limit-limit", "2"),
+                ("x-rate-limit-window", "1"),
+                ("x-rate-limit-remaining", "2"),
+            ]),
+        );
+        let g = Arc::clone(p.get(RateGroup::Heavy));
+        let a = g
+            .acquire_as(Priority::Interactive, RequestKind::Listing)
+            .await;
+        drop(g.acquire(Priority::Interactive).await);
+        let g2 = Arc::clone(&g);
+        let waiter = tokio::spawn(async move {
+            g2.acquire_as(Priority::Background, RequestKind::Download)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = g.snapshot();
+        assert_eq!(
+            (s.limit, s.window, s.learned),
+            (2, Duration::from_secs(1), true)
+        );
+        assert_eq!((s.used, s.in_flight, s.open, s.remaining()), (2, 1, 1, 0));
+        assert_eq!(
+            s.waiting,
+            vec![(Priority::Background, RequestKind::Download)]
+        );
+        // The answered one stops counting 1.25 s after its answer (100 ms ago).
+        assert_eq!(s.frees_in, vec![Duration::from_millis(1150)]);
+        assert_eq!(s.next_in(), Some(Duration::from_millis(1150)));
+        let (said, age) = s.server.unwrap();
+        assert_eq!(said.remaining, Some(2));
+        assert_eq!(age, Duration::from_millis(100));
+        // A 429 holds the group: the snapshot shows what is left of it, and the waiter goes
+        // once it ends.
+        p.observe(RateGroup::Heavy, 429, &headers(&[("retry-after", "5")]));
+        let s = g.snapshot();
+        assert_eq!(s.hold, Some(Duration::from_secs(5)));
+        assert_eq!(s.next_in(), Some(Duration::from_secs(5)));
+        drop(a);
+        let t = Instant::now();
+        drop(waiter.await.unwrap());
+        assert_eq!(t.elapsed(), Duration::from_secs(5));
+        assert!(g.snapshot().waiting.is_empty());
     }
 
     #[test]

@@ -138,6 +138,17 @@ pub(crate) struct Req {
 }
 
 impl Req {
+    /// What the request is for, as the pacer's queue shows it: media requests are the ones
+    /// that do not retry here.
+    pub fn kind(&self) -> pacer::RequestKind {
+        match self.group {
+            RateGroup::Auth => pacer::RequestKind::Auth,
+            RateGroup::Heavy if !self.retry_transient => pacer::RequestKind::Download,
+            RateGroup::Heavy => pacer::RequestKind::Listing,
+            RateGroup::Light | RateGroup::Medium => pacer::RequestKind::Other,
+        }
+    }
+
     /// A bearer-authenticated `GET` that retries here.
     pub fn get(url: String, group: RateGroup, context: impl Into<String>) -> Req {
         Req {
@@ -291,6 +302,14 @@ impl Transport {
         }
     }
 
+    /// What every group's pacer holds now (no request).
+    pub fn rate_snapshot(&self) -> Vec<pacer::GroupSnapshot> {
+        RateGroup::ALL
+            .iter()
+            .map(|g| self.shared.pacers.get(*g).snapshot())
+            .collect()
+    }
+
     /// Sends `req` and decodes a JSON body. A body cut short is retried like a transport error,
     /// from the same budget of retries as the request itself: at most `max_retries + 1` sends
     /// whatever fails.
@@ -392,7 +411,7 @@ impl Transport {
             if req.auth == AuthKind::Bearer && req.group == RateGroup::Auth {
                 early = Some(self.bearer(prio).await?);
             }
-            let permit = sh.pacers.get(req.group).acquire(prio).await;
+            let permit = sh.pacers.get(req.group).acquire_as(prio, req.kind()).await;
             let mut rb = sh.http.request(req.method.clone(), &req.url);
             if !req.query.is_empty() {
                 rb = rb.query(&req.query);

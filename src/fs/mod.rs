@@ -231,6 +231,9 @@ struct State {
     unwritten: HashMap<Date, u64>,
     /// What the event feed said (see `live`).
     live: live::LiveState,
+    /// Dates recordings were opened in (see [`Fs::reading`]): when last, which recording,
+    /// and how many times a recording other than the one before was opened.
+    reading: HashMap<Date, (Instant, String, u32)>,
 }
 
 /// The filesystem core. Cheap to share (`Arc<Fs>`); every method takes `&self`.
@@ -260,6 +263,16 @@ pub struct Fs {
     readable: tokio::sync::broadcast::Sender<Readable>,
 }
 
+/// A date being read ([`Fs::reading`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub date: Date,
+    /// Its recordings the mount knows of.
+    pub recordings: usize,
+    /// Those never fetched (neither asked of the media layer nor complete on disk).
+    pub unfetched: usize,
+}
+
 /// Largest number of ids kept in the negative cache before it is cleared.
 const NEGATIVE_CAP: usize = 10_000;
 
@@ -287,6 +300,7 @@ impl Fs {
                 loaded: HashSet::new(),
                 unwritten: HashMap::new(),
                 live: live::LiveState::default(),
+                reading: HashMap::new(),
             }),
             config,
             listing: tokio::sync::Mutex::new(()),
@@ -326,6 +340,69 @@ impl Fs {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The dates being read through: a recording of the date was opened during the last
+    /// `within`, and recordings of it were opened one after another (two different ones at
+    /// least, so a player opening one file again and again is not a copy), newest use first,
+    /// with their recordings and how many of those were never fetched (see
+    /// [`Media::unfetched`]): the work left when a program reads a date through (`cp -r`,
+    /// `rsync`). No request.
+    pub fn reading(&self, within: Duration) -> Vec<Reading> {
+        let now = Instant::now();
+        let mut dates: Vec<(Date, Vec<String>, Instant)> = {
+            let mut st = self.state();
+            st.reading
+                .retain(|_, (at, _, _)| now.saturating_duration_since(*at) < within);
+            let st = &*st;
+            st.reading
+                .iter()
+                .filter(|(_, (_, _, distinct))| *distinct >= 2)
+                .map(|(d, (at, _, _))| {
+                    let ids = st
+                        .index
+                        .sessions_on(*d)
+                        .flat_map(|s| s.recordings().into_iter().map(|r| r.id.to_string()))
+                        .collect();
+                    (*d, ids, *at)
+                })
+                .collect()
+        };
+        dates.sort_by_key(|(_, _, at)| std::cmp::Reverse(*at));
+        dates
+            .into_iter()
+            .map(|(date, ids, _)| Reading {
+                date,
+                recordings: ids.len(),
+                unfetched: self.media.unfetched(ids.iter().map(String::as_str)),
+            })
+            .collect()
+    }
+
+    /// Where the recording `id` is in the tree (relative to the mount root), when the call log
+    /// placed it. No request.
+    pub fn path_of(&self, id: &str) -> Option<String> {
+        let st = self.state();
+        let session = st.index.recordings.get(id)?.session_id.clone()?;
+        let s = st.index.sessions.get(&session)?;
+        let tz = &self.config.window.tz;
+        let record = s
+            .records
+            .iter()
+            .find(|r| r.recordings.iter().any(|x| x.id == id))
+            .unwrap_or(s.first());
+        let date = self.config.window.date_of(s.first().start_time);
+        Some(format!(
+            "{}/{}/{}",
+            catalog::date_dir_name(date),
+            catalog::session_dir_name(s.first(), tz),
+            catalog::recording_file_name(record, id, self.kind_of(&st, id), tz)
+        ))
+    }
+
+    /// The call log in use (`None` until the first listing decided it).
+    pub fn scope_in_use(&self) -> Option<Scope> {
+        self.state().scope
     }
 
     /// How many dates' records are held in memory.
@@ -575,8 +652,25 @@ impl Fs {
             Node::RecFile { id, .. } | Node::ByRecFile(id) => {
                 self.hold_recording(&id).await;
                 let (key, start, duration) = {
-                    let st = self.state();
+                    let mut st = self.state();
                     let rec = st.index.recordings.get(&id).ok_or(FsError::NotFound)?;
+                    let date = rec
+                        .session_id
+                        .as_deref()
+                        .and_then(|s| st.index.date_of_session(s, &self.config.window))
+                        .or_else(|| rec.start.map(|t| self.config.window.date_of(t)));
+                    let rec = rec.clone();
+                    if let Some(date) = date {
+                        let mark =
+                            st.reading
+                                .entry(date)
+                                .or_insert((Instant::now(), String::new(), 0));
+                        if mark.1 != id {
+                            mark.1 = id.clone();
+                            mark.2 += 1;
+                        }
+                        mark.0 = Instant::now();
+                    }
                     (
                         RecordingKey {
                             id: id.clone(),

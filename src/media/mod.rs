@@ -335,6 +335,26 @@ pub struct MediaStats {
     pub evictions: u64,
     /// Reads of the tier that brought bytes into memory (no request).
     pub disk_reads: u64,
+    /// Files of recordings complete in the tier handed out for the kernel to read directly.
+    pub complete_files: u64,
+}
+
+/// One download as [`Media::downloads`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownloadInfo {
+    /// Recording id.
+    pub id: String,
+    /// The content offset its first request asked for.
+    pub start: u64,
+    /// The content offset it has reached.
+    pub pos: u64,
+    /// The recording's size, when known.
+    pub size: Option<u64>,
+    /// Its response headers are in; until then its request waits (for the pacer, a
+    /// connection, the server).
+    pub started: bool,
+    /// Open handles of the recording.
+    pub readers: u32,
 }
 
 /// The media layer. See the module docs.
@@ -1236,11 +1256,15 @@ impl Media {
             return None;
         }
         let id = key.id.clone();
-        tokio::task::spawn_blocking(move || tier.open_complete(&id))
+        let file = tokio::task::spawn_blocking(move || tier.open_complete(&id))
             .await
             .ok()
             .flatten()
-            .filter(|f| f.size == size)
+            .filter(|f| f.size == size);
+        if file.is_some() {
+            self.shared.lock().stats.complete_files += 1;
+        }
+        file
     }
 
     /// Size and content type learned from any response (kept beyond eviction), or held by the
@@ -1254,6 +1278,49 @@ impl Media {
                 content_type: s.content_type,
             }),
         }
+    }
+
+    /// The byte budget of the memory cache.
+    pub fn cache_cap(&self) -> u64 {
+        self.shared.config.cache_bytes
+    }
+
+    /// The downloads running now (including those whose request has not gone yet), oldest
+    /// first per recording. No request.
+    pub fn downloads(&self) -> Vec<DownloadInfo> {
+        let g = self.shared.lock();
+        let mut out: Vec<DownloadInfo> = g
+            .recs
+            .values()
+            .flat_map(|r| {
+                r.downloads.iter().map(|d| DownloadInfo {
+                    id: r.id.to_string(),
+                    start: d.start,
+                    pos: d.pos,
+                    size: r.known.as_ref().and_then(|k| k.size),
+                    started: d.headers,
+                    readers: r.readers,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.id, a.start).cmp(&(&b.id, b.start)));
+        out
+    }
+
+    /// How many of `ids` this layer has never been asked for and the tier below does not hold
+    /// complete: what reading them would cost in requests, one each. No request.
+    pub fn unfetched<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> usize {
+        let g = self.shared.lock();
+        ids.into_iter()
+            .filter(|id| {
+                !g.recs.contains_key(*id)
+                    && !g
+                        .tier
+                        .as_ref()
+                        .and_then(|t| t.get(id))
+                        .is_some_and(|s| s.complete())
+            })
+            .count()
     }
 
     /// Counters; `bytes_cached` is the current total.
