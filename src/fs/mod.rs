@@ -394,8 +394,20 @@ impl Fs {
     }
 
     /// The entries of a directory (without `.` and `..`), computed once per `opendir` so that
-    /// readdir paging is consistent.
+    /// readdir paging is consistent, each with the attributes `lookup` would give when they are
+    /// known without a request (READDIRPLUS: `ls -l` of a date then costs the kernel no lookup).
     pub async fn opendir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let mut entries = self.entries(ino).await?;
+        let st = self.state();
+        for e in &mut entries {
+            if let Some(node) = st.inodes.node(e.ino) {
+                e.attr = self.attr_of(&st, e.ino, node).ok();
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn entries(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let node = self.node_of(ino)?;
         match node {
             Node::Root => {
@@ -409,17 +421,20 @@ impl Fs {
                         ino: st.inodes.ino(Node::Date(date)),
                         kind: Kind::Dir,
                         name: catalog::date_dir_name(date),
+                        attr: None,
                     });
                 }
                 out.push(DirEntry {
                     ino: st.inodes.ino(Node::BySession),
                     kind: Kind::Dir,
                     name: BY_SESSION.into(),
+                    attr: None,
                 });
                 out.push(DirEntry {
                     ino: st.inodes.ino(Node::ByRecording),
                     kind: Kind::Dir,
                     name: BY_RECORDING.into(),
+                    attr: None,
                 });
                 Ok(out)
             }
@@ -462,6 +477,7 @@ impl Fs {
                         }),
                         kind: Kind::Dir,
                         name: id,
+                        attr: None,
                     })
                     .collect())
             }
@@ -478,6 +494,7 @@ impl Fs {
                             ino: st.inodes.ino(Node::ByRecFile(id)),
                             kind: Kind::File,
                             name,
+                            attr: None,
                         }
                     })
                     .collect())
