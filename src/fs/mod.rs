@@ -634,9 +634,9 @@ fn has_time_prefix(name: &str) -> bool {
 /// several records), pretty-printed.
 pub fn call_json(s: &Session) -> Vec<u8> {
     let value = if s.records.len() == 1 {
-        s.records[0].raw.clone()
+        s.records[0].raw.value()
     } else {
-        serde_json::Value::Array(s.records.iter().map(|r| r.raw.clone()).collect())
+        serde_json::Value::Array(s.records.iter().map(|r| r.raw.value()).collect())
     };
     let mut out = serde_json::to_vec_pretty(&value).unwrap_or_default();
     out.push(b'\n');
