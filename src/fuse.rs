@@ -31,9 +31,8 @@ use std::sync::{Arc, Mutex};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, DirEntry, Fs, FsError, Kind, Opened};
@@ -393,19 +392,38 @@ impl Filesystem for FuseAdapter {
         // a lookup can describe goes out with a zero TTL (the kernel looks it up before it uses
         // these attributes): such attributes only have to be well formed.
         let zero = std::time::Duration::ZERO;
-        let dot = (ino.0, ".", file_attr(&self.core.placeholder(ino.0, Kind::Dir)), zero);
+        let dot = (
+            ino.0,
+            ".",
+            file_attr(&self.core.placeholder(ino.0, Kind::Dir)),
+            zero,
+        );
         let dotdot = (ino.0, "..", dot.2, zero);
-        let all = [dot, dotdot].into_iter().chain(entries.iter().map(|e| match &e.attr {
-            Some(a) => (e.ino, e.name.as_str(), file_attr(a), a.attr_ttl.min(a.entry_ttl)),
-            None => (
-                e.ino,
-                e.name.as_str(),
-                file_attr(&self.core.placeholder(e.ino, e.kind)),
-                zero,
-            ),
-        }));
+        let all = [dot, dotdot]
+            .into_iter()
+            .chain(entries.iter().map(|e| match &e.attr {
+                Some(a) => (
+                    e.ino,
+                    e.name.as_str(),
+                    file_attr(a),
+                    a.attr_ttl.min(a.entry_ttl),
+                ),
+                None => (
+                    e.ino,
+                    e.name.as_str(),
+                    file_attr(&self.core.placeholder(e.ino, e.kind)),
+                    zero,
+                ),
+            }));
         for (i, (ino, name, attr, ttl)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, name, &ttl, &attr, Generation(0)) {
+            if reply.add(
+                INodeNo(ino),
+                (i + 1) as u64,
+                name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
         }

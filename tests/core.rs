@@ -1237,7 +1237,11 @@ async fn an_open_of_known_size_waits_for_no_request_and_a_cold_one_for_one() {
     let t1 = tokio::time::Instant::now();
     let warm = c.fs.open(ino, false).await.unwrap();
     assert_eq!(t1.elapsed(), Duration::ZERO, "an open of known size waited");
-    assert_eq!(media.opens().len(), opens, "an open of known size sent a request");
+    assert_eq!(
+        media.opens().len(),
+        opens,
+        "an open of known size sent a request"
+    );
     assert!(warm.keep_cache && !warm.direct_io, "{warm:?}");
     c.fs.release(warm.fh);
     media.set_limit(None);
