@@ -65,7 +65,11 @@ impl Inodes {
             if same(&ino) {
                 return ino;
             }
-            if let Some(&ino) = self.collided.get(&h).and_then(|l| l.iter().find(|i| same(i))) {
+            if let Some(&ino) = self
+                .collided
+                .get(&h)
+                .and_then(|l| l.iter().find(|i| same(i)))
+            {
                 return ino;
             }
             let ino = self.push(node);
@@ -99,7 +103,10 @@ mod tests {
         };
         let b = t.ino(s("1"));
         let c = t.ino(s("2"));
-        assert_eq!((t.ino(Node::Root), t.ino(Node::BySession), t.ino(s("1"))), (1, a, b));
+        assert_eq!(
+            (t.ino(Node::Root), t.ino(Node::BySession), t.ino(s("1"))),
+            (1, a, b)
+        );
         assert!(a != b && b != c && a > 1);
         assert_eq!(t.node(c), Some(&s("2")));
         assert_eq!(t.node(0), None);
