@@ -46,8 +46,8 @@ use std::sync::{Arc, Mutex};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, DirEntry, Fs, FsError, Kind, Opened, XATTR_PREFIX, xattr_name_list};
@@ -62,6 +62,27 @@ pub struct FuseAdapter {
     /// Passthrough was asked for (see [`MountSettings::passthrough`]).
     want_passthrough: bool,
     opens: Arc<Mutex<Opens>>,
+    ops: Arc<OpCounts>,
+}
+
+/// How many requests of each kind the kernel sent this adapter (a debug counter: tests and the
+/// benchmark check what an `ls -l` or a `cat` costs in FUSE round trips).
+#[derive(Debug, Default)]
+pub struct OpCounts {
+    pub lookup: AtomicU64,
+    pub getattr: AtomicU64,
+    pub readdir: AtomicU64,
+    pub readdirplus: AtomicU64,
+    pub open: AtomicU64,
+    pub read: AtomicU64,
+    /// Bytes asked for by all `read`s.
+    pub read_bytes: AtomicU64,
+}
+
+impl OpCounts {
+    fn count(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl FuseAdapter {
@@ -73,7 +94,53 @@ impl FuseAdapter {
             next_dir_fh: AtomicU64::new(1),
             want_passthrough: false,
             opens: Arc::default(),
+            ops: Arc::default(),
         }
+    }
+
+    /// The listing `opendir` took for `fh`.
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+    }
+
+    /// The request counters of this adapter (shared: they keep counting once it is mounted).
+    pub fn ops(&self) -> Arc<OpCounts> {
+        self.ops.clone()
+    }
+
+    /// The protocol's levers for a read-only tree served from an async core (Linux).
+    ///
+    /// - READDIRPLUS: `opendir` already knows every entry's attributes, so a listing answers
+    ///   names and attributes in one round trip instead of a LOOKUP per entry (`ls -l`, `find`
+    ///   with `-type`/`-size`, file managers). `_AUTO` lets the kernel use plain READDIR when it
+    ///   sees no one stat the entries.
+    /// - PARALLEL_DIROPS: lookups and readdirs of one directory run at once (the core is async
+    ///   and takes no directory lock), instead of the kernel serializing them on the inode.
+    /// - more background requests: the async readahead of several readers stays in flight
+    ///   instead of queueing in the kernel.
+    ///
+    /// Requests of up to 1 MiB (`max_pages`) are negotiated by fuser already (`FUSE_MAX_PAGES`,
+    /// from its 16 MiB `max_write`), but the kernel's 128 KiB readahead keeps buffered reads at
+    /// 128 KiB. Raising it to 1 MiB through sysfs (`/sys/class/bdi/0:N/read_ahead_kb`) made cold
+    /// sequential reads slower in an A/B (a reader then waits for a whole MiB per request, with
+    /// fewer requests in flight), and so did direct I/O for cold opens (every read(2) a
+    /// synchronous round trip, no readahead): neither is done.
+    #[cfg(target_os = "linux")]
+    fn negotiate_levers(&self, config: &mut fuser::KernelConfig) {
+        use fuser::InitFlags as F;
+        let offered = config.capabilities();
+        let wanted = F::FUSE_DO_READDIRPLUS
+            | F::FUSE_READDIRPLUS_AUTO
+            | F::FUSE_PARALLEL_DIROPS
+            | F::FUSE_ASYNC_READ;
+        let _ = config.add_capabilities(wanted & offered);
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        tracing::debug!(granted = ?(wanted & offered), "FUSE capabilities");
     }
 
     /// Asks the kernel to agree to passthrough and tells the core whether to hand out backing
@@ -236,13 +303,31 @@ fn file_attr(a: &Attr) -> FileAttr {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         #[cfg(target_os = "linux")]
+        self.negotiate_levers(config);
+        #[cfg(target_os = "linux")]
         self.negotiate_passthrough(config);
         #[cfg(not(target_os = "linux"))]
         let _ = config;
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        let o = &self.ops;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            lookup = n(&o.lookup),
+            getattr = n(&o.getattr),
+            readdir = n(&o.readdir),
+            readdirplus = n(&o.readdirplus),
+            open = n(&o.open),
+            read = n(&o.read),
+            read_bytes = n(&o.read_bytes),
+            "FUSE requests served"
+        );
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        OpCounts::count(&self.ops.lookup);
         let core = self.core.clone();
         let name = name.to_owned();
         self.rt.spawn(async move {
@@ -256,6 +341,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        OpCounts::count(&self.ops.getattr);
         let core = self.core.clone();
         self.rt.spawn(async move {
             match core.getattr(ino.0).await {
@@ -290,13 +376,8 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned();
-        let Some(entries) = entries else {
+        OpCounts::count(&self.ops.readdir);
+        let Some(entries) = self.listing(fh) else {
             reply.error(Errno::EBADF);
             return;
         };
@@ -312,6 +393,62 @@ impl Filesystem for FuseAdapter {
                 Kind::File => FileType::RegularFile,
             };
             if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// Names with their attributes (see `negotiate_levers`), from the listing `opendir` took.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        OpCounts::count(&self.ops.readdirplus);
+        let Some(entries) = self.listing(fh) else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        // Offsets as in `readdir`. The kernel links no inode for `.` and `..`, and an entry only
+        // a lookup can describe goes out with a zero TTL (the kernel looks it up before it uses
+        // these attributes): such attributes only have to be well formed.
+        let zero = std::time::Duration::ZERO;
+        let dot = (
+            ino.0,
+            ".",
+            file_attr(&self.core.placeholder(ino.0, Kind::Dir)),
+            zero,
+        );
+        let dotdot = (ino.0, "..", dot.2, zero);
+        let all = [dot, dotdot]
+            .into_iter()
+            .chain(entries.iter().map(|e| match &e.attr {
+                Some(a) => (
+                    e.ino,
+                    e.name.as_str(),
+                    file_attr(a),
+                    a.attr_ttl.min(a.entry_ttl),
+                ),
+                None => (
+                    e.ino,
+                    e.name.as_str(),
+                    file_attr(&self.core.placeholder(e.ino, e.kind)),
+                    zero,
+                ),
+            }));
+        for (i, (ino, name, attr, ttl)) in all.enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(ino),
+                (i + 1) as u64,
+                name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
         }
@@ -334,6 +471,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        OpCounts::count(&self.ops.open);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let core = self.core.clone();
         let opens = self.opens.clone();
@@ -370,6 +508,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        OpCounts::count(&self.ops.read);
+        self.ops
+            .read_bytes
+            .fetch_add(u64::from(size), Ordering::Relaxed);
         let core = self.core.clone();
         self.rt.spawn(async move {
             match core.read(ino.0, fh.0, offset, size).await {
@@ -659,6 +801,14 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS);
     }
 }
+
+/// Background requests (readahead) the kernel keeps in flight at once (its default is 12).
+const MAX_BACKGROUND: u16 = 64;
+
+/// Threads reading /dev/fuse (each with its own cloned fd, so the kernel hands requests to
+/// them in parallel): the handlers only hand requests to the runtime, so two keep up with
+/// the kernel on any machine.
+const EVENT_LOOPS: usize = 2;
 
 /// How a mount is set up.
 #[derive(Debug, Clone, Default)]
@@ -984,6 +1134,11 @@ pub fn mount(
     } else {
         fuser::SessionACL::Owner
     };
+    #[cfg(target_os = "linux")]
+    {
+        config.n_threads = Some(EVENT_LOOPS);
+        config.clone_fd = true;
+    }
     let failed = |e: std::io::Error| {
         let hint = match e.raw_os_error() {
             Some(libc::EBUSY) => " (something is already mounted there)",

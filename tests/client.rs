@@ -414,7 +414,7 @@ async fn listing_n_records_spends_ceil_n_over_1000_requests() {
             Some(r.recordings[0].id.as_str()),
             truth.recording_id.as_deref()
         );
-        assert_eq!(r.raw["id"].as_str(), Some(r.id.as_str()));
+        assert_eq!(r.raw.value()["id"].as_str(), Some(r.id.as_str()));
     }
 }
 

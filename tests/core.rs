@@ -1441,3 +1441,60 @@ async fn the_memory_of_a_walk_over_an_index_of_100000_calls() {
 async fn the_memory_of_a_walk_over_an_index_of_100000_calls_holding_every_date() {
     walk_rss(usize::MAX).await;
 }
+
+/// Time to first byte: an `open` whose size is already known (an earlier response told it)
+/// answers without waiting for the media host, and a cold one waits for one round trip (the
+/// response headers), not for any body. Under paused time with a media host that takes 10 s to
+/// answer each request, the elapsed virtual time counts round trips exactly.
+#[tokio::test(start_paused = true)]
+async fn an_open_of_known_size_waits_for_no_request_and_a_cold_one_for_one() {
+    let d = days_ago(2);
+    let latency = Duration::from_secs(10);
+    let log = Arc::new(ScriptedLog::new(&[Call::new(
+        "1234567890",
+        at(d, "10:00:00"),
+        "44444444",
+    )]));
+    let media = Arc::new(FakeSource::new().with_open_latency(latency));
+    media.add("44444444", FakeRecording::new(300_001, 3));
+    let fs = Fs::new(
+        log.clone(),
+        Media::new(media.clone(), MediaConfig::default()),
+        FsConfig::new(Window::last_days(DAYS, TimeZone::UTC)),
+    );
+    let c = Core {
+        fs: Arc::new(fs),
+        faults: Arc::new(Faulty::new(log.clone())),
+        log,
+        media: media.clone(),
+    };
+    let session = format!("{d}/{}", c.list(&d.to_string()).await.unwrap()[0].name);
+    let file = format!("{session}/{}", c.list(&session).await.unwrap()[0].name);
+    let ino = c.lookup(&file).await.unwrap().ino;
+
+    // Cold: one round trip (the headers), and the bodies are held so no byte is waited for.
+    media.set_limit(Some(0));
+    let t0 = tokio::time::Instant::now();
+    let cold = c.fs.open(ino, false).await.unwrap();
+    let cold_wait = t0.elapsed();
+    assert_eq!(cold_wait, latency, "a cold open waits for the headers only");
+    assert_eq!(c.fs.getattr(ino).await.unwrap().size, 300_001);
+    c.fs.release(cold.fh);
+    media.set_limit(None);
+
+    // Known size: no request, no wait, although the host would take 10 s (and holds bodies).
+    media.set_limit(Some(0));
+    let opens = media.opens().len();
+    let t1 = tokio::time::Instant::now();
+    let warm = c.fs.open(ino, false).await.unwrap();
+    assert_eq!(t1.elapsed(), Duration::ZERO, "an open of known size waited");
+    assert_eq!(
+        media.opens().len(),
+        opens,
+        "an open of known size sent a request"
+    );
+    assert!(warm.keep_cache && !warm.direct_io, "{warm:?}");
+    c.fs.release(warm.fh);
+    media.set_limit(None);
+    eprintln!("[core] cold open {cold_wait:?} (one 10 s round trip), open of known size 0 s");
+}

@@ -800,3 +800,39 @@ fn a_mixed_media_host_never_yields_wrong_bytes() {
         files.len()
     );
 }
+
+/// READDIRPLUS: `ls -l` of a date gets every session directory's name and attributes from the
+/// listing, so the kernel sends no LOOKUP or GETATTR per entry (before, one LOOKUP each).
+#[test]
+fn ls_l_of_a_date_costs_no_lookup_per_entry() {
+    if !can_mount() {
+        return;
+    }
+    let m = mount(stack(quick_config(300, 30), |_| {}));
+    let date = (Timestamp::now() - jiff::SignedDuration::from_hours(24 * 10))
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let before = (n(&m.ops.lookup), n(&m.ops.getattr));
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(m.p(&date))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let entries = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('d'))
+        .count();
+    assert!(entries >= 2, "a date with few sessions: {entries}");
+    let lookups = n(&m.ops.lookup) - before.0;
+    let getattrs = n(&m.ops.getattr) - before.1;
+    assert!(n(&m.ops.readdirplus) >= 1, "the kernel used no READDIRPLUS");
+    // The date directory itself is looked up (and may be stat'ed) once: nothing per entry.
+    assert!(
+        lookups <= 1 && getattrs <= 1,
+        "ls -l of {entries} sessions: {lookups} lookups, {getattrs} getattrs"
+    );
+    eprintln!("ls -l of {entries} sessions: {lookups} lookup(s), {getattrs} getattr(s)");
+}

@@ -286,7 +286,7 @@ mod tests {
             from,
             to,
             recordings: vec![],
-            raw: serde_json::Value::Null,
+            raw: Default::default(),
         }
     }
 

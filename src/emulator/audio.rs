@@ -348,3 +348,73 @@ mod tests {
         );
     }
 }
+
+/// Rendered blocks of recordings, shared by every response that sends them.
+///
+/// Rendering is the emulator's main cost (a WAV block is a hash per four samples): without
+/// this, each download of a recording renders it again, so a benchmark that downloads the
+/// same file with curl and through a mount measures the emulator's CPU as much as the client's.
+/// Blocks are [`RenderCache::BLOCK`] bytes at fixed offsets (`i * BLOCK`), rendered once and sent
+/// as `Bytes` slices (no copy); the oldest are dropped past `budget` bytes, so memory stays
+/// bounded with any number of recordings. The bytes are exactly [`AudioSpec::fill`]'s.
+pub(crate) struct RenderCache {
+    budget: u64,
+    inner: std::sync::Mutex<RenderInner>,
+}
+
+#[derive(Default)]
+struct RenderInner {
+    blocks: std::collections::HashMap<(AudioSpec, u64), bytes::Bytes>,
+    /// Insertion order, for eviction (oldest first).
+    order: std::collections::VecDeque<(AudioSpec, u64)>,
+    bytes: u64,
+}
+
+impl std::hash::Hash for AudioSpec {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self.codec as u8, self.key, self.duration_s).hash(h);
+    }
+}
+
+impl RenderCache {
+    /// Bytes per block: one body chunk of a media response.
+    pub(crate) const BLOCK: u64 = 256 * 1024;
+
+    pub(crate) fn new(budget: u64) -> RenderCache {
+        RenderCache {
+            budget,
+            inner: Default::default(),
+        }
+    }
+
+    /// Block `index` of `audio` (shorter at the end of the file), rendered if not cached.
+    pub(crate) fn block(&self, audio: AudioSpec, index: u64) -> bytes::Bytes {
+        let key = (audio, index);
+        if let Some(b) = self.lock().blocks.get(&key) {
+            return b.clone();
+        }
+        let start = index * Self::BLOCK;
+        let len = (audio.len().saturating_sub(start)).min(Self::BLOCK) as usize;
+        let mut buf = vec![0u8; len];
+        audio.fill(start, &mut buf);
+        let block = bytes::Bytes::from(buf);
+        let mut g = self.lock();
+        if self.budget >= len as u64 && g.blocks.insert(key, block.clone()).is_none() {
+            g.order.push_back(key);
+            g.bytes += len as u64;
+            while g.bytes > self.budget {
+                let Some(old) = g.order.pop_front() else {
+                    break;
+                };
+                if let Some(b) = g.blocks.remove(&old) {
+                    g.bytes -= b.len() as u64;
+                }
+            }
+        }
+        block
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RenderInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -4,8 +4,9 @@
 //! 5xx it is refused with first, its Range handling, its speed cap and drop offsets; the
 //! account-wide [`Faults`](super::Faults) apply on top.
 //!
-//! Bodies are never stored: [`media_body`] generates them chunk by chunk as they are sent, at
-//! the speed cap if any. A body stream that yields an error makes hyper cut the connection
+//! Bodies are never stored whole: [`media_body`] sends them block by block as they are
+//! rendered (the render cache shares recently rendered blocks between responses, see
+//! [`super::audio::RenderCache`]), at the speed cap if any. A body stream that yields an error makes hyper cut the connection
 //! mid-body, which is how drop offsets and `drop_after_bytes` work.
 
 use std::collections::HashMap;
@@ -56,8 +57,8 @@ pub(super) async fn recording_meta(
     })
 }
 
-/// Bytes produced per body chunk.
-const CHUNK: u64 = 256 * 1024;
+/// Bytes sent per body chunk at most: one rendered block.
+const CHUNK: u64 = super::audio::RenderCache::BLOCK;
 
 /// The body of a media response: generated chunk by chunk, with the speed cap and the cuts
 /// (in order of `at`; a cut that another response fired first is passed over).
@@ -109,7 +110,9 @@ pub(super) fn media_body(
                 return Some((Err(std::io::Error::other("emulated connection drop")), s));
             }
         }
-        let mut n = (s.end - s.pos).min(CHUNK);
+        // Up to the end of the rendered block `pos` is in, so each piece is one slice of it.
+        let within = s.pos % CHUNK;
+        let mut n = (s.end - s.pos).min(CHUNK - within);
         if let Some(c) = s.cuts.last() {
             n = n.min(c.at - s.sent);
         }
@@ -118,12 +121,12 @@ pub(super) fn media_body(
             let due = s.began + Duration::from_secs_f64(s.sent as f64 / rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let mut buf = vec![0u8; n as usize];
-        s.audio.fill(s.pos, &mut buf);
+        let block = s.st.renders.block(s.audio, s.pos / CHUNK);
+        let piece = block.slice(within as usize..(within + n) as usize);
         s.pos += n;
         s.sent += n;
         s.st.bytes_served.fetch_add(n, Ordering::Relaxed);
-        Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), s))
+        Some((Ok::<Bytes, std::io::Error>(piece), s))
     });
     Body::from_stream(stream)
 }

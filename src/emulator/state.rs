@@ -137,7 +137,13 @@ pub(super) struct State {
     pub(super) quirks: PerRecording,
     /// WebSocket notifications: tokens, sessions, the event schedule, their settings.
     pub(super) ws: Hub,
+    /// Recording bytes rendered recently, shared by the responses that send them.
+    pub(super) renders: super::audio::RenderCache,
 }
+
+/// Memory for rendered recording bytes: a long WAV (57.6 MB) and then some, so downloading one
+/// file again renders nothing; 100,000 calls and a full cache stay well under 200 MB.
+const RENDER_BUDGET: u64 = 96 << 20;
 
 pub(super) fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -206,6 +212,7 @@ impl State {
             bytes_served: AtomicU64::new(0),
             counter: AtomicU64::new(0),
             quirks: PerRecording::default(),
+            renders: super::audio::RenderCache::new(RENDER_BUDGET),
         }
     }
 

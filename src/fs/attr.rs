@@ -44,6 +44,11 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: String,
+    /// The entry's attributes as `lookup` would give them, when known without a request or a
+    /// read of the call index (filled by [`Fs::opendir`]), so that the adapter answers
+    /// READDIRPLUS with names and attributes in one round trip; `None` for an entry that only a
+    /// lookup can describe (a by-* id whose records are not in memory).
+    pub attr: Option<Attr>,
 }
 
 /// What `open` tells the kernel.
@@ -74,6 +79,17 @@ impl Fs {
             attr_ttl: ttl,
             entry_ttl: ttl,
         }
+    }
+
+    /// Well-formed attributes of kind `kind` that say nothing (zero size, zero TTLs): what the
+    /// adapter sends for a listed entry whose attributes only a lookup can tell.
+    pub fn placeholder(&self, ino: u64, kind: Kind) -> Attr {
+        let mut a = match kind {
+            Kind::Dir => self.dir_attr(ino, self.mounted_at, Duration::ZERO),
+            Kind::File => self.file_attr(ino, 0, self.mounted_at, false),
+        };
+        a.entry_ttl = Duration::ZERO;
+        a
     }
 
     pub(super) fn file_attr(&self, ino: u64, size: u64, mtime: SystemTime, exact: bool) -> Attr {

@@ -39,6 +39,7 @@ impl Fs {
                 ino: st.inodes.ino(Node::RecFile { id, by_session }),
                 kind: Kind::File,
                 name,
+                attr: None,
             })
             .collect();
         out.push(DirEntry {
@@ -48,6 +49,7 @@ impl Fs {
             }),
             kind: Kind::File,
             name: CALL_JSON.to_string(),
+            attr: None,
         });
         out
     }
@@ -103,6 +105,7 @@ impl Fs {
                 }),
                 kind: Kind::Dir,
                 name,
+                attr: None,
             })
             .collect()
     }

@@ -229,7 +229,7 @@ mod tests {
                 id: recording.into(),
                 content_uri: format!("http://m/{recording}"),
             }],
-            raw: serde_json::Value::Null,
+            raw: Default::default(),
         }
     }
 

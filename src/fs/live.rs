@@ -499,7 +499,7 @@ impl Fs {
             let file = catalog::recording_file_name(record, id, self.kind_of(st, id), &tz);
             out.push(Readable {
                 path: format!("{}/{dir}/{file}", catalog::date_dir_name(date)),
-                record: record.raw.clone(),
+                record: record.raw.value(),
             });
             let ino = st.inodes.ino(Node::Date(date));
             if !changed.contains(&(ino, dir.clone())) {

@@ -516,8 +516,20 @@ impl Fs {
     }
 
     /// The entries of a directory (without `.` and `..`), computed once per `opendir` so that
-    /// readdir paging is consistent.
+    /// readdir paging is consistent, each with the attributes `lookup` would give when they are
+    /// known without a request (READDIRPLUS: `ls -l` of a date then costs the kernel no lookup).
     pub async fn opendir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let mut entries = self.entries(ino).await?;
+        let st = self.state();
+        for e in &mut entries {
+            if let Some(node) = st.inodes.node(e.ino) {
+                e.attr = self.attr_of(&st, e.ino, node).ok();
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn entries(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let node = self.node_of(ino)?;
         match node {
             Node::Root => {
@@ -531,17 +543,20 @@ impl Fs {
                         ino: st.inodes.ino(Node::Date(date)),
                         kind: Kind::Dir,
                         name: catalog::date_dir_name(date),
+                        attr: None,
                     });
                 }
                 out.push(DirEntry {
                     ino: st.inodes.ino(Node::BySession),
                     kind: Kind::Dir,
                     name: BY_SESSION.into(),
+                    attr: None,
                 });
                 out.push(DirEntry {
                     ino: st.inodes.ino(Node::ByRecording),
                     kind: Kind::Dir,
                     name: BY_RECORDING.into(),
+                    attr: None,
                 });
                 Ok(out)
             }
@@ -552,10 +567,14 @@ impl Fs {
                 self.ensure_date(date).await?;
                 let mut st = self.state();
                 let mut out = self.date_children(&mut st, date);
+                let node = Node::CallsCsv(date);
+                let ino = st.inodes.ino(node.clone());
+                let attr = self.attr_of(&st, ino, &node).ok();
                 out.push(DirEntry {
-                    ino: st.inodes.ino(Node::CallsCsv(date)),
+                    ino,
                     kind: Kind::File,
                     name: CALLS_CSV.to_string(),
+                    attr,
                 });
                 Ok(out)
             }
@@ -590,6 +609,7 @@ impl Fs {
                         }),
                         kind: Kind::Dir,
                         name: id,
+                        attr: None,
                     })
                     .collect())
             }
@@ -606,6 +626,7 @@ impl Fs {
                             ino: st.inodes.ino(Node::ByRecFile(id)),
                             kind: Kind::File,
                             name,
+                            attr: None,
                         }
                     })
                     .collect())
@@ -790,9 +811,9 @@ fn has_time_prefix(name: &str) -> bool {
 /// several records), pretty-printed.
 pub fn call_json(s: &Session) -> Vec<u8> {
     let value = if s.records.len() == 1 {
-        s.records[0].raw.clone()
+        s.records[0].raw.value()
     } else {
-        serde_json::Value::Array(s.records.iter().map(|r| r.raw.clone()).collect())
+        serde_json::Value::Array(s.records.iter().map(|r| r.raw.value()).collect())
     };
     let mut out = serde_json::to_vec_pretty(&value).unwrap_or_default();
     out.push(b'\n');

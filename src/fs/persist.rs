@@ -93,7 +93,7 @@ fn stored(records: &[CallRecord]) -> Vec<StoredCall> {
             id: r.id.to_string(),
             session_id: r.session_id.to_string(),
             start_ms: r.start_time.as_millisecond(),
-            json: r.raw.to_string(),
+            json: r.raw.as_str().to_owned(),
             recordings: r.recordings.iter().map(|x| x.id.to_string()).collect(),
         })
         .collect()
@@ -389,6 +389,7 @@ impl Fs {
         let written = meta.written();
         st.unwritten.retain(|_, n| *n > written);
         let mut excess = st.index.by_date.len() - max;
+        let mut forgot = false;
         for d in st.index.dates_by_use() {
             if excess == 0 {
                 break;
@@ -401,7 +402,11 @@ impl Fs {
                 st.index.forget_date(d);
                 st.loaded.remove(&d);
                 excess -= 1;
+                forgot = true;
             }
+        }
+        if forgot {
+            give_back_freed_memory();
         }
     }
 
@@ -478,6 +483,18 @@ impl Fs {
 /// `first ..= last`.
 fn dates(first: Date, last: Date) -> impl Iterator<Item = Date> {
     std::iter::successors(Some(first), |d| d.tomorrow().ok()).take_while(move |d| *d <= last)
+}
+
+/// Returns the heap's free pages to the system (glibc's `malloc_trim`). A forgotten date frees
+/// thousands of small allocations among ones that stay (the inodes, the dates still held), and
+/// glibc keeps such holes resident: over a walk of a 90-day window of 100,000 calls, which
+/// reads every date in and out again, RSS grew with the window although what is held does not.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

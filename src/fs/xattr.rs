@@ -105,6 +105,7 @@ pub(super) fn number_of(p: &Party) -> String {
 /// A string field of the record as the API returned it (`result`, `type`).
 pub(super) fn raw_str(r: &CallRecord, key: &str) -> String {
     r.raw
+        .value()
         .get(key)
         .and_then(|v| v.as_str())
         .unwrap_or_default()

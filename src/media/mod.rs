@@ -668,7 +668,10 @@ impl Inner {
         self.cached_bytes += len;
     }
 
-    /// Copies the bytes of `[*pos, end)` that are present into `out`, advancing `*pos`.
+    /// Copies the bytes of `[*pos, end)` that are present into `out`, advancing `*pos`. A read
+    /// that one cached entry holds whole (a 128 KiB kernel read within a 256 KiB chunk: most
+    /// reads) is not copied: `whole` gets a slice of the entry, which the reply writes to the
+    /// kernel directly.
     fn copy_present(
         &mut self,
         id: &Arc<str>,
@@ -676,6 +679,7 @@ impl Inner {
         end: u64,
         cs: usize,
         out: &mut BytesMut,
+        whole: &mut Option<Bytes>,
     ) {
         let cs64 = cs as u64;
         while *pos < end {
@@ -691,8 +695,18 @@ impl Inner {
                 self.cache.promote(&key);
             }
             if let Some(entry) = self.cache.peek(&key).map(|e| &e.data) {
+                if out.is_empty()
+                    && whole.is_none()
+                    && within + (end - *pos) as usize <= entry.len()
+                {
+                    let n = (end - *pos) as usize;
+                    *whole = Some(entry.slice(within..within + n));
+                    *pos = end;
+                    return;
+                }
                 if within < entry.len() {
                     let n = want.min(entry.len() - within);
+                    out.reserve((end - *pos) as usize);
                     out.extend_from_slice(&entry[within..within + n]);
                     *pos += n as u64;
                     continue;
@@ -708,6 +722,7 @@ impl Inner {
             };
             let from = (*pos - d.buf_start) as usize;
             let n = want.min(d.buf.len() - from);
+            out.reserve((end - *pos) as usize);
             out.extend_from_slice(&d.buf[from..from + n]);
             *pos += n as u64;
         }
@@ -1107,7 +1122,9 @@ impl Media {
         let cs = sh.cs();
         let cfg = &sh.config;
         let want_end = offset.saturating_add(size as u64);
-        let mut out = BytesMut::with_capacity(size as usize);
+        // Allocated on the first byte that has to be copied (see `copy_present`).
+        let mut out = BytesMut::new();
+        let mut whole = None;
         let mut pos = offset;
         let (id, data, moved) = {
             let mut g = sh.lock();
@@ -1131,7 +1148,7 @@ impl Media {
                     None => want_end,
                 };
                 let before = pos;
-                g.copy_present(&id, &mut pos, end, cs, &mut out);
+                g.copy_present(&id, &mut pos, end, cs, &mut out, &mut whole);
                 if pos > before {
                     starts = 0;
                 }
@@ -1207,7 +1224,7 @@ impl Media {
                 }
             };
             match step {
-                Step::Done(()) => return Ok(out.freeze()),
+                Step::Done(()) => return Ok(whole.unwrap_or_else(|| out.freeze())),
                 Step::Fail(e) => return Err(e),
                 Step::Wait => {
                     first_pass = false;

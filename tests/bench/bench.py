@@ -479,12 +479,12 @@ def scenario_wav(args):
             # about 45 s per read of this file, so one trial only.
             n = 1
             note = "1 trial: ~100 ms wait per request in Debian's 1.2.5 (fixed in 1.2.8)"
-        label, sp, rq, command, _ = measure_read(emu, factory, [[longest]] * n, n, fresh_per_trial=True)
+        label, sp, rq, command, last = measure_read(emu, factory, [[longest]] * n, n, fresh_per_trial=True)
         med = median(sp)
         if name == "ringfs":
             ringfs_speed = med
             row(fig, label, med, "MB/s", med / curl_speed, "≥ 0.9x curl, ahead of peers", None,
-                per_file(rq, 1), command)
+                per_file(rq, 1), command, note=f"FUSE requests of the last mount: {fuse_ops(last)}")
         else:
             peer_speeds[label] = med
             row(fig, label, med, "MB/s", med / curl_speed, requests=per_file(rq, 1), command=command, note=note)
@@ -493,28 +493,43 @@ def scenario_wav(args):
     RESULTS_GOALS.append((fig, ringfs_speed / curl_speed >= 0.9 and ahead,
                           f"ringfs {ringfs_speed / curl_speed:.2f}x curl; ahead of both rclone modes: {ahead} (httpdirfs 1.2.5 not counted: its ~100 ms wait per request)"))
 
-    # Warm re-read vs cat of a local copy (page cache).
+    # Warm re-read vs cat of a local copy (page cache): without a disk cache (the kernel's page
+    # cache of the FUSE file), and with one (the default: a reopen of a recording complete on disk
+    # is read by the kernel from the cached file, passthrough), each in its own mount.
     fig = "warm re-read (57.6 MB WAV)" if longest["size"] == 57600044 else f"warm re-read ({longest['size'] / 1e6:.1f} MB WAV)"
     log(f"\n-- {fig} vs a local file --")
-    m = mount_ringfs(emu, ["--format", "wav"])
-    index_ringfs(m)
-    path = m.paths[longest["id"]]
-    run_timed(["cat", path], "cat (first, cold read)")
     local = os.path.join(JANITOR.work, "local-copy.wav")
-    shutil.copyfile(path, local)
-    run_timed(["cat", local], "cat local (warm up)")
-    warm, localt, reqs = [], [], []
-    for _ in range(max(trials, 5)):
-        before = emu.stats()
-        warm.append(run_timed(["cat", path], f"cat {path}"))
-        reqs.append(delta(before, emu.stats()))
-        localt.append(run_timed(["cat", local], f"cat {local}"))
-    w, l = longest["size"] / median(warm) / 1e6, longest["size"] / median(localt) / 1e6
-    row(fig, "local file on disk (page cache)", l, "MB/s", 1.0, command=f"cat {local} > /dev/null")
-    row(fig, "ringfs (2nd+ read, same mount)", w, "MB/s", w / l, "≥ 0.8x local", w / l >= 0.8,
-        fmt_requests(reqs[len(reqs) // 2]), f"cat {shlex.quote(path)} > /dev/null")
-    RESULTS_GOALS.append((fig, w / l >= 0.8, f"{w / l:.2f}x local"))
-    m.unmount()
+    local_row = False
+    for mode in ("no-disk-cache", "disk-cache"):
+        m = mount_ringfs(emu, ["--format", "wav"], cache_dir=new_dir("warm-cache") if mode == "disk-cache" else None)
+        index_ringfs(m)
+        path = m.paths[longest["id"]]
+        run_timed(["cat", path], "cat (first, cold read)")
+        if not os.path.exists(local):
+            shutil.copyfile(path, local)
+        run_timed(["cat", local], "cat local (warm up)")
+        warm, localt, reqs = [], [], []
+        for _ in range(max(trials, 5)):
+            before = emu.stats()
+            warm.append(run_timed(["cat", path], f"cat {path}"))
+            reqs.append(delta(before, emu.stats()))
+            localt.append(run_timed(["cat", local], f"cat {local}"))
+        m.unmount()
+        w, l = longest["size"] / median(warm) / 1e6, longest["size"] / median(localt) / 1e6
+        if not local_row:
+            row(fig, "local file on disk (page cache)", l, "MB/s", 1.0, command=f"cat {local} > /dev/null")
+            local_row = True
+        ways = " / ".join(ringfs_log_lines(m, "passthrough")) or "nothing about passthrough"
+        note = f"local in the same trials {l:.0f} MB/s; FUSE requests: {fuse_ops(m)}; log: {ways}"
+        if mode == "no-disk-cache":
+            row(fig, "ringfs --no-disk-cache (2nd+ read, same mount)", w, "MB/s", w / l, "≥ 0.8x local", w / l >= 0.8,
+                fmt_requests(reqs[len(reqs) // 2]), f"cat {shlex.quote(path)} > /dev/null", note=note)
+            RESULTS_GOALS.append((fig + ", --no-disk-cache", w / l >= 0.8, f"{w / l:.2f}x local"))
+        else:
+            row(fig, "ringfs, disk cache (2nd+ read, same mount: passthrough)", w, "MB/s", w / l, "≥ 0.9x local",
+                w / l >= 0.9, fmt_requests(reqs[len(reqs) // 2]), f"{m.command}; cat {shlex.quote(path)} > /dev/null",
+                note=note)
+            RESULTS_GOALS.append((fig + ", disk cache", w / l >= 0.9, f"{w / l:.2f}x local"))
 
     # Peak RSS of ringfs while 20 readers stream different recordings.
     budget = 64
@@ -655,13 +670,14 @@ def scenario_mp3(args):
             ts.append(float(out.stdout) * 1000)
         med = median(ts)
         command = f"python3 tests/bench/ttfb.py {shlex.quote(m.paths[pool[0]['id']])}"
+        m.unmount()
         if name == "ringfs":
             ringfs_t = med
-            row(fig, m.label, med, "ms", med / curl_t, "≤ 1.5x curl, ahead of peers", None, per_file(rq, 1), command)
+            row(fig, m.label, med, "ms", med / curl_t, "≤ 1.5x curl, ahead of peers", None, per_file(rq, 1), command,
+                note=f"trials {', '.join(f'{x:.2f}' for x in ts)} ms; FUSE requests of the mount (listing included): {fuse_ops(m)}")
         else:
             peer_t[m.label] = med
             row(fig, m.label, med, "ms", med / curl_t, requests=per_file(rq, 1), command=command)
-        m.unmount()
     ahead = all(ringfs_t < v for k, v in peer_t.items() if k.startswith("rclone"))
     set_met(fig, ringfs_t / curl_t <= 1.5 and ahead)
     RESULTS_GOALS.append((fig, ringfs_t / curl_t <= 1.5 and ahead, f"ringfs {ringfs_t / curl_t:.2f}x curl; ahead of both rclone modes: {ahead} (httpdirfs 1.2.5 not counted: its ~100 ms wait per request)"))
@@ -736,6 +752,7 @@ def scenario_date(args):
             warm.append(run_timed(["ls", "-l", d_path], text) * 1000)
             warm_reqs.append(delta(before, emu.stats()))
         m.unmount()
+        ops = fuse_ops(m)
     # The same tree on tmpfs.
     shm = os.path.join("/dev/shm", os.path.basename(JANITOR.work) + "-tree")
     JANITOR.items.append(("rmtree", shm))
@@ -750,7 +767,9 @@ def scenario_date(args):
     c = median(cold)
     max_log = max(r["call_log"] for r in cold_reqs)
     row(fig + ", cold", "ringfs (fresh mount)", c, "ms", c / t, "≤ 1 call-log request", max_log <= 1,
-        fmt_requests(cold_reqs[len(cold_reqs) // 2]) + f" (max {max_log} over {trials} mounts)", text)
+        fmt_requests(cold_reqs[len(cold_reqs) // 2]) + f" (max {max_log} over {trials} mounts)", text,
+        note=f"FUSE requests of the last mount (1 cold + {max(trials, 5)} warm ls -l, 1 listdir): {ops}; "
+             "READDIRPLUS answers names and attributes, so no LOOKUP per session")
     w = median(warm)
     row(fig + ", warm", "ringfs (same mount)", w, "ms", w / t, "≤ 3x tmpfs", w / t <= 3,
         fmt_requests(warm_reqs[len(warm_reqs) // 2]), text)
@@ -1015,6 +1034,135 @@ def scenario_persist(args):
     emu.stop()
 
 
+def proc_status(pid, field):
+    """A /proc/PID/status field in bytes (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"/proc/{pid}/status: no {field}")
+
+
+def fuse_ops(m):
+    """The FUSE request counts a ringfs mount logged at unmount ("FUSE requests served")."""
+    lines = ringfs_log_lines(m, "FUSE requests served")
+    return lines[-1].split("served", 1)[-1].strip() if lines else "not logged"
+
+
+def scenario_scale(args):
+    """How listing, memory and a remount grow with the call log: 1,000 to 100,000 calls in 90 days."""
+    log("\n== Scenario scale: 90 days of 1,000 / 10,000 / 100,000 calls ==")
+    sizes = [int(x) for x in args.scale_sizes.split(",")] if args.scale_sizes else \
+        [1000, 10000] if args.quick else [1000, 10000, 100000]
+    trials = max(args.trials, 5)
+    table = []
+    for calls in sizes:
+        emu = Emulator(f"scale-{calls}", ["--format", "mp3", "--calls", str(calls), "--days", "90", "--unlimited",
+                                          "--record-delay", "0", "--recording-delay", "0"])
+        log(f"\n-- {calls} calls -- emulator: {emu.command}")
+        first_date = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=89)).isoformat()
+        per_date = {}
+        for f in emu.files():
+            if f["start"][:10] >= first_date:
+                per_date[f["start"][:10]] = per_date.get(f["start"][:10], 0) + 1
+        # The fullest settled date (not today: its listing may be asked again).
+        today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+        busiest = max((d for d in per_date if d != today), key=lambda d: per_date[d])
+        cache = new_dir("scale-cache")
+        state = os.path.join(new_dir("scale-state"), "tokens.json")
+
+        # 1. A fresh mount: find lists the whole window (no file is read).
+        m = mount_ringfs(emu, cache_dir=cache, state_file=state)
+        find = (f"find {m.path} -path {m.path}/by-session -prune -o -path {m.path}/by-recording -prune -o -print")
+        before = emu.stats()
+        t0 = time.perf_counter()
+        r = subprocess.run(["sh", "-c", find + " | wc -l"], capture_output=True, text=True)
+        find_secs = time.perf_counter() - t0
+        raise_if(r.returncode, find, r.stderr)
+        d_find = delta(before, emu.stats())
+        entries = int(r.stdout.strip() or 0)
+        rss = proc_status(m.proc.pid, "VmRSS") / MiB
+        hwm = proc_status(m.proc.pid, "VmHWM") / MiB
+
+        # 2. ls -l of the busiest date, warm (after one cold ls), vs the same names on tmpfs.
+        d_path = os.path.join(m.path, busiest)
+        ls_text = f"ls -l {d_path} > /dev/null"
+        run_timed(["ls", "-l", d_path], ls_text)
+        names = os.listdir(d_path)
+        shm = os.path.join("/dev/shm", os.path.basename(JANITOR.work) + f"-scale-{calls}")
+        JANITOR.items.append(("rmtree", shm))
+        t_path = os.path.join(shm, busiest)
+        os.makedirs(t_path)
+        for n in names:
+            os.mkdir(os.path.join(t_path, n))
+        run_timed(["ls", "-l", t_path], "warm up")
+        warm, tmpfs = [], []
+        before = emu.stats()
+        for _ in range(trials):
+            warm.append(run_timed(["ls", "-l", d_path], ls_text) * 1000)
+            tmpfs.append(run_timed(["ls", "-l", t_path], f"ls -l {t_path}") * 1000)
+        d_ls = delta(before, emu.stats())
+        m.unmount()
+        ops_first = fuse_ops(m)
+
+        # 3. A remount over the same cache dir: the index is warm. Timed to the first listing.
+        mounts = []
+        for _ in range(3):
+            before = emu.stats()
+            t0 = time.perf_counter()
+            m2 = mount_ringfs(emu, cache_dir=cache, state_file=state)
+            os.listdir(m2.path)
+            mounts.append(time.perf_counter() - t0)
+            d_mount = delta(before, emu.stats())
+            if len(mounts) < 3:
+                m2.unmount()
+        # The remount's find: from the index, without pages.
+        before = emu.stats()
+        t0 = time.perf_counter()
+        r = subprocess.run(["sh", "-c", find.replace(m.path, m2.path) + " | wc -l"], capture_output=True, text=True)
+        refind_secs = time.perf_counter() - t0
+        raise_if(r.returncode, find, r.stderr)
+        d_refind = delta(before, emu.stats())
+        rss2 = proc_status(m2.proc.pid, "VmHWM") / MiB
+        m2.unmount()
+        emu.stop()
+        mount_secs = median(mounts)
+        t, w = median(tmpfs), median(warm)
+        table.append({"calls": calls, "entries": entries, "find": find_secs, "find_log": d_find["call_log"],
+                      "min_log": math.ceil(sum(per_date.values()) / 1000), "rss": rss, "hwm": hwm, "date": busiest,
+                      "sessions": len(names), "ls": w, "tmpfs": t, "ls_reqs": d_ls["requests"], "mount": mount_secs,
+                      "mount_reqs": d_mount, "refind": refind_secs, "refind_log": d_refind["call_log"], "hwm2": rss2})
+        fig = f"scale, {calls} calls in 90 days"
+        row(fig + ": full find (fresh mount)", "ringfs", find_secs, "s", None,
+            f"≤ {math.ceil(calls / 1000) + 2} call-log" if calls == 100000 else "",
+            (d_find["call_log"] <= math.ceil(calls / 1000) + 2) if calls == 100000 else None,
+            fmt_requests(d_find), find + " | wc -l",
+            note=f"{entries} paths; FUSE requests of the mount: {ops_first}")
+        row(fig + ": RSS after the full find", "ringfs", rss, "MiB", None, "≤ 100 MiB" if calls == 100000 else "",
+            (hwm <= 100) if calls == 100000 else None, "", f"grep VmRSS /proc/$PID/status",
+            note=f"peak (VmHWM) {hwm:.0f} MiB; after a remount's find {rss2:.0f} MiB")
+        row(fig + f": ls -l of {busiest} ({len(names)} sessions), warm", "ringfs", w, "ms", w / t,
+            "≤ 3x tmpfs" if calls == 100000 else "", (w / t <= 3) if calls == 100000 else None,
+            fmt_requests(d_ls) + f" for {trials} listings", ls_text, note=f"tmpfs, same names: {t:.1f} ms")
+        row(fig + ": remount over the warm index, to the first listing", "ringfs", mount_secs, "s", None,
+            "≤ 1 s" if calls == 100000 else "", (mount_secs <= 1) if calls == 100000 else None,
+            fmt_persist_requests(d_mount), f"{m2.command}; ls M",
+            note=f"median of {', '.join(f'{x:.2f}' for x in mounts)} s; then the full find took {refind_secs:.2f} s "
+                 f"with {d_refind['call_log']} call-log requests")
+        if calls == 100000:
+            RESULTS_GOALS.append((fig + ": find", d_find["call_log"] <= 102, f"{d_find['call_log']} call-log requests (≤ 102)"))
+            RESULTS_GOALS.append((fig + ": RSS", hwm <= 100, f"peak {hwm:.0f} MiB (≤ 100)"))
+            RESULTS_GOALS.append((fig + ": ls -l warm", w / t <= 3, f"{w / t:.2f}x tmpfs (≤ 3x)"))
+            RESULTS_GOALS.append((fig + ": remount", mount_secs <= 1, f"{mount_secs:.2f} s (≤ 1 s)"))
+    log("\n-- scale: how each figure grows --")
+    log("| calls | full find (fresh) | call-log (recordings in the window / 1000) | RSS / peak | ls -l warm (sessions) vs tmpfs | remount | find after remount |")
+    log("|---|---|---|---|---|---|---|")
+    for r in table:
+        log(f"| {r['calls']:,} | {r['find']:.2f} s | {r['find_log']} ({r['min_log']}) | {r['rss']:.0f} / {r['hwm']:.0f} MiB "
+            f"| {r['ls']:.1f} ms ({r['sessions']}) vs {r['tmpfs']:.1f} ms = {r['ls'] / r['tmpfs']:.2f}x | {r['mount']:.2f} s "
+            f"| {r['refind']:.2f} s, {r['refind_log']} call-log |")
+
+
 RESULTS_GOALS = []
 
 
@@ -1024,7 +1172,8 @@ def main():
     ap.add_argument("--work", required=True, help="scratch directory (mounts live under it)")
     ap.add_argument("--quick", action="store_true", help="3 trials, smaller data sets")
     ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--only", default="", help="comma-separated scenarios: emulator,wav,mp3,date,heavy,persist")
+    ap.add_argument("--only", default="", help="comma-separated scenarios: emulator,wav,mp3,date,heavy,persist,scale")
+    ap.add_argument("--scale-sizes", default="", help="scale: comma-separated call counts (default 1000,10000,100000)")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "results.md"))
     args = ap.parse_args()
     if args.trials is None:
@@ -1044,7 +1193,7 @@ def main():
               f"{args.trials} trials{' (--quick)' if args.quick else ''}; rclone and httpdirfs from Debian.")
     log(header)
     scenarios = {"emulator": scenario_emulator, "wav": scenario_wav, "mp3": scenario_mp3, "date": scenario_date,
-                 "heavy": scenario_heavy, "persist": scenario_persist}
+                 "heavy": scenario_heavy, "persist": scenario_persist, "scale": scenario_scale}
     chosen = [s for s in args.only.split(",") if s] or list(scenarios)
     try:
         for name in chosen:

@@ -4,7 +4,7 @@
 #
 #   tests/bench/run.sh                 # as root: the full run (about 4 minutes on 2 cores)
 #   tests/bench/run.sh --quick         # fewer trials, smaller data sets
-#   tests/bench/run.sh --only persist  # one scenario (emulator, wav, mp3, date, heavy, persist)
+#   tests/bench/run.sh --only persist  # one scenario (emulator, wav, mp3, date, heavy, persist, scale)
 #
 # Installs what it needs (fuse3, curl, Debian's rclone and httpdirfs; hyperfine is not needed),
 # builds the release binaries, then runs tests/bench/bench.py, which prints every figure with the

@@ -83,6 +83,8 @@ pub fn stack(cfg: Config, fs_config: impl FnOnce(&mut FsConfig)) -> Stack {
 pub struct Mounted {
     pub stack: Stack,
     pub dir: tempfile::TempDir,
+    /// The FUSE requests the kernel sent this mount, by kind.
+    pub ops: Arc<ringfs::fuse::OpCounts>,
     bg: Option<ringfs::fuse::Background>,
 }
 
@@ -129,6 +131,7 @@ pub fn mount(stack: Stack) -> Mounted {
         .tempdir()
         .unwrap();
     let adapter = ringfs::fuse::FuseAdapter::new(stack.fs.clone(), stack.rt.handle().clone());
+    let ops = adapter.ops();
     let settings = ringfs::fuse::MountSettings {
         fsname: "ringfs-test".into(),
         ..Default::default()
@@ -139,6 +142,7 @@ pub fn mount(stack: Stack) -> Mounted {
     Mounted {
         stack,
         dir,
+        ops,
         bg: Some(bg),
     }
 }
