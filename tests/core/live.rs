@@ -216,9 +216,10 @@ async fn while_live_recent_dates_are_not_listed_again_until_the_safety_relist_an
     pass(31).await;
     c.list(&day).await.unwrap();
     assert_eq!(c.pages(), 5, "unavailable: as without events");
+    // The feed ends after saying events are unavailable; the reason stays for `status`.
     drop(tx);
     follow.await.unwrap();
-    assert_eq!(c.fs.feed(), Feed::Off);
+    assert_eq!(c.fs.feed(), Feed::Unavailable("no CallControl".into()));
 }
 
 #[tokio::test(start_paused = true)]
