@@ -108,7 +108,11 @@ fn biggest_date(mnt: &Path) -> (PathBuf, usize) {
         .map(|e| e.unwrap().path())
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("20"))
         .map(|p| {
-            let n = std::fs::read_dir(&p).unwrap().count();
+            // Session directories only (not `calls.csv`).
+            let n = std::fs::read_dir(&p)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+                .count();
             (p, n)
         })
         .max_by_key(|(_, n)| *n)
