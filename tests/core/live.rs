@@ -345,3 +345,61 @@ async fn a_blind_transfer_is_not_the_end() {
     pass(600).await;
     assert_eq!(finds(&c), 0, "{:?}", c.log.queries());
 }
+
+/// One simulated hour of a line with `calls` recorded calls ending at even intervals, while a
+/// file manager keeps today's directory open (listing it every 5 s): the call-log requests it
+/// costs with events (`live`) and without (listing again every `recent_ttl`, 30 s).
+async fn an_hour(calls: u64, live: bool) -> (usize, usize) {
+    let (c, _) = live_core(|_| {});
+    let day = today().to_string();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let _follow = live.then(|| c.fs.clone().follow(rx));
+    if live {
+        tx.send(LiveNotice::Live { gap: true }).await.unwrap();
+    }
+    c.list(&day).await.unwrap();
+    let every = 3600 / calls;
+    let mut made = 0;
+    for t in (0..3600).step_by(5) {
+        if t / every >= made && made < calls {
+            let session = format!("72{made:08}");
+            let recording = format!("73{made:06}");
+            c.log.add(&call_now(&session, &recording));
+            if live {
+                for (seq, status) in [(1, "Answered"), (2, "Disconnected")] {
+                    tx.send(event(&session, seq, status, None, Some(&recording)))
+                        .await
+                        .unwrap();
+                }
+            }
+            made += 1;
+        }
+        c.list(&day).await.unwrap();
+        pass(5).await;
+    }
+    pass(300).await; // the last call's record
+    let shown = c.list(&day).await.unwrap().len();
+    (c.pages() + finds(&c), shown)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_hour_with_events_costs_about_one_request_per_finished_call() {
+    for calls in [10, 120] {
+        let (with, shown_with) = an_hour(calls, true).await;
+        let (without, shown_without) = an_hour(calls, false).await;
+        println!(
+            "[budget] one hour, {calls} finished recorded calls, today's directory open: \
+             {with} call-log requests with events, {without} listing every 30 s"
+        );
+        // Every call shows either way (the first background call plus the hour's).
+        assert_eq!(shown_with, 1 + calls as usize);
+        assert_eq!(shown_without, 1 + calls as usize);
+        // With events: the first listing, one query per call, and the safety re-lists (every
+        // 15 minutes).
+        assert!(
+            with <= 1 + calls as usize + 5,
+            "{with} requests with events for {calls} calls"
+        );
+        assert!(without >= 120, "{without} requests without events");
+    }
+}
