@@ -7,6 +7,7 @@
 //! ```text
 //! cli ──> source, fuse, fs, media, store, catalog, api, emulator
 //! source ──> fs, media, api          (binds the client to the core's traits)
+//! shared ──> fs, media, store, catalog, api, model   (a team's bucket)
 //! fuse ──> fs
 //! fs ──> catalog, media, store, api, model
 //! media ──> store, api               (the Tier trait; Priority, BodyEnd)
@@ -20,6 +21,8 @@
 //! - [`cli`]: command line and `-o` options -> one validated configuration; mounting and the
 //!   parent/child readiness handshake.
 //! - [`source`]: binds the client to the traits of the core and the media layer.
+//! - [`shared`]: a team's mounts sharing one fetch per recording through an S3-compatible
+//!   bucket: the bucket tier, and a reader's call log and media from the bucket.
 //! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
 //! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
 //!   `Result<_, FsError>`; testable without a kernel.
@@ -45,5 +48,6 @@ pub mod fs;
 pub mod fuse;
 pub mod media;
 pub mod model;
+pub mod shared;
 pub mod source;
 pub mod store;
