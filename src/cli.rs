@@ -35,7 +35,10 @@ use crate::media::{Media, MediaConfig};
     long_about = "Mount a RingCentral account's call recordings as a read-only filesystem.\n\n\
 SOURCE is `demo` (a built-in emulated account, no credentials), `ringcentral` (a real account:\n\
 credentials from RC_CLIENT_ID, RC_CLIENT_SECRET, RC_JWT and optionally RC_SERVER_URL, or from\n\
---credentials FILE), or an API base URL such as https://platform.ringcentral.com.\n\n\
+--credentials FILE), an API base URL such as https://platform.ringcentral.com, or a team's bucket\n\
+s3://BUCKET/PREFIX that a mount with --shared publishes to (no RingCentral credentials needed;\n\
+the bucket's from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION or\n\
+~/.aws/credentials).\n\n\
 Every long flag can also be given as a mount option: -o days=30,cache-size=64M,allow_other.\n\
 Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in the background logs go to --log-file only.\n\n\
 The disk cache: `ringfs cache info [SOURCE]` shows where it is, what it holds and its limit;\n\
@@ -53,7 +56,7 @@ or find the directory a mount of SOURCE would use (see `ringfs cache --help`).",
   mounting with stored tokens                              0 auth requests"
 )]
 pub struct Flags {
-    /// `demo`, `ringcentral`, or an API base URL.
+    /// `demo`, `ringcentral`, an API base URL, or `s3://BUCKET/PREFIX` (a team's bucket).
     pub source: String,
     /// Where to mount.
     pub mountpoint: PathBuf,
@@ -138,6 +141,10 @@ pub struct Flags {
     /// Permission bits masked out (octal, default 077: files 0400, directories 0500).
     #[arg(long, default_value = "077")]
     pub umask: String,
+    /// Share fetched recordings and listed dates with a team through this bucket
+    /// (`s3://BUCKET/PREFIX`): what it holds is read from it, what is fetched is published.
+    #[arg(long, value_name = "S3_URL")]
+    pub shared: Option<String>,
     /// Demo: number of calls in the emulated account.
     #[arg(long, default_value_t = 300)]
     pub demo_calls: usize,
@@ -178,6 +185,8 @@ pub struct Options {
     pub demo_calls: usize,
     pub demo_live: Option<Duration>,
     pub demo_format: crate::emulator::AudioFormat,
+    /// `--shared`: the team's bucket this mount publishes to.
+    pub shared: Option<crate::shared::BucketUrl>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +194,8 @@ pub enum Source {
     Demo,
     RingCentral,
     Url(String),
+    /// A team's bucket: read only from it, no RingCentral at all.
+    Bucket(crate::shared::BucketUrl),
 }
 
 /// Options mount(8) and fstab pass that mean nothing here, or that are always true.
@@ -300,8 +311,22 @@ impl Options {
             s if s.starts_with("https://") || s.starts_with("http://") => {
                 Source::Url(s.trim_end_matches('/').to_string())
             }
-            s => bail!("unknown source {s:?}: use `demo`, `ringcentral` or an API base URL"),
+            s if s.starts_with("s3://") => {
+                Source::Bucket(crate::shared::BucketUrl::parse(s).map_err(|e| anyhow!(e))?)
+            }
+            s => bail!(
+                "unknown source {s:?}: use `demo`, `ringcentral`, an API base URL or s3://BUCKET/PREFIX"
+            ),
         };
+        let shared = match &f.shared {
+            Some(u) => Some(crate::shared::BucketUrl::parse(u).map_err(|e| anyhow!(e))?),
+            None => None,
+        };
+        if shared.is_some() && matches!(source, Source::Bucket(_) | Source::Demo) {
+            bail!(
+                "--shared publishes a RingCentral account's recordings: use it with `ringcentral` or an API URL"
+            );
+        }
         let tz = match &f.tz {
             Some(name) => jiff::tz::TimeZone::get(name)
                 .map_err(|e| anyhow!("unknown time zone {name:?}: {e}"))?,
@@ -375,6 +400,7 @@ impl Options {
             demo_calls: f.demo_calls,
             demo_live: (f.demo_live > 0).then(|| Duration::from_secs(f.demo_live)),
             demo_format,
+            shared,
         })
     }
 
@@ -406,6 +432,9 @@ impl Options {
         if let Some(dir) = &self.cache_dir {
             return Some(dir.clone());
         }
+        if let Source::Bucket(url) = &self.source {
+            return cache_base().map(|b| b.join("ringfs").join(format!("s3-{}", url.slug())));
+        }
         let creds = creds.filter(|_| self.source != Source::Demo)?;
         default_cache_dir(creds)
     }
@@ -413,10 +442,14 @@ impl Options {
 
 /// The account's directory under `$XDG_CACHE_HOME/ringfs/` (`~/.cache/ringfs/`).
 fn default_cache_dir(creds: &Credentials) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    Some(cache_base()?.join("ringfs").join(account_name(creds)))
+}
+
+/// `$XDG_CACHE_HOME`, else `~/.cache`.
+fn cache_base() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ringfs").join(account_name(creds)))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
 }
 
 /// A stable directory name for what these credentials reach: the server's host and a hash of
@@ -696,8 +729,9 @@ fn account_credentials(file: Option<&Path>, source: &Source) -> anyhow::Result<C
 pub fn run(opts: Options) -> anyhow::Result<()> {
     check_fuse()?;
     check_mountpoint(&opts.mountpoint)?;
+    // A bucket reader never reads RingCentral credentials, even when RC_* variables are set.
     let creds = match opts.source {
-        Source::Demo => None,
+        Source::Demo | Source::Bucket(_) => None,
         _ => Some(credentials(&opts)?),
     };
     let mut ready = if opts.foreground {
@@ -835,7 +869,7 @@ fn serve(
     let config = opts.fs_config();
     let meta = disk
         .as_ref()
-        .filter(|_| opts.source != Source::Demo)
+        .filter(|_| !matches!(opts.source, Source::Demo | Source::Bucket(_)))
         .and_then(
             |d| match crate::store::MetaStore::open(d.dir(), config.retention) {
                 Ok(m) => Some(Arc::new(m)),
@@ -851,26 +885,80 @@ fn serve(
         .thread_name("ringfs")
         .build()
         .context("starting the runtime")?;
-    let (client, _emulator) = rt.block_on(connect(&opts, creds))?;
-    let media = Media::with_tier(
-        Arc::new(crate::source::ApiMedia::new(client.clone())),
-        MediaConfig {
-            cache_bytes: opts.cache_bytes,
-            read_timeout: opts.read_timeout,
-            ..MediaConfig::default()
-        },
-        // The tiers below memory are chosen here and only here: a tier added below the disk is
-        // stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
-        disk.clone().map(|d| d as Arc<dyn crate::store::Tier>),
-    );
-    let log = Arc::new(client.clone());
-    let core = Arc::new(match &meta {
-        Some(meta) => Fs::with_index(log, media, config, meta.clone()),
-        None => Fs::new(log, media, config),
-    });
-    // Logging in is fatal only when there is no call index to serve from (see `Fs::start`).
-    rt.block_on(core.start(client.login()))
-        .context("logging in to RingCentral")?;
+    let media_config = MediaConfig {
+        cache_bytes: opts.cache_bytes,
+        read_timeout: opts.read_timeout,
+        ..MediaConfig::default()
+    };
+    let disk_tier = disk.clone().map(|d| d as Arc<dyn crate::store::Tier>);
+    let mut publishing = None;
+    // The demo's emulator lives as long as the mount.
+    let mut _emulator = None;
+    let core = if let Source::Bucket(url) = &opts.source {
+        // A reader: the call log and the media from the bucket, the tiers in front as usual.
+        let bucket = rt.block_on(crate::shared::open_reader(url))?;
+        let media = Media::with_tier(
+            Arc::new(crate::shared::media::BucketMedia::new(bucket.clone())),
+            media_config,
+            disk_tier,
+        );
+        let mut config = config;
+        // A date a publisher has not listed yet may be published later: every date is read
+        // again after `recent_ttl` (final manifests are kept, so that costs nothing).
+        config.settle = config.retention;
+        let log = Arc::new(crate::shared::log::BucketLog::new(bucket));
+        let core = Arc::new(Fs::new(log, media, config));
+        rt.block_on(core.start(async { Ok(()) }))?;
+        core
+    } else {
+        let account = creds.as_ref().map(account_name);
+        let (client, emulator) = rt.block_on(connect(&opts, creds))?;
+        _emulator = emulator;
+        let bucket = match (&opts.shared, account) {
+            (Some(url), Some(account)) => {
+                Some(rt.block_on(crate::shared::open_publisher(url, &account))?)
+            }
+            _ => None,
+        };
+        // The tiers below memory are chosen here and only here: the bucket goes below the
+        // disk, stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
+        let tier = match &bucket {
+            Some(b) => {
+                let bt = crate::shared::tier::BucketTier::new(
+                    b.clone(),
+                    rt.handle().clone(),
+                    crate::shared::MAX_PENDING,
+                );
+                publishing = Some(bt.clone());
+                Some(match disk_tier {
+                    Some(d) => crate::store::Stack::new(d, bt) as Arc<dyn crate::store::Tier>,
+                    None => bt as Arc<dyn crate::store::Tier>,
+                })
+            }
+            None => disk_tier,
+        };
+        let media = Media::with_tier(
+            Arc::new(crate::source::ApiMedia::new(client.clone())),
+            media_config,
+            tier,
+        );
+        let log: Arc<dyn crate::fs::CallLog> = match &bucket {
+            Some(b) => Arc::new(rt.block_on(crate::shared::log::PublishingLog::new(
+                Arc::new(client.clone()),
+                b.clone(),
+                config.settle,
+            ))),
+            None => Arc::new(client.clone()),
+        };
+        let core = Arc::new(match &meta {
+            Some(meta) => Fs::with_index(log, media, config, meta.clone()),
+            None => Fs::new(log, media, config),
+        });
+        // Logging in is fatal only when there is no call index to serve from (see `Fs::start`).
+        rt.block_on(core.start(client.login()))
+            .context("logging in to RingCentral")?;
+        core
+    };
     let adapter = crate::fuse::FuseAdapter::new(core, rt.handle().clone());
     let settings = crate::fuse::MountSettings {
         fsname: source_name(&opts.source),
@@ -916,6 +1004,12 @@ fn serve(
     });
     let result = session.run();
     tracing::info!("unmounted");
+    if let Some(tier) = publishing {
+        // Recordings fetched but not yet published go to the bucket before the process ends.
+        if !rt.block_on(tier.flush(Duration::from_secs(30))) {
+            tracing::warn!("{} recordings were not published", tier.queued());
+        }
+    }
     rt.shutdown_timeout(Duration::from_secs(1));
     if let Some(meta) = meta {
         meta.shutdown();
@@ -932,6 +1026,7 @@ fn source_name(s: &Source) -> String {
         Source::Demo => "demo".into(),
         Source::RingCentral => "ringcentral".into(),
         Source::Url(u) => u.clone(),
+        Source::Bucket(u) => u.to_string(),
     }
 }
 

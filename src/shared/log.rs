@@ -6,7 +6,7 @@
 //! a query `[from, to)` with the records of every UTC date it overlaps that start inside it, in
 //! one page. [`PublishingLog`] passes every query through to RingCentral and keeps the records
 //! and the spans it listed completely (a query read to its last page); once the spans cover a
-//! whole UTC date, that date's records are published, and again when a re-listing found new
+//! whole UTC date (today: up to the time it was listed), that date's records are published, and again when a re-listing found new
 //! ones or when the date was listed after it settled (then final). A query whose dates are all
 //! final in the bucket is answered from it without a request.
 
@@ -308,9 +308,13 @@ impl PublishingLog {
             chain.started - SignedDuration::try_from(self.settle).unwrap_or_default();
         s.settled.add(chain.from, chain.to.min(settled_until));
         let mut out = Vec::new();
+        // A query that reaches the present (the core ends today's at "now") covers today up to
+        // then: today's manifest holds what was listed up to that time.
+        let reaches_now = chain.to >= chain.started - SignedDuration::from_secs(60);
         for d in utc_dates(chain.from, chain.to) {
             let (a, b) = utc_range(d);
-            if s.finals.contains(&d) || !s.covered.contains(a, b) {
+            let end = if reaches_now { b.min(chain.to) } else { b };
+            if s.finals.contains(&d) || !s.covered.contains(a, end) {
                 continue;
             }
             let is_final = s.settled.contains(a, b);

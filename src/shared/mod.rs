@@ -86,6 +86,57 @@ use crate::catalog::AudioKind;
 /// Bucket layout version (the `v1` in every key).
 pub const LAYOUT: &str = "v1";
 
+/// The most bytes of fetched recordings a publisher keeps in memory waiting for their PUT.
+pub const MAX_PENDING: u64 = 256 << 20;
+
+/// A reader's bucket, from the environment ([`Endpoint::from_env`]): its `account.json` is
+/// checked (a prefix no publisher wrote is refused) and what it holds is listed.
+pub async fn open_reader(url: &BucketUrl) -> anyhow::Result<Arc<Bucket>> {
+    use anyhow::Context;
+    let bucket = Arc::new(Bucket::connect(url, &Endpoint::from_env())?);
+    let account = bucket
+        .account()
+        .await
+        .with_context(|| format!("reading {url}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{url} holds no ringfs recordings ({LAYOUT}/account.json is missing): a mount \
+                 with --shared {url} publishes there"
+            )
+        })?;
+    let n = bucket
+        .refresh()
+        .await
+        .with_context(|| format!("listing {url}"))?;
+    tracing::info!("{url}: {n} recordings of account {account}");
+    Ok(bucket)
+}
+
+/// A publisher's bucket, from the environment: claimed for `account` (refused if it holds
+/// another account's recordings) and listed.
+pub async fn open_publisher(url: &BucketUrl, account: &str) -> anyhow::Result<Arc<Bucket>> {
+    use anyhow::Context;
+    let bucket = Arc::new(Bucket::connect(url, &Endpoint::from_env())?);
+    match bucket.claim(account).await {
+        Ok(()) => {}
+        // Another account's prefix: never write there.
+        Err(e @ BucketError::Invalid(_)) => {
+            return Err(e).with_context(|| format!("publishing to {url}"));
+        }
+        // Unreachable now: mount anyway (RingCentral serves), claim before the first write.
+        Err(e) => {
+            tracing::warn!("{url} cannot be reached ({e}); publishing once it can");
+            *bucket.unclaimed.lock().unwrap() = Some(account.to_string());
+            return Ok(bucket);
+        }
+    }
+    match bucket.refresh().await {
+        Ok(n) => tracing::info!("publishing to {url}, which holds {n} recordings"),
+        Err(e) => tracing::warn!("listing {url}: {e}"),
+    }
+    Ok(bucket)
+}
+
 /// `s3://BUCKET/PREFIX`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketUrl {
@@ -279,6 +330,9 @@ pub struct Bucket {
     url: BucketUrl,
     /// Recordings known to be in the bucket (from listings and from our own PUTs).
     held: Mutex<HashMap<String, Held>>,
+    /// The account to claim the prefix for before the first write, when the claim at start
+    /// could not reach the bucket.
+    unclaimed: Mutex<Option<String>>,
     counters: Counters,
 }
 
@@ -355,6 +409,7 @@ impl Bucket {
             store,
             url,
             held: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(None),
             counters: Counters::default(),
         }
     }
@@ -427,6 +482,20 @@ impl Bucket {
                     .map_err(|e| BucketError::from_store(key.to_string(), e))
             }
         }
+    }
+
+    /// Claims the prefix if that is still to do (see [`open_publisher`]); then takes the
+    /// listing the start could not take.
+    async fn ensure_claimed(&self) -> Result<(), BucketError> {
+        let account = self.unclaimed.lock().unwrap().clone();
+        if let Some(account) = account {
+            self.claim(&account).await?;
+            *self.unclaimed.lock().unwrap() = None;
+            if let Err(e) = self.refresh().await {
+                tracing::debug!("listing {}: {e}", self.url);
+            }
+        }
+        Ok(())
     }
 
     async fn put(
@@ -544,6 +613,10 @@ impl Bucket {
         })?;
         if !valid_id(id) {
             return Err(BucketError::Invalid(format!("recording id {id:?}")));
+        }
+        self.ensure_claimed().await?;
+        if self.held(id).is_some() {
+            return Ok(()); // the listing after the claim found it
         }
         let key = self.recording_key(id, kind.extension());
         let sha = hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
@@ -675,6 +748,7 @@ impl Bucket {
 
     /// Writes a new generation of a date's manifest (one PUT).
     pub async fn put_manifest(&self, m: &Manifest) -> Result<(), BucketError> {
+        self.ensure_claimed().await?;
         let millis = jiff::Timestamp::now().as_millisecond().max(0);
         let name = format!(
             "g{millis:016}{}.json",

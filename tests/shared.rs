@@ -1,0 +1,435 @@
+//! A team's mounts sharing one fetch per recording through a bucket, against a real engine: a
+//! three-node Garage cluster on loopback (tests/common/garage.rs) and the emulator. Publishers
+//! fetch from the emulator and publish; readers have no RingCentral client at all. Every test
+//! skips (printing why) when `garage` is not installed; the one with real mounts also when it
+//! cannot mount.
+
+mod common;
+#[path = "common/garage.rs"]
+mod garage;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Child, MountPoint, can_mount, client_for, eventually, is_mounted, quick_config};
+use garage::Garage;
+use ringfs::catalog::Window;
+use ringfs::emulator::{Config, Emulator};
+use ringfs::fs::{Fs, FsConfig};
+use ringfs::media::{Media, MediaConfig};
+use ringfs::shared::log::{BucketLog, PublishingLog};
+use ringfs::shared::media::BucketMedia;
+use ringfs::shared::tier::BucketTier;
+use ringfs::shared::{Bucket, MAX_PENDING};
+use ringfs::store::{DiskStore, Stack, StoreConfig, Tier};
+
+const ROOT: u64 = 1;
+
+/// Media requests the emulator answered, all recordings together.
+fn media_requests(emu: &Emulator) -> u64 {
+    emu.stats()
+        .by_endpoint
+        .get("recording-content")
+        .copied()
+        .unwrap_or(0)
+}
+
+fn fs_config(cfg: &Config) -> FsConfig {
+    let mut c = FsConfig::new(Window::last_days(cfg.days, jiff::tz::TimeZone::UTC));
+    c.recent_ttl = Duration::from_secs(1);
+    c
+}
+
+fn media_config() -> MediaConfig {
+    MediaConfig {
+        cache_bytes: 64 << 20,
+        read_timeout: Duration::from_secs(20),
+        ..MediaConfig::default()
+    }
+}
+
+/// A publishing core over the emulator, as `serve` builds one with `--shared`: the bucket tier
+/// below a disk tier (when `disk` is given), the call log published.
+struct Publisher {
+    fs: Arc<Fs>,
+    tier: Arc<BucketTier>,
+    bucket: Arc<Bucket>,
+}
+
+fn publisher(
+    rt: &tokio::runtime::Runtime,
+    g: &Garage,
+    emu: &Emulator,
+    cfg: &Config,
+    prefix: &str,
+    disk: Option<&std::path::Path>,
+) -> Publisher {
+    let client = client_for(emu, cfg);
+    rt.block_on(client.login()).unwrap();
+    let bucket = Arc::new(g.bucket_at(prefix));
+    rt.block_on(bucket.claim("emulated-account")).unwrap();
+    rt.block_on(bucket.refresh()).unwrap();
+    let tier = BucketTier::new(bucket.clone(), rt.handle().clone(), MAX_PENDING);
+    let stacked: Arc<dyn Tier> = match disk {
+        Some(dir) => Stack::new(
+            DiskStore::open(dir, StoreConfig::default()).unwrap(),
+            tier.clone(),
+        ),
+        None => tier.clone(),
+    };
+    let media = Media::with_tier(
+        Arc::new(ringfs::source::ApiMedia::new(client.clone())),
+        media_config(),
+        Some(stacked),
+    );
+    let config = fs_config(cfg);
+    let log = rt.block_on(PublishingLog::new(
+        Arc::new(client),
+        bucket.clone(),
+        config.settle,
+    ));
+    let fs = Arc::new(Fs::new(Arc::new(log), media, config));
+    Publisher { fs, tier, bucket }
+}
+
+/// A reading core: the call log and media from the bucket, nothing else (no client exists).
+fn reader(rt: &tokio::runtime::Runtime, g: &Garage, cfg: &Config, prefix: &str) -> Arc<Fs> {
+    let bucket = Arc::new(g.bucket_at(prefix));
+    assert!(rt.block_on(bucket.account()).unwrap().is_some());
+    rt.block_on(bucket.refresh()).unwrap();
+    let media = Media::new(Arc::new(BucketMedia::new(bucket.clone())), media_config());
+    let mut config = fs_config(cfg);
+    config.settle = config.retention;
+    Arc::new(Fs::new(Arc::new(BucketLog::new(bucket)), media, config))
+}
+
+async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let opened = fs.open(ino, false).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let b = fs
+            .read(ino, opened.fh, out.len() as u64, 128 << 10)
+            .await
+            .unwrap();
+        if b.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&b);
+    }
+    fs.release(opened.fh);
+    out
+}
+
+/// Every file under the dates of the root: path -> content (recordings and call.json).
+async fn walk(fs: &Fs) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for date in fs.opendir(ROOT).await.unwrap() {
+        if date.name.starts_with("by-") {
+            continue;
+        }
+        let d = fs.lookup(ROOT, OsStr::new(&date.name)).await.unwrap();
+        for session in fs.opendir(d.ino).await.unwrap() {
+            let s = fs.lookup(d.ino, OsStr::new(&session.name)).await.unwrap();
+            for file in fs.opendir(s.ino).await.unwrap() {
+                let f = fs.lookup(s.ino, OsStr::new(&file.name)).await.unwrap();
+                let path = format!("{}/{}/{}", date.name, session.name, file.name);
+                out.insert(path, read_all(fs, f.ino).await);
+            }
+        }
+    }
+    out
+}
+
+/// Waits until every call of the emulator that shows within the next 30 s is in its call log
+/// and its recording fetchable, so that every mount of the test (a few seconds) sees the same
+/// account. Calls still going on for longer stay out of sight meanwhile.
+fn settle(emu: &Emulator) {
+    let now = jiff::Timestamp::now();
+    let soon = now + jiff::SignedDuration::from_secs(30);
+    let last = emu
+        .calls()
+        .iter()
+        .map(|c| c.fetchable_at.max(c.visible_at))
+        .filter(|t| *t <= soon)
+        .max();
+    if let Some(last) = last {
+        let wait = last.duration_since(now);
+        if wait.is_positive() {
+            std::thread::sleep(Duration::try_from(wait).unwrap() + Duration::from_millis(50));
+        }
+    }
+}
+
+fn recordings(tree: &BTreeMap<String, Vec<u8>>) -> usize {
+    tree.keys().filter(|p| !p.ends_with("call.json")).count()
+}
+
+#[test]
+fn a_reader_serves_what_one_publisher_fetched_and_a_second_publisher_spends_nothing() {
+    let Some(g) = Garage::start() else { return };
+    let rt = common::runtime();
+    let cfg = quick_config(8, 2);
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    settle(&emu);
+    let disk = tempfile::tempdir().unwrap();
+
+    let p1 = publisher(&rt, &g, &emu, &cfg, "team", Some(disk.path()));
+    let want = rt.block_on(walk(&p1.fs));
+    let n = recordings(&want);
+    assert!(n >= 4, "{n} recordings");
+    for (path, bytes) in &want {
+        if !path.ends_with("call.json") {
+            let id = common::recording_id_of(std::path::Path::new(path));
+            assert_eq!(Some(bytes), emu.recording_bytes(&id).as_ref(), "{path}");
+        }
+    }
+    assert!(rt.block_on(p1.tier.flush(Duration::from_secs(20))));
+    assert_eq!(p1.bucket.stats().recordings_put, n as u64);
+    assert_eq!(
+        media_requests(&emu),
+        n as u64,
+        "one media request per recording"
+    );
+
+    // The reader: same tree, same bytes, from the bucket alone. Manifests are published in the
+    // background: the reader lists once they are all there.
+    let before = emu.stats();
+    let got = eventually(Duration::from_secs(10), || {
+        let r = reader(&rt, &g, &cfg, "team");
+        let got = rt.block_on(walk(&r));
+        (got.len() == want.len()).then_some(got)
+    })
+    .expect("the reader sees every file");
+    assert_eq!(got, want, "the reader's tree and bytes are the publisher's");
+    let after = emu.stats();
+    assert_eq!(
+        before.by_endpoint, after.by_endpoint,
+        "the reader sent RingCentral nothing"
+    );
+
+    // A second publisher (a new machine: no disk cache): every recording from the bucket.
+    let p2 = publisher(&rt, &g, &emu, &cfg, "team", None);
+    let again = rt.block_on(walk(&p2.fs));
+    assert_eq!(again, want);
+    assert_eq!(
+        media_requests(&emu),
+        n as u64,
+        "the second publisher spent no media request"
+    );
+    assert_eq!(p2.bucket.stats().recordings_put, 0);
+}
+
+#[test]
+fn a_read_completes_while_a_garage_node_is_stopped() {
+    let Some(mut g) = Garage::start() else {
+        return;
+    };
+    let rt = common::runtime();
+    // One recording of 6 MiB, published directly.
+    let data: Vec<u8> = (0..6u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let b = g.bucket_at("node");
+    rt.block_on(b.claim("emulated-account")).unwrap();
+    rt.block_on(b.put_recording("77777777", "audio/mpeg", data.clone().into()))
+        .unwrap();
+
+    let bucket = Arc::new(g.bucket_at("node"));
+    rt.block_on(bucket.refresh()).unwrap();
+    // Small read-ahead and cache: the read needs several GETs, some after the node stopped.
+    let media = Media::new(
+        Arc::new(BucketMedia::new(bucket.clone())),
+        MediaConfig {
+            cache_bytes: 4 << 20,
+            readahead: 512 << 10,
+            far_seek: 256 << 10,
+            idle_timeout: Duration::from_millis(200),
+            read_timeout: Duration::from_secs(20),
+            ..MediaConfig::default()
+        },
+    );
+    let key = ringfs::media::RecordingKey {
+        id: "77777777".into(),
+        content_uri: String::new(),
+    };
+    let mut got = Vec::new();
+    let piece = 256 << 10;
+    while got.len() < data.len() {
+        if got.len() == 1 << 20 {
+            g.stop_node(2);
+        }
+        if got.len() == 3 << 20 {
+            // A far seek back and forth: new ranged GETs while a node is down.
+            let _ = rt
+                .block_on(media.read(&key, 5 << 20, 1024, ringfs::api::Priority::Interactive))
+                .unwrap();
+        }
+        let b = rt
+            .block_on(media.read(
+                &key,
+                got.len() as u64,
+                piece,
+                ringfs::api::Priority::Interactive,
+            ))
+            .unwrap();
+        assert!(!b.is_empty());
+        got.extend_from_slice(&b);
+    }
+    assert!(got == data, "the bytes read are the recording's");
+    assert!(
+        bucket.stats().recording_gets >= 2,
+        "the read spanned several GETs"
+    );
+}
+
+#[test]
+fn a_publisher_killed_mid_put_leaves_nothing_visible() {
+    let Some(g) = Garage::start() else { return };
+    let rt = common::runtime();
+    let b = Arc::new(g.bucket_at("killed"));
+    rt.block_on(b.claim("emulated-account")).unwrap();
+    // A big PUT aborted once its upload is under way.
+    let data = vec![5u8; 64 << 20];
+    let put = {
+        let b = b.clone();
+        rt.spawn(async move { b.put_recording("88888888", "audio/mpeg", data.into()).await })
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    put.abort();
+    let _ = rt.block_on(put);
+    std::thread::sleep(Duration::from_millis(300));
+    let fresh = g.bucket_at("killed");
+    assert_eq!(
+        rt.block_on(fresh.refresh()).unwrap(),
+        0,
+        "no object is visible"
+    );
+    assert!(rt.block_on(fresh.find("88888888")).unwrap().is_none());
+}
+
+#[test]
+fn publisher_and_reader_mounts_share_one_fetch_per_recording() {
+    if !can_mount() {
+        return;
+    }
+    let Some(g) = Garage::start() else { return };
+    let rt = common::runtime();
+    let cfg = quick_config(6, 2);
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    settle(&emu);
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("s3://{}/mounts", g.bucket);
+
+    // The publisher: the real binary over the emulator, with --shared.
+    let pub_mp = MountPoint(tempfile::tempdir().unwrap());
+    let pub_mnt = pub_mp.0.path().to_path_buf();
+    let mut c = common::ringfs_binary(
+        &emu,
+        &cfg,
+        &pub_mnt,
+        &tmp.path().join("state"),
+        &tmp.path().join("publisher.log"),
+    );
+    c.arg("--shared")
+        .arg(&url)
+        .arg("--cache-dir")
+        .arg(tmp.path().join("pub-cache"))
+        .arg("-f")
+        .envs(g.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _publisher = Child(Some(c.spawn().unwrap()));
+    assert!(
+        eventually(Duration::from_secs(30), || is_mounted(&pub_mnt)
+            .then_some(()))
+        .is_some(),
+        "the publisher mounted"
+    );
+    let want: BTreeMap<String, Vec<u8>> = common::walk_files(&pub_mnt)
+        .into_iter()
+        .map(|rel| {
+            let bytes = std::fs::read(pub_mnt.join(&rel)).unwrap();
+            (rel.to_string_lossy().into_owned(), bytes)
+        })
+        .filter(|(rel, _)| !rel.starts_with("by-"))
+        .collect();
+    let n = recordings(&want);
+    assert!(n >= 4, "{n} recordings");
+    // Every recording published (the uploader runs in the background).
+    let watch = g.bucket_at("mounts");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            (rt.block_on(watch.refresh()).unwrap() == n).then_some(())
+        })
+        .is_some(),
+        "every recording reached the bucket"
+    );
+    let spent = emu.stats();
+
+    // The reader: the real binary with the bucket as its source. RingCentral credentials are
+    // in its environment (ringfs_binary sets them, and the emulator's URL): it must not use them.
+    let read_mp = MountPoint(tempfile::tempdir().unwrap());
+    let read_mnt = read_mp.0.path().to_path_buf();
+    let c = common::ringfs_binary(
+        &emu,
+        &cfg,
+        &read_mnt,
+        &tmp.path().join("state2"),
+        &tmp.path().join("reader.log"),
+    );
+    let args: Vec<std::ffi::OsString> = c.get_args().map(|a| a.to_os_string()).collect();
+    let mut c2 = std::process::Command::new(c.get_program());
+    // The same command line with the bucket as the source in place of the API URL.
+    c2.arg(&url)
+        .args(&args[1..])
+        .arg("--cache-dir")
+        .arg(tmp.path().join("read-cache"))
+        .arg("-f")
+        .env_clear()
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_os_string(), v.to_os_string()))),
+        )
+        .env("RC_SERVER_URL", emu.api_url())
+        .envs(g.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _reader = Child(Some(c2.spawn().unwrap()));
+    assert!(
+        eventually(Duration::from_secs(30), || is_mounted(&read_mnt)
+            .then_some(()))
+        .is_some(),
+        "the reader mounted"
+    );
+    let got: BTreeMap<String, Vec<u8>> = eventually(Duration::from_secs(15), || {
+        let got: BTreeMap<String, Vec<u8>> = common::walk_files(&read_mnt)
+            .into_iter()
+            .filter_map(|rel| {
+                let bytes = std::fs::read(read_mnt.join(&rel)).ok()?;
+                Some((rel.to_string_lossy().into_owned(), bytes))
+            })
+            .filter(|(rel, _)| !rel.starts_with("by-"))
+            .collect();
+        (got.len() == want.len()).then_some(got)
+    })
+    .expect("the reader shows every file");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (path, bytes) in &want {
+        assert!(got[path] == *bytes, "{path} differs through the reader");
+    }
+    let after = emu.stats();
+    assert_eq!(
+        spent.by_endpoint, after.by_endpoint,
+        "the reader sent RingCentral nothing (not even a token request)"
+    );
+    assert_eq!(
+        media_requests(&emu),
+        n as u64,
+        "one media request per recording across both mounts"
+    );
+}
