@@ -515,7 +515,142 @@ pub fn main(args: Vec<OsString>) -> anyhow::Result<()> {
         let flags = CacheFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit());
         return cache(flags);
     }
+    if args.get(1).is_some_and(|a| a == "archive") {
+        let rest =
+            std::iter::once(OsString::from("ringfs archive")).chain(args.into_iter().skip(2));
+        let flags = ArchiveFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit());
+        return archive(flags);
+    }
     parse(args).and_then(run)
+}
+
+/// `ringfs archive SOURCE s3://BUCKET/PREFIX`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringfs archive",
+    about = "Fetch every recording of a window that a team's bucket lacks, and publish it",
+    long_about = "Fetch every recording of a window that a team's bucket lacks, newest first, at \
+the pace RingCentral's rate limit allows, and publish it (and the dates listed) to the bucket, \
+as a mount with --shared would. What the bucket holds is skipped: an interrupted archive \
+resumes, and a rerun spends no media request. RingCentral credentials as for a mount; the \
+bucket's from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION or \
+~/.aws/credentials."
+)]
+pub struct ArchiveFlags {
+    /// `ringcentral` or an API base URL.
+    pub source: String,
+    /// The team's bucket: s3://BUCKET/PREFIX.
+    pub bucket: String,
+    /// This many dates, ending today.
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    /// First date (YYYY-MM-DD); overrides --days.
+    #[arg(long)]
+    pub since: Option<jiff::civil::Date>,
+    /// Last date (YYYY-MM-DD); default today.
+    #[arg(long)]
+    pub until: Option<jiff::civil::Date>,
+    /// Time zone of the dates (IANA name); default the system's.
+    #[arg(long)]
+    pub tz: Option<String>,
+    /// Which call log: auto, account or extension.
+    #[arg(long, default_value = "auto")]
+    pub scope: String,
+    /// A file of RC_*=value lines.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Where tokens are kept (default as for a mount).
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+}
+
+fn archive(f: ArchiveFlags) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .finish()
+        .with(log_filter("ringfs=warn"))
+        .try_init();
+    // Reuse the mount's validation of the window, zone and scope.
+    let mut mount_args: Vec<OsString> = vec!["ringfs".into(), f.source.clone().into(), "/".into()];
+    mount_args.extend([
+        "--days".into(),
+        f.days.to_string().into(),
+        "--scope".into(),
+        f.scope.clone().into(),
+    ]);
+    for (flag, v) in [
+        ("--since", f.since.map(|d| d.to_string())),
+        ("--until", f.until.map(|d| d.to_string())),
+        ("--tz", f.tz.clone()),
+    ] {
+        if let Some(v) = v {
+            mount_args.extend([flag.into(), v.into()]);
+        }
+    }
+    let mut opts = parse(mount_args)?;
+    if !matches!(opts.source, Source::RingCentral | Source::Url(_)) {
+        bail!("ringfs archive fetches from RingCentral: use `ringcentral` or an API base URL");
+    }
+    if let Some(s) = f.state_file {
+        opts.state_file = Some(s);
+    }
+    let url = crate::shared::BucketUrl::parse(&f.bucket).map_err(|e| anyhow!(e))?;
+    let creds = account_credentials(f.credentials.as_deref(), &opts.source)?;
+    let account = account_name(&creds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let (client, _) = rt.block_on(connect(&opts, Some(creds)))?;
+    let bucket = rt.block_on(crate::shared::open_publisher(&url, &account))?;
+    let tier = crate::shared::tier::BucketTier::new(
+        bucket.clone(),
+        rt.handle().clone(),
+        crate::shared::MAX_PENDING,
+    );
+    let media = Media::with_tier(
+        Arc::new(crate::source::ApiMedia::new(client.clone())),
+        MediaConfig::default(),
+        Some(tier.clone() as Arc<dyn crate::store::Tier>),
+    );
+    let config = opts.fs_config();
+    let log = rt.block_on(crate::shared::log::PublishingLog::new(
+        Arc::new(client.clone()),
+        bucket.clone(),
+        config.settle,
+    ));
+    let core = Fs::new(Arc::new(log), media, config);
+    rt.block_on(client.login())
+        .context("logging in to RingCentral")?;
+    let tty = std::io::stderr().is_terminal();
+    let report = rt.block_on(crate::shared::archive::archive(
+        &core,
+        &bucket,
+        &tier,
+        |p| {
+            if tty {
+                eprint!("\r\x1b[K{p}");
+            } else if p.fetched % 10 == 0 || p.left() == 0 {
+                eprintln!("{p}");
+            }
+        },
+    ))?;
+    if tty {
+        eprintln!();
+    }
+    println!("{}", crate::shared::archive::summary(&report, &bucket));
+    if report.failed > 0 {
+        bail!(
+            "{} recordings could not be fetched (a rerun tries them again)",
+            report.failed
+        );
+    }
+    Ok(())
 }
 
 /// `ringfs cache info|clear`.

@@ -433,3 +433,162 @@ fn publisher_and_reader_mounts_share_one_fetch_per_recording() {
         "one media request per recording across both mounts"
     );
 }
+
+#[test]
+fn an_archive_fills_the_bucket_and_a_rerun_spends_no_media_request() {
+    let Some(g) = Garage::start() else { return };
+    let rt = common::runtime();
+    let cfg = quick_config(10, 3);
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    settle(&emu);
+
+    let p = publisher(&rt, &g, &emu, &cfg, "archive", None);
+    let mut reports = 0;
+    let first = rt
+        .block_on(ringfs::shared::archive::archive(
+            &p.fs,
+            &p.bucket,
+            &p.tier,
+            |_| reports += 1,
+        ))
+        .unwrap();
+    assert!(first.recordings >= 4, "{first:?}");
+    assert_eq!(
+        (first.fetched, first.skipped, first.failed),
+        (first.recordings, 0, 0)
+    );
+    assert_eq!(
+        reports,
+        1 + first.recordings,
+        "progress after the listing and each recording"
+    );
+    assert_eq!(media_requests(&emu), first.recordings as u64);
+
+    // The bucket holds every recording, byte for byte.
+    let fresh = g.bucket_at("archive");
+    assert_eq!(rt.block_on(fresh.refresh()).unwrap(), first.recordings);
+    let tree = rt.block_on(walk(&reader(&rt, &g, &cfg, "archive")));
+    assert_eq!(recordings(&tree), first.recordings);
+    for (path, bytes) in &tree {
+        if !path.ends_with("call.json") {
+            let id = common::recording_id_of(std::path::Path::new(path));
+            assert!(Some(bytes) == emu.recording_bytes(&id).as_ref(), "{path}");
+        }
+    }
+
+    // A rerun (a new process: nothing in memory) skips everything.
+    let again = publisher(&rt, &g, &emu, &cfg, "archive", None);
+    let second = rt
+        .block_on(ringfs::shared::archive::archive(
+            &again.fs,
+            &again.bucket,
+            &again.tier,
+            |_| {},
+        ))
+        .unwrap();
+    assert_eq!(
+        (second.recordings, second.skipped, second.fetched),
+        (first.recordings, first.recordings, 0)
+    );
+    assert_eq!(
+        media_requests(&emu),
+        first.recordings as u64,
+        "the rerun spent no media request"
+    );
+}
+
+#[test]
+fn a_reader_serves_what_it_holds_and_fails_the_rest_with_eio_while_the_bucket_is_down() {
+    let Some(mut g) = Garage::start() else {
+        return;
+    };
+    let rt = common::runtime();
+    let cfg = quick_config(8, 2);
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    settle(&emu);
+    let p = publisher(&rt, &g, &emu, &cfg, "down", None);
+    let want = rt.block_on(walk(&p.fs));
+    assert!(rt.block_on(p.tier.flush(Duration::from_secs(20))));
+    let files: Vec<&String> = want.keys().filter(|k| !k.ends_with("call.json")).collect();
+    assert!(files.len() >= 2);
+
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = reader(&rt, &g, &cfg, "down");
+            (rt.block_on(walk(&r)).len() == want.len()).then_some(())
+        })
+        .is_some(),
+        "the manifests are published"
+    );
+    // A new reader finds two recordings, reads one, then loses the bucket: the node it talks to
+    // stops.
+    let r = reader(&rt, &g, &cfg, "down");
+    let ino_of = |path: &str| {
+        rt.block_on(async {
+            let mut ino = ROOT;
+            for part in path.split('/') {
+                ino = r.lookup(ino, OsStr::new(part)).await.unwrap().ino;
+            }
+            ino
+        })
+    };
+    let (first, other) = (files[0], files[files.len() - 1]);
+    let (held, r2_ino) = (ino_of(first), ino_of(other));
+    assert_eq!(rt.block_on(read_all(&r, held)), want[first]);
+    g.stop_node(0);
+    // Listing the newest date again (a date that may still change, past recent_ttl) needs the
+    // bucket: EIO, and the core takes the bucket for down.
+    std::thread::sleep(Duration::from_millis(1100));
+    let date = other.split('/').next().unwrap();
+    let d = rt.block_on(r.lookup(ROOT, OsStr::new(date))).unwrap();
+    let listed = rt.block_on(r.opendir(d.ino));
+    assert_eq!(listed.err().map(|e| e.to_errno()), Some(libc::EIO));
+    // What the reader holds is served; what it does not fails with EIO at once.
+    assert_eq!(rt.block_on(read_all(&r, held)), want[first]);
+    let started = std::time::Instant::now();
+    let opened = rt.block_on(r.open(r2_ino, false));
+    let failed = match opened {
+        Err(e) => Some(e.to_errno()),
+        Ok(o) => rt
+            .block_on(r.read(r2_ino, o.fh, 0, 4096))
+            .err()
+            .map(|e| e.to_errno()),
+    };
+    assert_eq!(failed, Some(libc::EIO));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_publisher_serves_from_ringcentral_while_the_bucket_is_down_and_publishes_later() {
+    let Some(mut g) = Garage::start() else {
+        return;
+    };
+    let rt = common::runtime();
+    let cfg = quick_config(6, 2);
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    settle(&emu);
+    let p = publisher(&rt, &g, &emu, &cfg, "later", None);
+    g.stop_node(0);
+    let tree = rt.block_on(walk(&p.fs));
+    let n = recordings(&tree);
+    assert!(n >= 3);
+    for (path, bytes) in &tree {
+        if !path.ends_with("call.json") {
+            let id = common::recording_id_of(std::path::Path::new(path));
+            assert!(Some(bytes) == emu.recording_bytes(&id).as_ref(), "{path}");
+        }
+    }
+    assert_eq!(p.bucket.stats().recordings_put, 0);
+    g.restart_node(0);
+    assert!(
+        rt.block_on(p.tier.flush(Duration::from_secs(40))),
+        "the queue was published once the bucket came back"
+    );
+    assert!(p.bucket.stats().put_failures >= 1);
+    let fresh = g.bucket_at("later");
+    assert_eq!(rt.block_on(fresh.refresh()).unwrap(), n);
+}

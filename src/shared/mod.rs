@@ -60,6 +60,7 @@
 //! - Readers do not verify `sha256` on ranged reads (it covers the whole object); it is there
 //!   for audits.
 
+pub mod archive;
 pub mod log;
 pub mod media;
 pub mod tier;
