@@ -134,7 +134,7 @@ impl BucketLog {
             .into_iter()
             .filter(|r| from <= r.start_time && r.start_time < to)
             .collect();
-        records.sort_by(|a, b| b.start_time.cmp(&a.start_time));
+        records.sort_by_key(|r| std::cmp::Reverse(r.start_time));
         Ok(Page {
             records,
             next: None,
@@ -327,7 +327,7 @@ impl PublishingLog {
             if s.published.get(&d) == Some(&(n, is_final)) {
                 continue;
             }
-            list.sort_by(|x, y| y.0.cmp(&x.0));
+            list.sort_by_key(|x| std::cmp::Reverse(x.0));
             // Marked now so that a second listing meanwhile does not publish it twice; undone if
             // the PUT fails (the next listing then tries again).
             s.published.insert(d, (n, is_final));

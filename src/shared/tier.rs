@@ -347,3 +347,153 @@ impl Drop for BucketWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Priority;
+    use crate::media::fake::{FakeRecording, FakeSource, expected};
+    use crate::media::{Media, MediaConfig, RecordingKey};
+    use crate::shared::{BucketUrl, Held};
+
+    const LEN: u64 = 700_000;
+
+    fn key(id: &str) -> RecordingKey {
+        RecordingKey {
+            id: id.into(),
+            content_uri: format!("https://media.example/{id}"),
+        }
+    }
+
+    fn config() -> MediaConfig {
+        MediaConfig {
+            cache_bytes: 8 << 20,
+            read_timeout: Duration::from_secs(5),
+            ..MediaConfig::default()
+        }
+    }
+
+    async fn read_whole(media: &Media, id: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let b = media
+                .read(&key(id), out.len() as u64, 100_000, Priority::Interactive)
+                .await
+                .unwrap();
+            if b.is_empty() {
+                return out;
+            }
+            out.extend_from_slice(&b);
+        }
+    }
+
+    fn bucket(store: &Arc<object_store::memory::InMemory>) -> Arc<Bucket> {
+        Arc::new(Bucket::with_store(
+            store.clone(),
+            BucketUrl::parse("s3://team/calls").unwrap(),
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recording_fetched_whole_is_put_once_and_read_from_the_bucket_after() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let b = bucket(&store);
+        let tier = BucketTier::new(b.clone(), Handle::current(), 64 << 20);
+        let source = Arc::new(FakeSource::new());
+        source.add("1001", FakeRecording::new(LEN, 7));
+        let media = Media::with_tier(source.clone(), config(), Some(tier.clone() as _));
+        assert_eq!(read_whole(&media, "1001").await, expected(7, 0, LEN));
+        assert_eq!(source.opens().len(), 1);
+        assert!(tier.flush(Duration::from_secs(5)).await);
+        assert_eq!(b.stats().recordings_put, 1);
+        assert_eq!(
+            b.held("1001"),
+            Some(Held {
+                size: LEN,
+                content_type: "audio/mpeg".into()
+            })
+        );
+
+        // Another mount (a new process): it lists the bucket and reads from it, no request.
+        let b2 = bucket(&store);
+        assert_eq!(b2.refresh().await.unwrap(), 1);
+        let tier2 = BucketTier::new(b2.clone(), Handle::current(), 64 << 20);
+        let source2 = Arc::new(FakeSource::new());
+        source2.add("1001", FakeRecording::new(LEN, 7));
+        let media2 = Media::with_tier(source2.clone(), config(), Some(tier2.clone() as _));
+        assert_eq!(read_whole(&media2, "1001").await, expected(7, 0, LEN));
+        assert!(source2.opens().is_empty(), "{:?}", source2.opens());
+        assert!(b2.stats().recording_gets >= 1);
+        assert!(tier2.flush(Duration::from_secs(1)).await);
+        assert_eq!(b2.stats().recordings_put, 0, "nothing written twice");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_part_of_a_recording_or_an_unknown_type_is_never_put() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let b = bucket(&store);
+        let tier = BucketTier::new(b.clone(), Handle::current(), 64 << 20);
+        let source = Arc::new(FakeSource::new());
+        // Longer than the read-ahead: the download pauses, and stops at the close.
+        source.add("1002", FakeRecording::new(6 << 20, 8));
+        let mut odd = FakeRecording::new(LEN, 9);
+        odd.content_type = Some("text/html".into());
+        source.add("1003", odd);
+        let media = Media::with_tier(source.clone(), config(), Some(tier.clone() as _));
+        // The start of one (then closed), the whole of the other.
+        let k = key("1002");
+        media
+            .read(&k, 0, 1000, Priority::Interactive)
+            .await
+            .unwrap();
+        media.close(&k);
+        let _ = read_whole(&media, "1003").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(tier.flush(Duration::from_secs(5)).await);
+        assert_eq!(b.stats().recordings_put, 0);
+        assert_eq!(b.refresh().await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stack_reads_what_the_bucket_holds_and_keeps_it_on_disk() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let b = bucket(&store);
+        b.put_recording("1004", "audio/mpeg", expected(4, 0, LEN).into())
+            .await
+            .unwrap();
+        let b = bucket(&store);
+        b.refresh().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let disk = crate::store::DiskStore::open(dir.path(), Default::default()).unwrap();
+        let tier = BucketTier::new(b.clone(), Handle::current(), 64 << 20);
+        let stack = crate::store::Stack::new(disk.clone(), tier);
+        let source = Arc::new(FakeSource::new());
+        source.add("1004", FakeRecording::new(LEN, 4));
+        let media = Media::with_tier(source.clone(), config(), Some(stack as _));
+        assert_eq!(read_whole(&media, "1004").await, expected(4, 0, LEN));
+        assert!(source.opens().is_empty(), "{:?}", source.opens());
+        // The bytes read from the bucket went to the disk as well.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !disk.get("1004").is_some_and(|s| s.complete()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                disk.get("1004")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let gets = b.stats().recording_gets;
+        // A new media layer over the same stack reads from the disk: no bucket request.
+        let media2 = Media::with_tier(
+            source.clone(),
+            config(),
+            Some(crate::store::Stack::new(
+                disk.clone(),
+                BucketTier::new(b.clone(), Handle::current(), 64 << 20),
+            ) as _),
+        );
+        assert_eq!(read_whole(&media2, "1004").await, expected(4, 0, LEN));
+        assert_eq!(b.stats().recording_gets, gets);
+        disk.shutdown();
+    }
+}
