@@ -67,6 +67,18 @@ fn publisher(
     prefix: &str,
     disk: Option<&std::path::Path>,
 ) -> Publisher {
+    publisher_tuned(rt, g, emu, cfg, prefix, disk, |_| {})
+}
+
+fn publisher_tuned(
+    rt: &tokio::runtime::Runtime,
+    g: &Garage,
+    emu: &Emulator,
+    cfg: &Config,
+    prefix: &str,
+    disk: Option<&std::path::Path>,
+    tune: impl FnOnce(&mut FsConfig),
+) -> Publisher {
     let client = client_for(emu, cfg);
     rt.block_on(client.login()).unwrap();
     let bucket = Arc::new(g.bucket_at(prefix));
@@ -85,7 +97,8 @@ fn publisher(
         media_config(),
         Some(stacked),
     );
-    let config = fs_config(cfg);
+    let mut config = fs_config(cfg);
+    tune(&mut config);
     let log = rt.block_on(PublishingLog::new(
         Arc::new(client),
         bucket.clone(),
@@ -171,7 +184,8 @@ fn recordings(tree: &BTreeMap<String, Vec<u8>>) -> usize {
 fn a_reader_serves_what_one_publisher_fetched_and_a_second_publisher_spends_nothing() {
     let Some(g) = Garage::start() else { return };
     let rt = common::runtime();
-    let cfg = quick_config(8, 2);
+    // Three dates: the oldest has settled whatever the time of day, so its manifest is final.
+    let cfg = quick_config(12, 3);
     let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
     settle(&emu);
     let disk = tempfile::tempdir().unwrap();
@@ -220,6 +234,44 @@ fn a_reader_serves_what_one_publisher_fetched_and_a_second_publisher_spends_noth
         "the second publisher spent no media request"
     );
     assert_eq!(p2.bucket.stats().recordings_put, 0);
+
+    // A publisher whose window is a settled date (final in the bucket) lists it from there:
+    // no call-log request either.
+    let call_log = |emu: &Emulator| {
+        let s = emu.stats();
+        s.by_endpoint.get("account-call-log").copied().unwrap_or(0)
+            + s.by_endpoint
+                .get("extension-call-log")
+                .copied()
+                .unwrap_or(0)
+    };
+    let pages = call_log(&emu);
+    let settled = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        .checked_sub(jiff::Span::new().days(2))
+        .unwrap();
+    let mut window = Window::last_days(1, jiff::tz::TimeZone::UTC);
+    window.since = Some(settled);
+    window.until = Some(settled);
+    let old: Vec<String> = want
+        .keys()
+        .filter(|k| k.starts_with(&settled.to_string()))
+        .cloned()
+        .collect();
+    assert!(!old.is_empty(), "the settled date has calls");
+    let p4 = publisher_tuned(&rt, &g, &emu, &cfg, "team", None, |c| c.window = window);
+    let listed = rt.block_on(walk(&p4.fs));
+    assert_eq!(
+        listed.keys().cloned().collect::<Vec<_>>(),
+        old,
+        "the settled date as the first publisher listed it"
+    );
+    assert_eq!(
+        call_log(&emu),
+        pages,
+        "no call-log request for a final date"
+    );
 }
 
 #[test]
