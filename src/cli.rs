@@ -1383,4 +1383,44 @@ mod tests {
         assert!(a.dir().is_err(), "demo has no default cache");
         assert!(parse(&["ringfs cache", "wipe"]).is_err());
     }
+
+    #[test]
+    fn bucket_sources_and_the_shared_option() {
+        let o = parse(args(&["ringfs", "s3://team/calls/acme", "/m"])).unwrap();
+        let Source::Bucket(u) = &o.source else {
+            panic!("{:?}", o.source)
+        };
+        assert_eq!(
+            (u.bucket.as_str(), u.prefix.as_str()),
+            ("team", "calls/acme")
+        );
+        assert_eq!(o.shared, None);
+        let o = parse(args(&[
+            "ringfs",
+            "ringcentral",
+            "/m",
+            "-o",
+            "shared=s3://team/acme,days=7",
+        ]))
+        .unwrap();
+        assert_eq!(
+            o.shared.map(|u| u.to_string()).as_deref(),
+            Some("s3://team/acme")
+        );
+        assert!(parse(args(&["ringfs", "demo", "/m", "--shared", "s3://t/p"])).is_err());
+        assert!(parse(args(&["ringfs", "s3://t/p", "/m", "--shared", "s3://t/p"])).is_err());
+        assert!(parse(args(&["ringfs", "ringcentral", "/m", "--shared", "t/p"])).is_err());
+        let f = ArchiveFlags::try_parse_from([
+            "ringfs archive",
+            "ringcentral",
+            "s3://t/p",
+            "--days",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(
+            (f.source.as_str(), f.bucket.as_str(), f.days),
+            ("ringcentral", "s3://t/p", 7)
+        );
+    }
 }

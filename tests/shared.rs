@@ -644,3 +644,67 @@ fn a_publisher_serves_from_ringcentral_while_the_bucket_is_down_and_publishes_la
     let fresh = g.bucket_at("later");
     assert_eq!(rt.block_on(fresh.refresh()).unwrap(), n);
 }
+
+#[test]
+fn the_archive_command_fills_the_bucket_resumes_and_refuses_another_accounts_prefix() {
+    let Some(g) = Garage::start() else { return };
+    let rt = common::runtime();
+    let cfg = quick_config(6, 2);
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    settle(&emu);
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringfs"))
+            .arg("archive")
+            .arg(emu.api_url())
+            .arg(url)
+            .args(["--days", "2", "--tz", "UTC"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RC_CLIENT_ID", &cfg.client_id)
+            .env("RC_CLIENT_SECRET", &cfg.client_secret)
+            .env("RC_JWT", &cfg.jwt)
+            .env("XDG_STATE_HOME", tmp.path())
+            .envs(g.env())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let url = format!("s3://{}/cli", g.bucket);
+    let first = run(url.clone());
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let n = media_requests(&emu);
+    assert!(n >= 3, "{n} recordings fetched");
+    assert!(
+        out.contains(&format!("{n}/{n} fetched (0 already in the bucket)")),
+        "{out}"
+    );
+    let fresh = g.bucket_at("cli");
+    assert_eq!(rt.block_on(fresh.refresh()).unwrap() as u64, n);
+
+    let second = run(url);
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("0/0 fetched ({n} already in the bucket)")),
+        "{out}"
+    );
+    assert_eq!(media_requests(&emu), n, "the rerun spent no media request");
+
+    // A prefix another account claimed is refused before anything is fetched.
+    let other = g.bucket_at("other");
+    rt.block_on(other.claim("someone-else")).unwrap();
+    let refused = run(format!("s3://{}/other", g.bucket));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("holds the recordings of account someone-else"),
+        "{err}"
+    );
+    assert_eq!(media_requests(&emu), n);
+}
