@@ -496,4 +496,54 @@ mod tests {
         assert_eq!(b.stats().recording_gets, gets);
         disk.shutdown();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_the_disk_holds_complete_reaches_the_bucket_however_it_was_fetched() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let dir = tempfile::tempdir().unwrap();
+        let source = Arc::new(FakeSource::new());
+        source.add("2001", FakeRecording::new(LEN, 21));
+        source.add("2002", FakeRecording::new(6 << 20, 22));
+        // A mount without the bucket: one recording read whole, the other's start only.
+        let disk = crate::store::DiskStore::open(dir.path(), Default::default()).unwrap();
+        let media = Media::with_tier(source.clone(), config(), Some(disk.clone() as _));
+        let _ = read_whole(&media, "2001").await;
+        let k = key("2002");
+        media
+            .read(&k, 0, 1000, Priority::Interactive)
+            .await
+            .unwrap();
+        media.close(&k);
+        drop(media);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        disk.shutdown();
+        drop(disk);
+
+        // The next mount stacks the bucket below that disk and reads both.
+        let disk = crate::store::DiskStore::open(dir.path(), Default::default()).unwrap();
+        let partial = disk.get("2002").unwrap();
+        assert!(partial.stored > 0 && !partial.complete(), "{partial:?}");
+        let b = bucket(&store);
+        let tier = BucketTier::new(b.clone(), Handle::current(), 64 << 20);
+        let stack = crate::store::Stack::new(disk.clone(), tier.clone());
+        let media = Media::with_tier(source.clone(), config(), Some(stack as _));
+        let opens = source.opens().len();
+        assert_eq!(read_whole(&media, "2001").await, expected(21, 0, LEN));
+        assert_eq!(read_whole(&media, "2002").await, expected(22, 0, 6 << 20));
+        assert_eq!(
+            source.opens().len(),
+            opens + 1,
+            "one request: the rest of 2002"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while b.held("2001").is_none() || b.held("2002").is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "{:?}", b.stats());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b.stats().recordings_put, 2);
+        let fresh = bucket(&store);
+        assert_eq!(fresh.refresh().await.unwrap(), 2);
+        assert_eq!(fresh.held("2002").map(|h| h.size), Some(6 << 20));
+        disk.shutdown();
+    }
 }

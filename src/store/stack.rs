@@ -7,10 +7,17 @@
 //!   so a recording read from the bucket is on disk afterwards (one bucket read per recording);
 //! - a writer writes through to both, each taking what it takes (either may stop);
 //! - a lease holds both; a complete local file only comes from the upper tier (the lower one may
-//!   have one too; it is asked second).
+//!   have one too; it is asked second);
+//! - *backfill*: a recording the upper tier holds complete and the lower one lacks is copied
+//!   down, in a blocking task, from the upper tier's bytes: when a download ended without the
+//!   lower one having taken it whole (it resumed a prefix an earlier mount kept on disk, or the
+//!   lower one refused some of it), and the first time this process sees such a recording
+//!   otherwise (kept on disk before the lower tier was stacked). So every recording the disk
+//!   holds complete reaches the bucket once it is used, whatever way it was fetched.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -22,11 +29,67 @@ use super::tier::{
 pub struct Stack {
     upper: Arc<dyn Tier>,
     lower: Arc<dyn Tier>,
+    me: Weak<Stack>,
+    /// Recordings this process had a writer for or backfilled (each is backfilled at most once
+    /// from [`Tier::get`]; a writer decides for its own download).
+    seen: Mutex<HashSet<String>>,
 }
+
+/// How long a backfill waits for the upper tier to count a just-finished download complete.
+const BACKFILL_WAIT: Duration = Duration::from_secs(3);
 
 impl Stack {
     pub fn new(upper: Arc<dyn Tier>, lower: Arc<dyn Tier>) -> Arc<Stack> {
-        Arc::new(Stack { upper, lower })
+        Arc::new_cyclic(|me| Stack {
+            upper,
+            lower,
+            me: me.clone(),
+            seen: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Copies `id` from the upper tier to the lower one in a blocking task, if the upper one
+    /// holds it complete (within [`BACKFILL_WAIT`]) and the lower one does not.
+    fn spawn_backfill(&self, id: &str) {
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let id = id.to_string();
+        rt.spawn_blocking(move || me.backfill(&id));
+    }
+
+    fn backfill(&self, id: &str) {
+        let deadline = Instant::now() + BACKFILL_WAIT;
+        let up = loop {
+            match self.upper.get(id) {
+                Some(s) if s.complete() => break s,
+                _ if Instant::now() >= deadline => return,
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        if self.lower.get(id).is_some_and(|l| l.complete()) {
+            return;
+        }
+        let (Some(size), Ok(rt)) = (up.size, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let _lease = self.upper.lease(id);
+        let mut w = self.lower.clone().writer(id);
+        w.learn(up.size, up.content_type.as_deref());
+        let mut at = 0u64;
+        while at < size {
+            // A short read or a refusal ends it; the writer, dropped incomplete, keeps nothing.
+            let Some(b) = self.upper.read(id, at, 1 << 20) else {
+                return;
+            };
+            let Some(room) = rt.block_on(w.reserve(b.len())) else {
+                return;
+            };
+            let n = b.len() as u64;
+            w.append(at, b, room);
+            at += n;
+        }
+        tracing::debug!("recording {id}: copied down from the upper tier ({size} bytes)");
     }
 
     /// Writes `data`, read from the lower tier at `offset`, to the upper tier if it continues
@@ -49,7 +112,14 @@ impl Stack {
 
 impl Tier for Stack {
     fn get(&self, id: &str) -> Option<StoredRecording> {
-        match (self.upper.get(id), self.lower.get(id)) {
+        let (u, l) = (self.upper.get(id), self.lower.get(id));
+        if u.as_ref().is_some_and(|u| u.complete())
+            && !l.as_ref().is_some_and(|l| l.complete())
+            && self.seen.lock().unwrap().insert(id.to_string())
+        {
+            self.spawn_backfill(id);
+        }
+        match (u, l) {
             (Some(u), Some(l)) => {
                 let size = u.size.or(l.size);
                 let content_type = u.content_type.clone().or(l.content_type.clone());
@@ -84,10 +154,15 @@ impl Tier for Stack {
     }
 
     fn writer(self: Arc<Self>, id: &str) -> Box<dyn TierWriter> {
+        self.seen.lock().unwrap().insert(id.to_string());
         Box::new(StackWriter {
             upper: Some(self.upper.clone().writer(id)),
             lower: Some(self.lower.clone().writer(id)),
             rooms: Mutex::new(VecDeque::new()),
+            lower_took: Mutex::new(Some(0)),
+            size: None,
+            id: id.to_string(),
+            stack: self,
         })
     }
 
@@ -104,6 +179,27 @@ struct StackWriter {
     upper: Option<Box<dyn TierWriter>>,
     lower: Option<Box<dyn TierWriter>>,
     rooms: Mutex<VecDeque<(Option<Reserved>, Option<Reserved>)>>,
+    /// How far the lower writer took the download contiguously from byte 0; `None` once it
+    /// missed a piece (a download that started past 0, a refused reserve).
+    lower_took: Mutex<Option<u64>>,
+    size: Option<u64>,
+    id: String,
+    stack: Arc<Stack>,
+}
+
+impl Drop for StackWriter {
+    fn drop(&mut self) {
+        // Dropping the writers first ends their downloads in both tiers.
+        self.upper.take();
+        self.lower.take();
+        let whole = matches!(
+            (*self.lower_took.get_mut().unwrap(), self.size),
+            (Some(took), Some(size)) if took == size
+        );
+        if !whole {
+            self.stack.spawn_backfill(&self.id);
+        }
+    }
 }
 
 impl TierWriter for StackWriter {
@@ -138,12 +234,22 @@ impl TierWriter for StackWriter {
         if let (Some(w), Some(r)) = (&self.upper, u) {
             w.append(offset, data.clone(), r);
         }
+        {
+            let mut took = self.lower_took.lock().unwrap();
+            *took = match (*took, &l) {
+                (Some(t), Some(_)) if offset <= t => Some(t.max(offset + data.len() as u64)),
+                _ => None,
+            };
+        }
         if let (Some(w), Some(r)) = (&self.lower, l) {
             w.append(offset, data, r);
         }
     }
 
     fn learn(&mut self, size: Option<u64>, content_type: Option<&str>) {
+        if size.is_some() {
+            self.size = size;
+        }
         if let Some(w) = self.upper.as_mut() {
             w.learn(size, content_type);
         }
