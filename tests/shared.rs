@@ -341,21 +341,26 @@ fn a_publisher_killed_mid_put_leaves_nothing_visible() {
     let rt = common::runtime();
     let b = Arc::new(g.bucket_at("killed"));
     rt.block_on(b.claim("emulated-account")).unwrap();
-    // A big PUT aborted once its upload is under way.
-    let data = vec![5u8; 64 << 20];
+    // How long a whole PUT of 64 MiB takes here, then one aborted a third of the way through
+    // it (its request is on the wire by then: the connection is open within milliseconds).
+    let data = bytes::Bytes::from(vec![5u8; 64 << 20]);
+    let started = std::time::Instant::now();
+    rt.block_on(b.put_recording("88888887", "audio/mpeg", data.clone()))
+        .unwrap();
+    let whole = started.elapsed();
     let put = {
         let b = b.clone();
-        rt.spawn(async move { b.put_recording("88888888", "audio/mpeg", data.into()).await })
+        rt.spawn(async move { b.put_recording("88888888", "audio/mpeg", data).await })
     };
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(whole / 3);
     put.abort();
-    let _ = rt.block_on(put);
+    assert!(rt.block_on(put).is_err(), "aborted before it completed");
     std::thread::sleep(Duration::from_millis(300));
     let fresh = g.bucket_at("killed");
     assert_eq!(
         rt.block_on(fresh.refresh()).unwrap(),
-        0,
-        "no object is visible"
+        1,
+        "only the whole object is visible (a whole PUT took {whole:?})"
     );
     assert!(rt.block_on(fresh.find("88888888")).unwrap().is_none());
 }
@@ -634,13 +639,19 @@ fn a_publisher_serves_from_ringcentral_while_the_bucket_is_down_and_publishes_la
             assert!(Some(bytes) == emu.recording_bytes(&id).as_ref(), "{path}");
         }
     }
+    // The PUTs fail (after object_store's own retries) while the node is down.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            (p.bucket.stats().put_failures >= 1).then_some(())
+        })
+        .is_some()
+    );
     assert_eq!(p.bucket.stats().recordings_put, 0);
     g.restart_node(0);
     assert!(
         rt.block_on(p.tier.flush(Duration::from_secs(40))),
         "the queue was published once the bucket came back"
     );
-    assert!(p.bucket.stats().put_failures >= 1);
     let fresh = g.bucket_at("later");
     assert_eq!(rt.block_on(fresh.refresh()).unwrap(), n);
 }

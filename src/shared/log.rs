@@ -25,6 +25,9 @@ use crate::fs::{CallLog, Page};
 use crate::media::BoxFuture;
 use crate::model::{CallRecord, RecordingMeta};
 
+/// Tries of one manifest PUT before it is given up (see `PublishingLog::publish`).
+const MANIFEST_ATTEMPTS: u32 = 14;
+
 /// Manifests fetched at once when a query spans many dates.
 const PARALLEL: usize = 8;
 
@@ -251,7 +254,9 @@ struct PubState {
     /// What was listed completely, and what was listed after it settled.
     covered: Spans,
     settled: Spans,
-    /// Every record seen, per UTC date, by record id.
+    /// Every record seen of the dates not final yet, per UTC date, by record id (a final
+    /// date's records are dropped once its manifest is made, so this holds the recent dates
+    /// and those not listed completely yet).
     records: HashMap<Date, BTreeMap<String, (Timestamp, serde_json::Value)>>,
     /// What was last published per date: (records, final).
     published: HashMap<Date, (usize, bool)>,
@@ -291,8 +296,12 @@ impl PublishingLog {
     fn took(&self, chain: Chain, page: &Page) -> Vec<Manifest> {
         let mut s = self.state.lock().unwrap();
         for r in &page.records {
+            let d = utc_date_of(r.start_time);
+            if s.finals.contains(&d) {
+                continue; // published for good: nothing to keep
+            }
             s.records
-                .entry(utc_date_of(r.start_time))
+                .entry(d)
                 .or_default()
                 .insert(r.id.clone(), (r.start_time, r.raw.clone()));
         }
@@ -332,7 +341,9 @@ impl PublishingLog {
             // the PUT fails (the next listing then tries again).
             s.published.insert(d, (n, is_final));
             if is_final {
+                // Its records are in the manifest now; only dates that may change stay here.
                 s.finals.insert(d);
+                s.records.remove(&d);
             }
             out.push(Manifest {
                 version: 1,
@@ -355,13 +366,34 @@ impl PublishingLog {
         let (bucket, state) = (self.bucket.clone(), self.state.clone());
         rt.spawn(async move {
             for m in manifests {
-                if let Err(e) = bucket.put_manifest(&m).await {
-                    tracing::warn!("publishing the manifest of {}: {e}", m.date);
-                    if let Ok(d) = m.date.parse::<Date>() {
-                        let mut s = state.lock().unwrap();
-                        s.published.remove(&d);
-                        if m.is_final {
-                            s.finals.remove(&d);
+                // A settled date is not listed again by this mount: its manifest is retried
+                // here (1 s, doubling up to a minute, for about ten minutes) rather than lost.
+                let mut delay = Duration::from_secs(1);
+                let mut attempt = 0;
+                loop {
+                    match bucket.put_manifest(&m).await {
+                        Ok(()) => break,
+                        Err(e) if attempt < MANIFEST_ATTEMPTS => {
+                            if attempt == 0 {
+                                tracing::warn!(
+                                    "publishing the manifest of {}: {e}; trying again",
+                                    m.date
+                                );
+                            }
+                            attempt += 1;
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(60));
+                        }
+                        Err(e) => {
+                            tracing::warn!("publishing the manifest of {}: {e}; giving up", m.date);
+                            if let Ok(d) = m.date.parse::<Date>() {
+                                let mut s = state.lock().unwrap();
+                                s.published.remove(&d);
+                                if m.is_final {
+                                    s.finals.remove(&d);
+                                }
+                            }
+                            break;
                         }
                     }
                 }
