@@ -289,6 +289,23 @@ fn a_read_completes_while_a_garage_node_is_stopped() {
 
     let bucket = Arc::new(g.bucket_at("node"));
     rt.block_on(bucket.refresh()).unwrap();
+    // Garage keeps the content type and the checksum metadata.
+    let held = bucket.held("77777777").unwrap();
+    assert_eq!(
+        (held.size, held.content_type.as_str()),
+        (6 << 20, "audio/mpeg")
+    );
+    let meta = rt.block_on(bucket.recording_metadata("77777777")).unwrap();
+    let sha: String = ring::digest::digest(&ring::digest::SHA256, &data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(meta.get("sha256"), Some(&sha));
+    assert_eq!(
+        meta.get("content-type").map(String::as_str),
+        Some("audio/mpeg")
+    );
     // Small read-ahead and cache: the read needs several GETs, some after the node stopped.
     let media = Media::new(
         Arc::new(BucketMedia::new(bucket.clone())),

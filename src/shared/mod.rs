@@ -680,12 +680,37 @@ impl Bucket {
             .get(&Attribute::ContentType)
             .map(|v| v.to_string())
             .unwrap_or_else(|| held.content_type.clone());
+        let metadata = r
+            .attributes
+            .iter()
+            .filter_map(|(k, v)| match k {
+                Attribute::Metadata(k) => Some((k.to_string(), v.to_string())),
+                _ => None,
+            })
+            .collect();
         Ok(RecordingBody {
             content_type,
+            metadata,
             size: r.meta.size,
             e_tag: r.meta.e_tag.clone(),
             stream: r.into_stream(),
         })
+    }
+
+    /// A recording object's content type and metadata (`sha256`, `size`): one HEAD-like GET of
+    /// its first byte. For audits and tests; mounts never need it.
+    pub async fn recording_metadata(
+        &self,
+        id: &str,
+    ) -> Result<HashMap<String, String>, BucketError> {
+        let held = self
+            .find(id)
+            .await?
+            .ok_or_else(|| BucketError::NotFound(format!("recording {id}")))?;
+        let r = self.get_recording(id, &held, 0, Some(1)).await?;
+        let mut out = r.metadata;
+        out.insert("content-type".into(), r.content_type);
+        Ok(out)
     }
 
     fn dates_dir(&self, date: &str) -> Path {
@@ -768,6 +793,8 @@ impl Bucket {
 /// A recording GET's answer.
 pub struct RecordingBody {
     pub content_type: String,
+    /// The object's user metadata (`sha256`, `size`).
+    pub metadata: HashMap<String, String>,
     /// The whole object's size.
     pub size: u64,
     pub e_tag: Option<String>,

@@ -414,6 +414,30 @@ mod tests {
             })
         );
 
+        // The object: its type, and the checksum and size of its content as metadata.
+        let object = object_store::ObjectStoreExt::get(
+            store.as_ref(),
+            &object_store::path::Path::from("calls/v1/recordings/1001.mp3"),
+        )
+        .await
+        .unwrap();
+        let attr = |a: object_store::Attribute| object.attributes.get(&a).map(|v| v.to_string());
+        assert_eq!(
+            attr(object_store::Attribute::ContentType).as_deref(),
+            Some("audio/mpeg")
+        );
+        let sha = super::super::hex(
+            ring::digest::digest(&ring::digest::SHA256, &expected(7, 0, LEN)).as_ref(),
+        );
+        assert_eq!(
+            attr(object_store::Attribute::Metadata("sha256".into())),
+            Some(sha)
+        );
+        assert_eq!(
+            attr(object_store::Attribute::Metadata("size".into())),
+            Some(LEN.to_string())
+        );
+
         // Another mount (a new process): it lists the bucket and reads from it, no request.
         let b2 = bucket(&store);
         assert_eq!(b2.refresh().await.unwrap(), 1);
