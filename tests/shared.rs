@@ -736,3 +736,97 @@ fn the_archive_command_fills_the_bucket_resumes_and_refuses_another_accounts_pre
     );
     assert_eq!(media_requests(&emu), n);
 }
+
+#[test]
+fn a_reader_sees_recordings_the_publisher_adds_after_it_mounted() {
+    let Some(g) = Garage::start() else { return };
+    let rt = common::runtime();
+    let mut cfg = quick_config(4, 1);
+    // A live account: a new call ends every 2 s.
+    cfg.live = Some(Duration::from_secs(2));
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    settle(&emu);
+    let p = publisher(&rt, &g, &emu, &cfg, "live", None);
+    // Lenient walks: a call that just ended may be listed a moment before its recording can be
+    // fetched (or, for the reader, before it is published); such files are left out.
+    let first = rt.block_on(walk_lenient(&p.fs));
+    assert!(rt.block_on(p.tier.flush(Duration::from_secs(20))));
+    let r = reader(&rt, &g, &cfg, "live");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            (rt.block_on(walk_lenient(&r)) == first).then_some(())
+        })
+        .is_some(),
+        "the reader lists what the publisher listed first"
+    );
+
+    // New calls end; the publisher lists today again (past recent_ttl) and reads them.
+    let later = eventually(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let t = rt.block_on(walk_lenient(&p.fs));
+        (recordings(&t) > recordings(&first)).then_some(t)
+    })
+    .expect("the publisher sees new recordings");
+    assert!(rt.block_on(p.tier.flush(Duration::from_secs(20))));
+
+    // The same reader, mounted before they were published, shows them once it lists today
+    // again, with the publisher's bytes.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(300));
+            let seen = rt.block_on(walk_lenient(&r));
+            later
+                .iter()
+                .all(|(path, bytes)| seen.get(path) == Some(bytes))
+                .then_some(())
+        })
+        .is_some(),
+        "the reader shows the new recordings"
+    );
+}
+
+/// Like [`walk`], leaving out the files that cannot be read now.
+async fn walk_lenient(fs: &Fs) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let Ok(dates) = fs.opendir(ROOT).await else {
+        return out;
+    };
+    for date in dates {
+        if date.name.starts_with("by-") {
+            continue;
+        }
+        let Ok(d) = fs.lookup(ROOT, OsStr::new(&date.name)).await else {
+            continue;
+        };
+        for session in fs.opendir(d.ino).await.unwrap_or_default() {
+            let Ok(s) = fs.lookup(d.ino, OsStr::new(&session.name)).await else {
+                continue;
+            };
+            for file in fs.opendir(s.ino).await.unwrap_or_default() {
+                let Ok(f) = fs.lookup(s.ino, OsStr::new(&file.name)).await else {
+                    continue;
+                };
+                let Ok(opened) = fs.open(f.ino, false).await else {
+                    continue;
+                };
+                let mut bytes = Vec::new();
+                let ok = loop {
+                    match fs
+                        .read(f.ino, opened.fh, bytes.len() as u64, 128 << 10)
+                        .await
+                    {
+                        Ok(b) if b.is_empty() => break true,
+                        Ok(b) => bytes.extend_from_slice(&b),
+                        Err(_) => break false,
+                    }
+                };
+                fs.release(opened.fh);
+                if ok {
+                    let path = format!("{}/{}/{}", date.name, session.name, file.name);
+                    out.insert(path, bytes);
+                }
+            }
+        }
+    }
+    out
+}
