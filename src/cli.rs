@@ -53,7 +53,9 @@ or find the directory a mount of SOURCE would use (see `ringfs cache --help`).",
   reading it after a remount (within --disk-cache-size)    0 requests\n\
   by-session/<id> not yet seen                             1 call-log request\n\
   by-recording/<id> not yet seen                           1 media request (+1 metadata on 404)\n\
-  mounting with stored tokens                              0 auth requests"
+  mounting with stored tokens                              0 auth requests\n\
+  what the bucket holds, with --shared                     0 requests\n\
+  a mount of s3://BUCKET/PREFIX                            0 requests (bucket GETs only)"
 )]
 pub struct Flags {
     /// `demo`, `ringcentral`, an API base URL, or `s3://BUCKET/PREFIX` (a team's bucket).
