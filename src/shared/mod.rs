@@ -39,11 +39,12 @@
 //!   stated.
 //! - A date manifest holds the records of one UTC date (startTime in `[D 00:00Z, D+1 00:00Z)`),
 //!   exactly as the call log returned them (the JSON a mount shows as `call.json`), newest
-//!   first. `<gen>` is `g` and the publishing time in milliseconds, zero-padded, so the key
-//!   that sorts last is the newest generation, which wins. A date is published when a
-//!   publisher has listed all of it; again when a re-listing finds new records; and a last time
-//!   with `"final": true` once it was listed after it settled (no call can appear any more),
-//!   after which no publisher writes it again.
+//!   first. `<gen>` is `g`, the publishing time in milliseconds, zero-padded, and `-final` for
+//!   a final one. A date is published when a publisher has listed all of it (today: up to the
+//!   listing); again when a re-listing finds new records; and a last time with `"final": true`
+//!   once it was listed after it settled (no call can appear any more), after which no
+//!   publisher that knows it writes it again. The newest final generation wins, else the
+//!   newest one.
 //!
 //! # Failure semantics
 //!
@@ -717,24 +718,26 @@ impl Bucket {
         self.key(&format!("dates/{date}"))
     }
 
-    /// The newest manifest of `date` (UTC, `YYYY-MM-DD`): one LIST and one GET.
+    /// The manifest of `date` (UTC, `YYYY-MM-DD`) that wins: the newest final one if there is
+    /// one (a date listed after it settled is complete; a publisher that did not know it was
+    /// final may have written an open generation after it), else the newest. One LIST and one
+    /// GET.
     pub async fn manifest(&self, date: &str) -> Result<Option<Manifest>, BucketError> {
         let dir = self.dates_dir(date);
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
         let mut list = self.store.list(Some(&dir));
-        let mut newest: Option<Path> = None;
+        // (is final, generation): the greatest wins.
+        let mut newest: Option<((bool, u64), Path)> = None;
         while let Some(item) = list.next().await {
             let meta = item.map_err(|e| BucketError::from_store(dir.to_string(), e))?;
-            let name = meta.location.filename().unwrap_or_default();
-            if name.starts_with('g')
-                && name.ends_with(".json")
-                && newest
-                    .as_ref()
-                    .is_none_or(|n| n.filename().unwrap_or_default() < name)
-            {
-                newest = Some(meta.location.clone());
+            let Some(rank) = meta.location.filename().and_then(generation) else {
+                continue;
+            };
+            if newest.as_ref().is_none_or(|(r, _)| *r < rank) {
+                newest = Some((rank, meta.location.clone()));
             }
         }
+        let newest = newest.map(|(_, k)| k);
         let Some(key) = newest else {
             return Ok(None);
         };
@@ -801,6 +804,16 @@ pub struct RecordingBody {
     pub stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
 }
 
+/// `g<ms>[-final].json` -> (final, ms).
+fn generation(name: &str) -> Option<(bool, u64)> {
+    let stem = name.strip_prefix('g')?.strip_suffix(".json")?;
+    let (ms, is_final) = match stem.strip_suffix("-final") {
+        Some(ms) => (ms, true),
+        None => (stem, false),
+    };
+    Some((is_final, ms.parse().ok()?))
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -835,6 +848,19 @@ mod tests {
         assert_eq!(t.get("aws_access_key_id").map(String::as_str), Some("C"));
         assert_eq!(t.get("region").map(String::as_str), Some("garage"));
         assert!(!t.contains_key("aws_secret_access_key"));
+    }
+
+    #[test]
+    fn the_final_manifest_wins_then_the_newest() {
+        assert_eq!(
+            generation("g0000001700000000.json"),
+            Some((false, 1_700_000_000))
+        );
+        assert_eq!(generation("g0000000000000005-final.json"), Some((true, 5)));
+        assert_eq!(generation("x.json"), None);
+        assert_eq!(generation("g12.txt"), None);
+        assert!(generation("g9-final.json") > generation("g10.json"));
+        assert!(generation("g10.json") > generation("g9.json"));
     }
 
     #[test]
