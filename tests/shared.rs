@@ -830,3 +830,33 @@ async fn walk_lenient(fs: &Fs) -> BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+#[test]
+fn two_publishers_at_once_leave_one_whole_copy_of_each_recording() {
+    let Some(g) = Garage::start() else { return };
+    let rt = common::runtime();
+    let cfg = quick_config(8, 2);
+    let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
+    settle(&emu);
+    let a = publisher(&rt, &g, &emu, &cfg, "two", None);
+    let b = publisher(&rt, &g, &emu, &cfg, "two", None);
+    // Both walk the account at the same time: each fetches what the bucket lacks when it needs
+    // it, so a recording may be fetched (and PUT) by both.
+    let (ta, tb) = rt.block_on(async { tokio::join!(walk(&a.fs), walk(&b.fs)) });
+    assert_eq!(ta, tb);
+    let n = recordings(&ta) as u64;
+    assert!(rt.block_on(a.tier.flush(Duration::from_secs(20))));
+    assert!(rt.block_on(b.tier.flush(Duration::from_secs(20))));
+    let spent = media_requests(&emu);
+    assert!(
+        n <= spent && spent <= 2 * n,
+        "{spent} media requests for {n}"
+    );
+    let puts = a.bucket.stats().recordings_put + b.bucket.stats().recordings_put;
+    assert!(n <= puts && puts <= 2 * n, "{puts} PUTs for {n}");
+    // One object per recording, each the recording's bytes, and the manifests readable.
+    let fresh = Arc::new(g.bucket_at("two"));
+    assert_eq!(rt.block_on(fresh.refresh()).unwrap() as u64, n);
+    let tree = rt.block_on(walk(&reader(&rt, &g, &cfg, "two")));
+    assert_eq!(tree, ta);
+}
