@@ -492,19 +492,12 @@ mod tests {
         assert_eq!(e.sequence, Some(7));
         assert_eq!(e.session_id, "1234567890");
         assert_eq!(e.telephony_session_id.as_deref(), Some("s-1"));
-        assert_eq!(
-            e.event_time.unwrap().to_string(),
-            "2019-03-08T22:30:39.938Z"
-        );
+        assert_eq!(e.event_time.unwrap().to_string(), "2019-03-08T22:30:39.938Z");
         assert_eq!(e.recording_ids(), vec![RecordingId::from("44444444")]);
         assert_eq!(e.parties[0].from.name.as_deref(), Some("John Smith"));
         assert!(e.parties[0].inbound);
         assert!(!e.ended(), "Answered is not the end");
-        assert_eq!(
-            SessionEvent::from_json(&v["body"]).unwrap(),
-            e,
-            "the body alone"
-        );
+        assert_eq!(SessionEvent::from_json(&v["body"]).unwrap(), e, "the body alone");
         assert!(SessionEvent::from_json(&json!({"body": {"sequence": 1}})).is_err());
     }
 
