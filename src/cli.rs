@@ -610,23 +610,27 @@ fn archive(f: ArchiveFlags) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     let (client, _) = rt.block_on(connect(&opts, Some(creds)))?;
     let bucket = rt.block_on(crate::shared::open_publisher(&url, &account))?;
-    let tier = crate::shared::tier::BucketTier::new(
+    // A publisher without a disk: every recording fetched goes to the bucket. Nobody waits on
+    // a read here, so a read may wait as long as the pacer makes it (a 429's penalty too).
+    let patience = Duration::from_secs(600);
+    let mut config = opts.fs_config();
+    config.read_timeout = patience;
+    let p = rt.block_on(crate::shared::publishing(
         bucket.clone(),
-        rt.handle().clone(),
-        crate::shared::MAX_PENDING,
-    );
-    let media = Media::with_tier(
-        Arc::new(crate::source::ApiMedia::new(client.clone())),
-        MediaConfig::default(),
-        Some(tier.clone() as Arc<dyn crate::store::Tier>),
-    );
-    let config = opts.fs_config();
-    let log = rt.block_on(crate::shared::log::PublishingLog::new(
         Arc::new(client.clone()),
-        bucket.clone(),
+        None,
         config.settle,
     ));
-    let core = Fs::new(Arc::new(log), media, config);
+    let media = Media::with_tier(
+        Arc::new(crate::source::ApiMedia::new(client.clone())),
+        MediaConfig {
+            read_timeout: patience,
+            ..MediaConfig::default()
+        },
+        Some(p.tier),
+    );
+    let core = Fs::new(p.log, media, config);
+    let tier = p.bucket_tier;
     rt.block_on(client.login())
         .context("logging in to RingCentral")?;
     let tty = std::io::stderr().is_terminal();
@@ -1027,66 +1031,34 @@ fn serve(
         read_timeout: opts.read_timeout,
         ..MediaConfig::default()
     };
-    let disk_tier = disk.clone().map(|d| d as Arc<dyn crate::store::Tier>);
+    // The tiers below memory are chosen here and only here: a team's bucket goes below the
+    // disk, stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
+    let mut tier = disk.clone().map(|d| d as Arc<dyn crate::store::Tier>);
     let mut publishing = None;
     // The demo's emulator lives as long as the mount.
     let mut _emulator = None;
     let core = if let Source::Bucket(url) = &opts.source {
-        // A reader: the call log and the media from the bucket, the tiers in front as usual.
+        // A reader: no RingCentral client at all (see `crate::shared`).
         let bucket = rt.block_on(crate::shared::open_reader(url))?;
-        let media = Media::with_tier(
-            Arc::new(crate::shared::media::BucketMedia::new(bucket.clone())),
-            media_config,
-            disk_tier,
-        );
-        let mut config = config;
-        // A date a publisher has not listed yet may be published later: every date is read
-        // again after `recent_ttl` (final manifests are kept, so that costs nothing).
-        config.settle = config.retention;
-        let log = Arc::new(crate::shared::log::BucketLog::new(bucket));
-        let core = Arc::new(Fs::new(log, media, config));
+        let core = crate::shared::reader_core(bucket, media_config, tier, config);
         rt.block_on(core.start(async { Ok(()) }))?;
         core
     } else {
         let account = creds.as_ref().map(account_name);
         let (client, emulator) = rt.block_on(connect(&opts, creds))?;
         _emulator = emulator;
-        let bucket = match (&opts.shared, account) {
-            (Some(url), Some(account)) => {
-                Some(rt.block_on(crate::shared::open_publisher(url, &account))?)
-            }
-            _ => None,
-        };
-        // The tiers below memory are chosen here and only here: the bucket goes below the
-        // disk, stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
-        let tier = match &bucket {
-            Some(b) => {
-                let bt = crate::shared::tier::BucketTier::new(
-                    b.clone(),
-                    rt.handle().clone(),
-                    crate::shared::MAX_PENDING,
-                );
-                publishing = Some(bt.clone());
-                Some(match disk_tier {
-                    Some(d) => crate::store::Stack::new(d, bt) as Arc<dyn crate::store::Tier>,
-                    None => bt as Arc<dyn crate::store::Tier>,
-                })
-            }
-            None => disk_tier,
-        };
+        let mut log: Arc<dyn crate::fs::CallLog> = Arc::new(client.clone());
+        if let (Some(url), Some(account)) = (&opts.shared, account) {
+            let bucket = rt.block_on(crate::shared::open_publisher(url, &account))?;
+            let p = rt.block_on(crate::shared::publishing(bucket, log, tier, config.settle));
+            (log, tier) = (p.log, Some(p.tier));
+            publishing = Some(p.bucket_tier);
+        }
         let media = Media::with_tier(
             Arc::new(crate::source::ApiMedia::new(client.clone())),
             media_config,
             tier,
         );
-        let log: Arc<dyn crate::fs::CallLog> = match &bucket {
-            Some(b) => Arc::new(rt.block_on(crate::shared::log::PublishingLog::new(
-                Arc::new(client.clone()),
-                b.clone(),
-                config.settle,
-            ))),
-            None => Arc::new(client.clone()),
-        };
         let core = Arc::new(match &meta {
             Some(meta) => Fs::with_index(log, media, config, meta.clone()),
             None => Fs::new(log, media, config),

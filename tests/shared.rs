@@ -20,11 +20,10 @@ use ringfs::catalog::Window;
 use ringfs::emulator::{Config, Emulator};
 use ringfs::fs::{Fs, FsConfig};
 use ringfs::media::{Media, MediaConfig};
-use ringfs::shared::log::{BucketLog, PublishingLog};
+use ringfs::shared::Bucket;
 use ringfs::shared::media::BucketMedia;
 use ringfs::shared::tier::BucketTier;
-use ringfs::shared::{Bucket, MAX_PENDING};
-use ringfs::store::{DiskStore, Stack, StoreConfig, Tier};
+use ringfs::store::{DiskStore, StoreConfig, Tier};
 
 const ROOT: u64 = 1;
 
@@ -84,27 +83,24 @@ fn publisher_tuned(
     let bucket = Arc::new(g.bucket_at(prefix));
     rt.block_on(bucket.claim("emulated-account")).unwrap();
     rt.block_on(bucket.refresh()).unwrap();
-    let tier = BucketTier::new(bucket.clone(), rt.handle().clone(), MAX_PENDING);
-    let stacked: Arc<dyn Tier> = match disk {
-        Some(dir) => Stack::new(
-            DiskStore::open(dir, StoreConfig::default()).unwrap(),
-            tier.clone(),
-        ),
-        None => tier.clone(),
-    };
-    let media = Media::with_tier(
-        Arc::new(ringfs::source::ApiMedia::new(client.clone())),
-        media_config(),
-        Some(stacked),
-    );
+    let disk: Option<Arc<dyn Tier>> =
+        disk.map(|dir| DiskStore::open(dir, StoreConfig::default()).unwrap() as Arc<dyn Tier>);
     let mut config = fs_config(cfg);
     tune(&mut config);
-    let log = rt.block_on(PublishingLog::new(
-        Arc::new(client),
+    // The pieces `serve` puts together for `--shared`.
+    let p = rt.block_on(ringfs::shared::publishing(
         bucket.clone(),
+        Arc::new(client.clone()),
+        disk,
         config.settle,
     ));
-    let fs = Arc::new(Fs::new(Arc::new(log), media, config));
+    let media = Media::with_tier(
+        Arc::new(ringfs::source::ApiMedia::new(client)),
+        media_config(),
+        Some(p.tier),
+    );
+    let fs = Arc::new(Fs::new(p.log, media, config));
+    let tier = p.bucket_tier;
     Publisher { fs, tier, bucket }
 }
 
@@ -113,10 +109,8 @@ fn reader(rt: &tokio::runtime::Runtime, g: &Garage, cfg: &Config, prefix: &str) 
     let bucket = Arc::new(g.bucket_at(prefix));
     assert!(rt.block_on(bucket.account()).unwrap().is_some());
     rt.block_on(bucket.refresh()).unwrap();
-    let media = Media::new(Arc::new(BucketMedia::new(bucket.clone())), media_config());
-    let mut config = fs_config(cfg);
-    config.settle = config.retention;
-    Arc::new(Fs::new(Arc::new(BucketLog::new(bucket)), media, config))
+    // What `serve` builds for an s3:// source (no disk here).
+    ringfs::shared::reader_core(bucket, media_config(), None, fs_config(cfg))
 }
 
 async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {

@@ -84,6 +84,9 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::AudioKind;
+use crate::fs::{CallLog, Fs, FsConfig};
+use crate::media::{Media, MediaConfig};
+use crate::store::Tier;
 
 /// Bucket layout version (the `v1` in every key).
 pub const LAYOUT: &str = "v1";
@@ -137,6 +140,64 @@ pub async fn open_publisher(url: &BucketUrl, account: &str) -> anyhow::Result<Ar
         Err(e) => tracing::warn!("listing {url}: {e}"),
     }
     Ok(bucket)
+}
+
+/// What a publisher adds to a mount: its tier below memory (the bucket below `disk`, stacked),
+/// its call log (the RingCentral one it was given, published), and the bucket tier itself (to
+/// flush before the process ends).
+pub struct Publishing {
+    pub tier: Arc<dyn Tier>,
+    pub log: Arc<dyn CallLog>,
+    pub bucket_tier: Arc<tier::BucketTier>,
+}
+
+/// The pieces of a publisher over `bucket` (see [`Publishing`]); its background tasks run on
+/// the current runtime. `settle` is the core's.
+pub async fn publishing(
+    bucket: Arc<Bucket>,
+    call_log: Arc<dyn CallLog>,
+    disk: Option<Arc<dyn Tier>>,
+    settle: Duration,
+) -> Publishing {
+    let bucket_tier = tier::BucketTier::new(
+        bucket.clone(),
+        tokio::runtime::Handle::current(),
+        MAX_PENDING,
+    );
+    let tier: Arc<dyn Tier> = match disk {
+        Some(d) => crate::store::Stack::new(d, bucket_tier.clone()),
+        None => bucket_tier.clone(),
+    };
+    let log = Arc::new(log::PublishingLog::new(call_log, bucket, settle).await);
+    Publishing {
+        tier,
+        log,
+        bucket_tier,
+    }
+}
+
+/// A reader's core: the call log from the manifests, the media from the recording objects,
+/// `disk` (and memory) in front. No RingCentral client exists in it.
+pub fn reader_core(
+    bucket: Arc<Bucket>,
+    media: MediaConfig,
+    disk: Option<Arc<dyn Tier>>,
+    mut config: FsConfig,
+) -> Arc<Fs> {
+    let media = Media::with_tier(
+        Arc::new(media::BucketMedia::new(bucket.clone())),
+        media,
+        disk,
+    );
+    // A date no publisher has listed yet may be published later: every date is read again
+    // after `recent_ttl` when it is listed (final manifests are kept in memory, so settled
+    // dates cost nothing).
+    config.settle = config.retention;
+    Arc::new(Fs::new(
+        Arc::new(log::BucketLog::new(bucket)),
+        media,
+        config,
+    ))
 }
 
 /// `s3://BUCKET/PREFIX`, validated.
