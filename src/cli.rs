@@ -35,7 +35,10 @@ use crate::media::{Media, MediaConfig};
     long_about = "Mount a RingCentral account's call recordings as a read-only filesystem.\n\n\
 SOURCE is `demo` (a built-in emulated account, no credentials), `ringcentral` (a real account:\n\
 credentials from RC_CLIENT_ID, RC_CLIENT_SECRET, RC_JWT and optionally RC_SERVER_URL, or from\n\
---credentials FILE), or an API base URL such as https://platform.ringcentral.com.\n\n\
+--credentials FILE), an API base URL such as https://platform.ringcentral.com, or a team's bucket\n\
+s3://BUCKET/PREFIX that a mount with --shared publishes to (no RingCentral credentials needed;\n\
+the bucket's from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION or\n\
+~/.aws/credentials).\n\n\
 Every long flag can also be given as a mount option: -o days=30,cache-size=64M,allow_other.\n\
 Logging: RINGFS_LOG=debug, or per module: RINGFS_LOG=ringfs::api=trace,info; in the background logs go to --log-file only.\n\n\
 The disk cache: `ringfs cache info [SOURCE]` shows where it is, what it holds and its limit;\n\
@@ -56,10 +59,12 @@ Exit statuses: 2 usage, 3 mount point, 4 no FUSE, 5 already mounted, 6 credentia
   reading it after a remount (within --disk-cache-size)    0 requests\n\
   by-session/<id> not yet seen                             1 call-log request\n\
   by-recording/<id> not yet seen                           1 media request (+1 metadata on 404)\n\
-  mounting with stored tokens                              0 auth requests"
+  mounting with stored tokens                              0 auth requests\n\
+  what the bucket holds, with --shared                     0 requests\n\
+  a mount of s3://BUCKET/PREFIX                            0 requests (bucket GETs only)"
 )]
 pub struct Flags {
-    /// `demo`, `ringcentral`, or an API base URL.
+    /// `demo`, `ringcentral`, an API base URL, or `s3://BUCKET/PREFIX` (a team's bucket).
     pub source: String,
     /// Where to mount.
     pub mountpoint: PathBuf,
@@ -152,6 +157,10 @@ pub struct Flags {
     /// Permission bits masked out (octal, default 077: files 0400, directories 0500).
     #[arg(long, default_value = "077")]
     pub umask: String,
+    /// Share fetched recordings and listed dates with a team through this bucket
+    /// (`s3://BUCKET/PREFIX`): what it holds is read from it, what is fetched is published.
+    #[arg(long, value_name = "S3_URL")]
+    pub shared: Option<String>,
     /// Demo: number of calls in the emulated account.
     #[arg(long, default_value_t = 300)]
     pub demo_calls: usize,
@@ -194,6 +203,8 @@ pub struct Options {
     pub demo_calls: usize,
     pub demo_live: Option<Duration>,
     pub demo_format: crate::emulator::AudioFormat,
+    /// `--shared`: the team's bucket this mount publishes to.
+    pub shared: Option<crate::shared::BucketUrl>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +212,8 @@ pub enum Source {
     Demo,
     RingCentral,
     Url(String),
+    /// A team's bucket: read only from it, no RingCentral at all.
+    Bucket(crate::shared::BucketUrl),
 }
 
 /// Options mount(8) and fstab pass that mean nothing here, or that are always true.
@@ -388,8 +401,22 @@ impl Options {
             s if s.starts_with("https://") || s.starts_with("http://") => {
                 Source::Url(s.trim_end_matches('/').to_string())
             }
-            s => bail!("unknown source {s:?}: use `demo`, `ringcentral` or an API base URL"),
+            s if s.starts_with("s3://") => {
+                Source::Bucket(crate::shared::BucketUrl::parse(s).map_err(|e| anyhow!(e))?)
+            }
+            s => bail!(
+                "unknown source {s:?}: use `demo`, `ringcentral`, an API base URL or s3://BUCKET/PREFIX"
+            ),
         };
+        let shared = match &f.shared {
+            Some(u) => Some(crate::shared::BucketUrl::parse(u).map_err(|e| anyhow!(e))?),
+            None => None,
+        };
+        if shared.is_some() && matches!(source, Source::Bucket(_) | Source::Demo) {
+            bail!(
+                "--shared publishes a RingCentral account's recordings: use it with `ringcentral` or an API URL"
+            );
+        }
         let tz = match &f.tz {
             Some(name) => jiff::tz::TimeZone::get(name)
                 .map_err(|e| anyhow!("unknown time zone {name:?}: {e}"))?,
@@ -470,6 +497,7 @@ impl Options {
             demo_calls: f.demo_calls,
             demo_live: (f.demo_live > 0).then(|| Duration::from_secs(f.demo_live)),
             demo_format,
+            shared,
         })
     }
 
@@ -501,6 +529,9 @@ impl Options {
         if let Some(dir) = &self.cache_dir {
             return Some(dir.clone());
         }
+        if let Source::Bucket(url) = &self.source {
+            return cache_base().map(|b| b.join("ringfs").join(format!("s3-{}", url.slug())));
+        }
         let creds = creds.filter(|_| self.source != Source::Demo)?;
         default_cache_dir(creds)
     }
@@ -508,10 +539,14 @@ impl Options {
 
 /// The account's directory under `$XDG_CACHE_HOME/ringfs/` (`~/.cache/ringfs/`).
 fn default_cache_dir(creds: &Credentials) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    Some(cache_base()?.join("ringfs").join(account_name(creds)))
+}
+
+/// `$XDG_CACHE_HOME`, else `~/.cache`.
+fn cache_base() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ringfs").join(account_name(creds)))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
 }
 
 /// A stable directory name for what these credentials reach: the server's host and a hash of
@@ -585,6 +620,12 @@ pub fn main(args: Vec<OsString>) -> anyhow::Result<()> {
         let rest = std::iter::once(OsString::from("ringfs cache")).chain(args.into_iter().skip(2));
         let flags = CacheFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit());
         return cache(flags);
+    }
+    if args.get(1).is_some_and(|a| a == "archive") {
+        let rest =
+            std::iter::once(OsString::from("ringfs archive")).chain(args.into_iter().skip(2));
+        let flags = ArchiveFlags::try_parse_from(rest).unwrap_or_else(|e| e.exit());
+        return archive(flags);
     }
     if args
         .get(1)
@@ -754,6 +795,139 @@ fn status(flags: StatusFlags) -> anyhow::Result<()> {
         };
         std::thread::sleep(every);
     }
+}
+
+/// `ringfs archive SOURCE s3://BUCKET/PREFIX`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringfs archive",
+    about = "Fetch every recording of a window that a team's bucket lacks, and publish it",
+    long_about = "Fetch every recording of a window that a team's bucket lacks, newest first, at \
+the pace RingCentral's rate limit allows, and publish it (and the dates listed) to the bucket, \
+as a mount with --shared would. What the bucket holds is skipped: an interrupted archive \
+resumes, and a rerun spends no media request. RingCentral credentials as for a mount; the \
+bucket's from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION or \
+~/.aws/credentials."
+)]
+pub struct ArchiveFlags {
+    /// `ringcentral` or an API base URL.
+    pub source: String,
+    /// The team's bucket: s3://BUCKET/PREFIX.
+    pub bucket: String,
+    /// This many dates, ending today.
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    /// First date (YYYY-MM-DD); overrides --days.
+    #[arg(long)]
+    pub since: Option<jiff::civil::Date>,
+    /// Last date (YYYY-MM-DD); default today.
+    #[arg(long)]
+    pub until: Option<jiff::civil::Date>,
+    /// Time zone of the dates (IANA name); default the system's.
+    #[arg(long)]
+    pub tz: Option<String>,
+    /// Which call log: auto, account or extension.
+    #[arg(long, default_value = "auto")]
+    pub scope: String,
+    /// A file of RC_*=value lines.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Where tokens are kept (default as for a mount).
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+}
+
+fn archive(f: ArchiveFlags) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .finish()
+        .with(log_filter("ringfs=warn"))
+        .try_init();
+    // Reuse the mount's validation of the window, zone and scope.
+    let mut mount_args: Vec<OsString> = vec!["ringfs".into(), f.source.clone().into(), "/".into()];
+    mount_args.extend([
+        "--days".into(),
+        f.days.to_string().into(),
+        "--scope".into(),
+        f.scope.clone().into(),
+    ]);
+    for (flag, v) in [
+        ("--since", f.since.map(|d| d.to_string())),
+        ("--until", f.until.map(|d| d.to_string())),
+        ("--tz", f.tz.clone()),
+    ] {
+        if let Some(v) = v {
+            mount_args.extend([flag.into(), v.into()]);
+        }
+    }
+    let mut opts = parse(mount_args)?;
+    if !matches!(opts.source, Source::RingCentral | Source::Url(_)) {
+        bail!("ringfs archive fetches from RingCentral: use `ringcentral` or an API base URL");
+    }
+    if let Some(s) = f.state_file {
+        opts.state_file = Some(s);
+    }
+    let url = crate::shared::BucketUrl::parse(&f.bucket).map_err(|e| anyhow!(e))?;
+    let creds = account_credentials(f.credentials.as_deref(), &opts.source)?;
+    let account = account_name(&creds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let (client, _) = rt.block_on(connect(&opts, Some(creds)))?;
+    let bucket = rt.block_on(crate::shared::open_publisher(&url, &account))?;
+    // A publisher without a disk: every recording fetched goes to the bucket. Nobody waits on
+    // a read here, so a read may wait as long as the pacer makes it (a 429's penalty too).
+    let patience = Duration::from_secs(600);
+    let mut config = opts.fs_config();
+    config.read_timeout = patience;
+    let p = rt.block_on(crate::shared::publishing(
+        bucket.clone(),
+        Arc::new(client.clone()),
+        None,
+        config.settle,
+    ));
+    let media = Media::with_tier(
+        Arc::new(crate::source::ApiMedia::new(client.clone())),
+        MediaConfig {
+            read_timeout: patience,
+            ..MediaConfig::default()
+        },
+        Some(p.tier),
+    );
+    let core = Fs::new(p.log, media, config);
+    let tier = p.bucket_tier;
+    rt.block_on(client.login())
+        .context("logging in to RingCentral")?;
+    let tty = std::io::stderr().is_terminal();
+    let report = rt.block_on(crate::shared::archive::archive(
+        &core,
+        &bucket,
+        &tier,
+        |p| {
+            if tty {
+                eprint!("\r\x1b[K{p}");
+            } else if p.fetched % 10 == 0 || p.left() == 0 {
+                eprintln!("{p}");
+            }
+        },
+    ))?;
+    if tty {
+        eprintln!();
+    }
+    println!("{}", crate::shared::archive::summary(&report, &bucket));
+    if report.failed > 0 {
+        bail!(
+            "{} recordings could not be fetched (a rerun tries them again)",
+            report.failed
+        );
+    }
+    Ok(())
 }
 
 /// `ringfs cache info|clear`.
@@ -995,8 +1169,9 @@ fn account_credentials(file: Option<&Path>, source: &Source) -> anyhow::Result<C
 pub fn run(opts: Options) -> anyhow::Result<()> {
     check_fuse()?;
     check_mountpoint(&opts.mountpoint)?;
+    // A bucket reader never reads RingCentral credentials, even when RC_* variables are set.
     let creds = match opts.source {
-        Source::Demo => None,
+        Source::Demo | Source::Bucket(_) => None,
         _ => Some(credentials(&opts)?),
     };
     let mut ready = if opts.foreground {
@@ -1159,7 +1334,7 @@ fn serve(
     let config = opts.fs_config();
     let meta = disk
         .as_ref()
-        .filter(|_| opts.source != Source::Demo)
+        .filter(|_| !matches!(opts.source, Source::Demo | Source::Bucket(_)))
         .and_then(
             |d| match crate::store::MetaStore::open(d.dir(), config.retention) {
                 Ok(m) => Some(Arc::new(m)),
@@ -1175,41 +1350,66 @@ fn serve(
         .thread_name("ringfs")
         .build()
         .context("starting the runtime")?;
-    let (client, _emulator) = rt.block_on(connect(&opts, creds))?;
-    let media = Media::with_tier(
-        Arc::new(crate::source::ApiMedia::new(client.clone())),
-        MediaConfig {
-            cache_bytes: opts.cache_bytes,
-            read_timeout: opts.read_timeout,
-            ..MediaConfig::default()
-        },
-        // The tiers below memory are chosen here and only here: a tier added below the disk is
-        // stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
-        disk.clone().map(|d| d as Arc<dyn crate::store::Tier>),
-    );
-    if let Some(addr) = opts.metrics {
-        // Bound before the mount is reported ready, so a taken port fails the start.
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .with_context(|| format!("metrics address {addr}"))?;
-        let bound = listener.local_addr().unwrap_or(addr);
-        tracing::info!("metrics on http://{bound}/metrics");
-        let sources = crate::scrape::Sources {
-            client: client.clone(),
-            media: media.clone(),
-            disk: disk.clone(),
-        };
-        rt.spawn(crate::scrape::serve(listener, sources));
-    }
-    let log = Arc::new(client.clone());
-    let core = Arc::new(match &meta {
-        Some(meta) => Fs::with_index(log, media, config, meta.clone()),
-        None => Fs::new(log, media, config),
-    });
-    // Logging in is fatal only when there is no call index to serve from (see `Fs::start`).
-    rt.block_on(core.start(client.login()))
-        .context("logging in to RingCentral")?;
-    start_events(&rt, &opts, &client, &core)?;
+    let media_config = MediaConfig {
+        cache_bytes: opts.cache_bytes,
+        read_timeout: opts.read_timeout,
+        ..MediaConfig::default()
+    };
+    // The tiers below memory are chosen here and only here: a team's bucket goes below the
+    // disk, stacked with it into the one tier given (see "Adding a tier" in `crate::store`).
+    let mut tier = disk.clone().map(|d| d as Arc<dyn crate::store::Tier>);
+    let mut publishing = None;
+    // The demo's emulator lives as long as the mount.
+    let mut _emulator = None;
+    let (core, client) = if let Source::Bucket(url) = &opts.source {
+        // A reader: no RingCentral client at all (see `crate::shared`).
+        let bucket = rt.block_on(crate::shared::open_reader(url))?;
+        let core = crate::shared::reader_core(bucket, media_config, tier, config);
+        rt.block_on(core.start(async { Ok(()) }))?;
+        if opts.metrics.is_some() {
+            tracing::warn!("--metrics is not served by a bucket reader");
+        }
+        (core, None)
+    } else {
+        let account = creds.as_ref().map(account_name);
+        let (client, emulator) = rt.block_on(connect(&opts, creds))?;
+        _emulator = emulator;
+        let mut log: Arc<dyn crate::fs::CallLog> = Arc::new(client.clone());
+        if let (Some(url), Some(account)) = (&opts.shared, account) {
+            let bucket = rt.block_on(crate::shared::open_publisher(url, &account))?;
+            let p = rt.block_on(crate::shared::publishing(bucket, log, tier, config.settle));
+            (log, tier) = (p.log, Some(p.tier));
+            publishing = Some(p.bucket_tier);
+        }
+        let media = Media::with_tier(
+            Arc::new(crate::source::ApiMedia::new(client.clone())),
+            media_config,
+            tier,
+        );
+        if let Some(addr) = opts.metrics {
+            // Bound before the mount is reported ready, so a taken port fails the start.
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("metrics address {addr}"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!("metrics on http://{bound}/metrics");
+            let sources = crate::scrape::Sources {
+                client: client.clone(),
+                media: media.clone(),
+                disk: disk.clone(),
+            };
+            rt.spawn(crate::scrape::serve(listener, sources));
+        }
+        let core = Arc::new(match &meta {
+            Some(meta) => Fs::with_index(log, media, config, meta.clone()),
+            None => Fs::new(log, media, config),
+        });
+        // Logging in is fatal only when there is no call index to serve from (see `Fs::start`).
+        rt.block_on(core.start(client.login()))
+            .context("logging in to RingCentral")?;
+        start_events(&rt, &opts, &client, &core)?;
+        (core, Some(client))
+    };
     // Named now: finding it stats the mount point, which once mounted waits for this process.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
     let control_path = crate::control::socket_path(&opts.mountpoint, true)
@@ -1229,14 +1429,24 @@ fn serve(
     let control = control_path.and_then(|path| {
         let _in_runtime = rt.enter();
         let mountpoint = canonical.clone();
-        let sources = crate::status::Sources {
-            fs: core.clone(),
-            client: client.clone(),
-            disk: disk.clone(),
-            disk_cap: opts.disk_cache_bytes,
-            started,
+        // What the pacer and the caches say needs the RingCentral client; a bucket reader has
+        // none and tells what its core knows.
+        let status: crate::control::StatusSource = match &client {
+            Some(client) => {
+                let sources = crate::status::Sources {
+                    fs: core.clone(),
+                    client: client.clone(),
+                    disk: disk.clone(),
+                    disk_cap: opts.disk_cache_bytes,
+                    started,
+                };
+                Arc::new(move || crate::control::Status::gather(&mountpoint, &sources))
+            }
+            None => {
+                let core = core.clone();
+                Arc::new(move || crate::control::Status::of(&mountpoint, &core))
+            }
         };
-        let status = Arc::new(move || crate::control::Status::gather(&mountpoint, &sources));
         crate::control::serve(&path, core.clone(), status)
             .map_err(|e| tracing::warn!("no control socket (`ringfs watch` will not work): {e}"))
             .ok()
@@ -1278,6 +1488,12 @@ fn serve(
     tracing::info!("unmounted");
     // Ends the watchers' streams and removes the socket.
     drop(control);
+    if let Some(tier) = publishing {
+        // Recordings fetched but not yet published go to the bucket before the process ends.
+        if !rt.block_on(tier.flush(Duration::from_secs(30))) {
+            tracing::warn!("{} recordings were not published", tier.queued());
+        }
+    }
     rt.shutdown_timeout(Duration::from_secs(1));
     if let Some(meta) = meta {
         meta.shutdown();
@@ -1342,11 +1558,16 @@ fn start_events(
 /// tools trip over `://`).
 pub fn source_name(s: &Source) -> String {
     let what = match s {
-        Source::Demo => "demo",
-        Source::RingCentral => "ringcentral",
+        Source::Demo => "demo".to_string(),
+        Source::RingCentral => "ringcentral".to_string(),
         Source::Url(u) => {
             let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
-            rest.split('/').next().unwrap_or(rest)
+            rest.split('/').next().unwrap_or(rest).to_string()
+        }
+        // `ringfs:s3:BUCKET/PREFIX`.
+        Source::Bucket(u) => {
+            let text = u.to_string();
+            format!("s3:{}", text.trim_start_matches("s3://"))
         }
     };
     format!("ringfs:{what}")
@@ -1582,5 +1803,45 @@ mod tests {
         };
         assert!(a.dir().is_err(), "demo has no default cache");
         assert!(parse(&["ringfs cache", "wipe"]).is_err());
+    }
+
+    #[test]
+    fn bucket_sources_and_the_shared_option() {
+        let o = parse(args(&["ringfs", "s3://team/calls/acme", "/m"])).unwrap();
+        let Source::Bucket(u) = &o.source else {
+            panic!("{:?}", o.source)
+        };
+        assert_eq!(
+            (u.bucket.as_str(), u.prefix.as_str()),
+            ("team", "calls/acme")
+        );
+        assert_eq!(o.shared, None);
+        let o = parse(args(&[
+            "ringfs",
+            "ringcentral",
+            "/m",
+            "-o",
+            "shared=s3://team/acme,days=7",
+        ]))
+        .unwrap();
+        assert_eq!(
+            o.shared.map(|u| u.to_string()).as_deref(),
+            Some("s3://team/acme")
+        );
+        assert!(parse(args(&["ringfs", "demo", "/m", "--shared", "s3://t/p"])).is_err());
+        assert!(parse(args(&["ringfs", "s3://t/p", "/m", "--shared", "s3://t/p"])).is_err());
+        assert!(parse(args(&["ringfs", "ringcentral", "/m", "--shared", "t/p"])).is_err());
+        let f = ArchiveFlags::try_parse_from([
+            "ringfs archive",
+            "ringcentral",
+            "s3://t/p",
+            "--days",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(
+            (f.source.as_str(), f.bucket.as_str(), f.days),
+            ("ringcentral", "s3://t/p", 7)
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! control ──> status, fs            (the mount's Unix socket)
 //! status ──> fs, media, store, api   (what `ringfs status` shows; no request)
 //! source ──> fs, media, api          (binds the client to the core's traits)
+//! shared ──> fs, media, store, catalog, api, model   (a team's bucket)
 //! fuse ──> fs
 //! fs ──> catalog, media, store, api, model
 //! media ──> store, api               (the Tier trait; Priority, BodyEnd)
@@ -29,6 +30,8 @@
 //! - [`status`]: what `ringfs status` shows, gathered from the pacer, media layer, disk store
 //!   and core without a request; the estimate of when queued downloads are done.
 //! - [`source`]: binds the client to the traits of the core and the media layer.
+//! - [`shared`]: a team's mounts sharing one fetch per recording through an S3-compatible
+//!   bucket: the bucket tier, and a reader's call log and media from the bucket.
 //! - [`fuse`]: the thin `fuser` adapter; the only module that names `fuser`.
 //! - [`fs`]: the filesystem core: `lookup`/`getattr`/`readdir`/`open`/`read` returning plain
 //!   `Result<_, FsError>`; testable without a kernel.
@@ -59,6 +62,7 @@ pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod scrape;
+pub mod shared;
 pub mod source;
 pub mod status;
 pub mod store;

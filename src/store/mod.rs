@@ -13,7 +13,9 @@
 //! A new tier (a team's shared bucket below the disk, say) is a new module here implementing
 //! [`Tier`] and [`TierWriter`]; it is stacked in `serve` ([`crate::cli`]), the one place that
 //! builds the media layer, by handing the media layer a tier that combines it with the disk (see
-//! "Adding a tier" in [`tier`]). The media layer and the disk tier do not change.
+//! "Adding a tier" in [`tier`]). The media layer and the disk tier do not change. [`stack::Stack`]
+//! is that combination; the team's bucket ([`crate::shared`]) is the tier it stacks below the
+//! disk.
 //!
 //! A tier is a cache, never a source of truth: whatever it cannot vouch for (a file shorter
 //! than its index says, a checksum that differs, a write that failed) is dropped and fetched
@@ -24,8 +26,10 @@
 
 pub mod disk;
 pub mod meta;
+pub mod stack;
 pub mod tier;
 
 pub use disk::{DiskStats, DiskStore, InUse, Lease, StoreConfig, Summary, Writer};
 pub use meta::{MetaStore, Span, Stored, StoredCall};
+pub use stack::Stack;
 pub use tier::{CompleteFile, Reserved, StoredRecording, Tier, TierLease, TierWriter};
