@@ -87,6 +87,9 @@ pub async fn archive(
         }
         let d = fs.lookup(ROOT, OsStr::new(&date.name)).await?;
         for session in fs.opendir(d.ino).await? {
+            if session.kind != Kind::Dir {
+                continue; // calls.csv
+            }
             let s = fs.lookup(d.ino, OsStr::new(&session.name)).await?;
             for file in fs.opendir(s.ino).await? {
                 let Some(id) = recording_id(&file.name) else {
