@@ -1259,7 +1259,15 @@ pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
                 None
             }
         });
-    from_env.unwrap_or_else(|| default.parse().expect("default log filter"))
+    let filter: tracing_subscriber::filter::Targets =
+        from_env.unwrap_or_else(|| default.parse().expect("default log filter"));
+    // tungstenite traces the WebSocket request line, whose query holds the connection's token:
+    // never below debug, whatever RINGFS_LOG asks.
+    if filter.would_enable("tungstenite", &tracing::Level::TRACE) {
+        filter.with_target("tungstenite", tracing::Level::DEBUG)
+    } else {
+        filter
+    }
 }
 
 fn init_logging(opts: &Options) -> anyhow::Result<()> {
@@ -1280,6 +1288,12 @@ fn init_logging(opts: &Options) -> anyhow::Result<()> {
                 .mode(0o600)
                 .open(path)
                 .with_context(|| format!("log file {}", path.display()))?;
+            // `mode` only applies to a file created now: an existing log becomes 0600 too.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("log file {}", path.display()))?;
+            }
             let _ = builder
                 .with_ansi(false)
                 .with_writer(Arc::new(file))
@@ -1693,6 +1707,16 @@ mod tests {
             o.source,
             Source::Url("https://platform.ringcentral.com".into())
         );
+    }
+
+    #[test]
+    fn websocket_tokens_never_reach_a_trace_log() {
+        // tungstenite traces the request line with `access_token=` in it.
+        let f = log_filter("trace");
+        assert!(f.would_enable("ringfs::api", &tracing::Level::TRACE));
+        assert!(f.would_enable("tungstenite::handshake", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("tungstenite::handshake::client", &tracing::Level::TRACE));
+        assert!(!log_filter("info").would_enable("tungstenite", &tracing::Level::DEBUG));
     }
 
     #[test]

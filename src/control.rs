@@ -362,6 +362,13 @@ pub async fn watch_at(socket: &Path) -> io::Result<Watch> {
 
 /// Asks the mount at `socket` for its status.
 pub async fn status_at(socket: &Path) -> io::Result<serde_json::Value> {
+    // A wedged mount must not wedge `ringfs status`, which is when it is wanted most.
+    tokio::time::timeout(std::time::Duration::from_secs(5), ask_status(socket))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the mount does not answer"))?
+}
+
+async fn ask_status(socket: &Path) -> io::Result<serde_json::Value> {
     let stream = UnixStream::connect(socket).await?;
     let (r, mut w) = stream.into_split();
     w.write_all(b"{\"op\":\"status\"}\n").await?;

@@ -357,7 +357,18 @@ impl Filesystem for FuseAdapter {
         let fh = self.next_dir_fh.fetch_add(1, Ordering::Relaxed);
         self.rt.spawn(async move {
             match core.opendir(ino.0).await {
-                Ok(entries) => {
+                Ok(mut entries) => {
+                    // READDIRPLUS links each entry's attributes to its inode, size included,
+                    // and the kernel truncates the page cache of an open file to that size
+                    // whatever the TTL: a placeholder size would cut a file being read. A file
+                    // the listing cannot describe from memory (a by-recording id only the disk
+                    // holds) is looked up here, as the kernel would have.
+                    for e in entries
+                        .iter_mut()
+                        .filter(|e| e.attr.is_none() && e.kind == Kind::File)
+                    {
+                        e.attr = core.lookup(ino.0, OsStr::new(&e.name)).await.ok();
+                    }
                     dirs.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(fh, Arc::new(entries));
@@ -433,6 +444,9 @@ impl Filesystem for FuseAdapter {
                     file_attr(a),
                     a.attr_ttl.min(a.entry_ttl),
                 ),
+                // Directories only (files are looked up at `opendir`), or a file whose lookup
+                // failed: a directory's size means nothing, and the zero TTL has the kernel
+                // look it up before use.
                 None => (
                     e.ino,
                     e.name.as_str(),
@@ -898,7 +912,16 @@ impl Unmounter {
     pub fn unmount(&mut self) -> std::io::Result<()> {
         match &mut self.0 {
             UnmounterKind::Fuser(u) => u.unmount(),
-            UnmounterKind::Own(m) => m.unmount(false),
+            // Busy (a shell's working directory inside it): detach it now and let go once
+            // the last user leaves, as fusermount3 -z does for fuser's own mounts, rather than
+            // keep serving after a SIGTERM.
+            UnmounterKind::Own(m) => m.unmount(false).or_else(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    m.unmount(true)
+                } else {
+                    Err(e)
+                }
+            }),
         }
     }
 }

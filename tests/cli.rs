@@ -101,6 +101,34 @@ fn sigterm_unmounts_cleanly() {
 }
 
 #[test]
+fn sigterm_detaches_a_mount_in_use() {
+    if !can_mount() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path();
+    let _g = Guard(mnt);
+    let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = daemon_pid(mnt).expect("daemon running");
+    // A process whose working directory is inside the mount keeps it busy.
+    let mut busy = Command::new("sleep")
+        .arg("30")
+        .current_dir(mnt)
+        .spawn()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let unmounted = eventually(Duration::from_secs(10), || (!is_mounted(mnt)).then_some(()));
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert!(unmounted.is_some(), "SIGTERM left a busy mount mounted");
+}
+
+#[test]
 fn errors_are_one_clear_line() {
     let out = ringfs(&["demo", "/nonexistent/ringfs-mnt"]);
     assert!(!out.status.success());

@@ -547,3 +547,32 @@ async fn the_connection_is_replaced_before_its_absolute_timeout() {
     c2.details("wsc-1", Some("Successful")).await;
     assert_eq!(next(&mut rx).await, LiveNotice::Live { gap: false });
 }
+
+#[tokio::test]
+async fn a_server_that_answers_pings_but_not_heartbeats_keeps_the_connection() {
+    let mut srv = Server::start().await;
+    let cfg = EventsConfig {
+        heartbeat: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (tx, mut rx) = mpsc::channel(16);
+    let _feed = ringfs::api::spawn_events(srv.client(), Scope::Extension, cfg, tx);
+    let mut c1 = srv.conn().await;
+    c1.subscribe().await;
+    assert_eq!(next(&mut rx).await, LiveNotice::Live { gap: true });
+    // The server reads on (its WebSocket layer answers each ping with a pong) but never echoes
+    // a JSON heartbeat: over six heartbeat periods the client keeps the connection.
+    let mut heartbeats = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, c1.ws.next()).await {
+        if let Message::Text(t) = m
+            && t.as_str().contains("Heartbeat")
+        {
+            heartbeats += 1;
+        }
+    }
+    assert!(heartbeats >= 3, "{heartbeats} heartbeats");
+    assert!(rx.try_recv().is_err(), "no Down: the pongs showed it alive");
+    assert_eq!(srv.wstokens(), 1, "one connection");
+}

@@ -128,6 +128,8 @@ enum Fetch {
 struct Announced {
     recordings: Vec<String>,
     ended: bool,
+    /// When an event first said the call ended.
+    ended_at: Option<Instant>,
     last_sequence: Option<u64>,
     fetch: Fetch,
 }
@@ -174,6 +176,7 @@ impl LiveState {
                 Announced {
                     recordings: Vec::new(),
                     ended: false,
+                    ended_at: None,
                     last_sequence: None,
                     fetch: Fetch::Idle,
                 },
@@ -186,20 +189,43 @@ impl LiveState {
             }
             a.last_sequence = Some(a.last_sequence.map_or(seq, |last| last.max(seq)));
         }
+        let mut named_new = false;
         for r in ev.recording_ids() {
             let r = r.to_string();
             if !a.recordings.contains(&r) {
                 self.by_recording.insert(r.clone(), id.clone());
                 a.recordings.push(r);
+                named_new = true;
             }
         }
-        a.ended |= ev.ended();
-        let start = a.ended && !a.recordings.is_empty() && a.fetch == Fetch::Idle;
+        if ev.ended() && !a.ended {
+            a.ended = true;
+            a.ended_at = Some(Instant::now());
+        }
+        // A fetch that finished before an event named another recording of the session is
+        // started again for it.
+        let finished = matches!(a.fetch, Fetch::Done | Fetch::GaveUp);
+        let start = a.ended
+            && !a.recordings.is_empty()
+            && (a.fetch == Fetch::Idle || (finished && named_new));
         if start {
             a.fetch = Fetch::Running;
         }
         self.counters.sessions = self.sessions.len() as u64;
         start
+    }
+
+    /// Whether the events announced `recording` and its call is going on or ended less than
+    /// `within` ago: a 404 for it means "still being processed", not "gone".
+    fn media_may_come(&self, recording: &str, within: Duration) -> bool {
+        let Some(a) = self
+            .by_recording
+            .get(recording)
+            .and_then(|s| self.sessions.get(s))
+        else {
+            return false;
+        };
+        a.ended_at.is_none_or(|at| at.elapsed() < within)
     }
 
     /// Marks `id` announced readable; false if it was already.
@@ -547,8 +573,10 @@ impl Fs {
                 if there {
                     return Some(Ok(()));
                 }
+                // Given up: looked up as any id (its record may show later; the lookup has
+                // its own negative cache).
                 if a.fetch == Fetch::GaveUp {
-                    return Some(Err(FsError::NotFound));
+                    return None;
                 }
                 // Ended with no recording (nothing will be fetched), or fetched without this
                 // one: nothing to wait for; looked up as any id.
@@ -572,9 +600,12 @@ impl Fs {
         let deadline = Instant::now() + self.config.live_wait;
         loop {
             let got = self.media.open(key, Priority::Interactive).await;
-            let announced = self.state().live.by_recording.contains_key(key.id.as_str());
+            let waits = self
+                .state()
+                .live
+                .media_may_come(key.id.as_str(), self.config.live_wait);
             match got {
-                Err(MediaError::NotAvailable(_)) if announced && Instant::now() < deadline => {
+                Err(MediaError::NotAvailable(_)) if waits && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 other => return other,

@@ -303,6 +303,12 @@ async fn connection(
                         return again;
                     }
                 }
+                Output::Ping => {
+                    if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                        tracing::debug!("events: send failed: {e}");
+                        return again;
+                    }
+                }
                 Output::Notice(n) => {
                     if matches!(n, LiveNotice::Live { .. }) {
                         *live_since = Some(Instant::now());

@@ -91,6 +91,10 @@ pub struct Wsc {
 pub enum Output {
     /// Send this text frame.
     Send(String),
+    /// Send a WebSocket ping along with a heartbeat: RFC 6455 obliges the server to answer
+    /// with a pong, so a server that does not echo JSON heartbeats (the guide does not say
+    /// it must) still shows it is alive, and only a dead connection stays silent.
+    Ping,
     /// Hand this to the consumer.
     Notice(LiveNotice),
     /// Close this connection and open another. `immediate`: an expected close (idle, age),
@@ -417,9 +421,12 @@ impl Protocol {
             None if now >= self.last_rx.min(self.last_tx) + self.timing.heartbeat => {
                 self.heartbeat_sent = Some(now);
                 self.last_tx = now;
-                vec![Output::Send(
-                    json!([{"type": "Heartbeat", "messageId": uuid_v4()}]).to_string(),
-                )]
+                vec![
+                    Output::Send(
+                        json!([{"type": "Heartbeat", "messageId": uuid_v4()}]).to_string(),
+                    ),
+                    Output::Ping,
+                ]
             }
             None => Vec::new(),
         }
