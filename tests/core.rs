@@ -1498,3 +1498,40 @@ async fn an_open_of_known_size_waits_for_no_request_and_a_cold_one_for_one() {
     media.set_limit(None);
     eprintln!("[core] cold open {cold_wait:?} (one 10 s round trip), open of known size 0 s");
 }
+
+/// `call.json` of a date that may still be listed again can change under its size (a re-list or
+/// the event feed replaces the record): a short attribute TTL and direct I/O. A settled date's
+/// never changes: the page cache keeps it.
+#[tokio::test(start_paused = true)]
+async fn call_json_of_a_recent_date_is_never_cached_under_a_stale_size() {
+    let (old, now) = (days_ago(5), today());
+    let recent_start =
+        (Timestamp::now() - jiff::SignedDuration::from_secs(600)).max(at(now, "00:00:30"));
+    let calls = [
+        Call::new("1111111111", at(old, "10:00:00"), "11111111"),
+        Call::new("2222222222", recent_start, "22222222"),
+    ];
+    let c = core(ScriptedLog::new(&calls), |_| {});
+    for (date, session, changing) in [(old, "1111111111", false), (now, "2222222222", true)] {
+        let day = date.to_string();
+        let dir = c
+            .list(&day)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name.ends_with(session))
+            .unwrap();
+        let a = c
+            .lookup(&format!("{day}/{}/call.json", dir.name))
+            .await
+            .unwrap();
+        let o = c.fs.open(a.ino, false).await.unwrap();
+        assert_eq!(o.direct_io, changing, "{day}");
+        assert_eq!(o.keep_cache, !changing, "{day}");
+        assert_eq!(
+            a.attr_ttl <= Duration::from_secs(1),
+            changing,
+            "{day}: {a:?}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use super::node::Node;
-use super::{Fs, FsError, KnownRecording, State, call_json, to_system};
+use super::{Fs, FsError, KnownRecording, Session, State, call_json, to_system};
 use crate::catalog::{self, AudioKind};
 use crate::media::Known;
 use crate::store::CompleteFile;
@@ -116,6 +116,12 @@ impl Fs {
         end.checked_add(settle).map(|t| t > now).unwrap_or(true)
     }
 
+    /// Whether a session's `call.json` may still change: its date may still get listed again.
+    pub(super) fn call_json_may_change(&self, s: &Session) -> bool {
+        let date = self.config.window.date_of(s.first().start_time);
+        self.is_recent(date, Timestamp::now())
+    }
+
     pub(super) fn date_ttl(&self, date: Date) -> Duration {
         if self.is_recent(date, Timestamp::now()) {
             // Short but never zero: a zero TTL makes the kernel look every entry up again
@@ -147,7 +153,13 @@ impl Fs {
             Node::CallJson { session, .. } => {
                 let s = st.index.sessions.get(session).ok_or(FsError::NotFound)?;
                 let size = call_json(s).len() as u64;
-                Ok(self.file_attr(ino, size, to_system(s.first().start_time), true))
+                let mut a = self.file_attr(ino, size, to_system(s.first().start_time), true);
+                if self.call_json_may_change(s) {
+                    // A listing again (or the event feed) may replace the record under a size
+                    // the kernel holds; see `open`.
+                    a.attr_ttl = Duration::from_secs(1);
+                }
+                Ok(a)
             }
             Node::CallsCsv(d) => {
                 if !self.config.window.contains(*d, now) {

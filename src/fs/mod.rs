@@ -648,12 +648,22 @@ impl Fs {
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         match node {
-            Node::CallJson { .. } => Ok(Opened {
-                fh,
-                keep_cache: true,
-                direct_io: false,
-                backing: None,
-            }),
+            Node::CallJson { session, .. } => {
+                // On a recent date the record may be replaced (a re-list, the event feed's
+                // fetch) under a size the kernel holds: direct I/O, so a read is never cut or
+                // padded by a stale size. A settled date's never changes: the page cache keeps it.
+                let changing = {
+                    let st = self.state();
+                    let s = st.index.sessions.get(&session).ok_or(FsError::NotFound)?;
+                    self.call_json_may_change(s)
+                };
+                Ok(Opened {
+                    fh,
+                    keep_cache: !changing,
+                    direct_io: changing,
+                    backing: None,
+                })
+            }
             Node::CallsCsv(date) => {
                 self.load_date(date).await;
                 let mut st = self.state();
