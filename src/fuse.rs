@@ -75,6 +75,7 @@ pub struct OpCounts {
     pub readdirplus: AtomicU64,
     pub open: AtomicU64,
     pub read: AtomicU64,
+    pub getxattr: AtomicU64,
     /// Bytes asked for by all `read`s.
     pub read_bytes: AtomicU64,
 }
@@ -321,6 +322,7 @@ impl Filesystem for FuseAdapter {
             readdirplus = n(&o.readdirplus),
             open = n(&o.open),
             read = n(&o.read),
+            getxattr = n(&o.getxattr),
             read_bytes = n(&o.read_bytes),
             "FUSE requests served"
         );
@@ -560,12 +562,25 @@ impl Filesystem for FuseAdapter {
     // "[Not Implemented]" warning per call) never fill the log of an ordinary `cp` or `ls`.
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // security.*, system.* (ACLs), trusted.* and any other namespace: none, at once. `ls`
-        // and `cp -a` ask for them on every file.
-        let Some(name) = name.to_str().filter(|n| n.starts_with(XATTR_PREFIX)) else {
+        OpCounts::count(&self.ops.getxattr);
+        tracing::trace!(ino = ino.0, ?name, "getxattr");
+        // POSIX ACLs are not supported: EOPNOTSUPP, the kernel's own answer on a filesystem
+        // without them. `ls -l` asks every file for both ACLs, round trips the kernel does not
+        // cache, and only this answer makes it (like cp and rsync) stop asking after the first
+        // file.
+        let Some(name) = name.to_str() else {
             reply.error(Errno::ENODATA);
             return;
         };
+        if name.starts_with("system.posix_acl_") {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
+        // security.*, trusted.*, other system.* and user.* names: none here, at once.
+        if !name.starts_with(XATTR_PREFIX) {
+            reply.error(Errno::ENODATA);
+            return;
+        }
         let core = self.core.clone();
         let name = name.to_owned();
         self.rt.spawn(async move {
