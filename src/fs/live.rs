@@ -10,11 +10,15 @@
 //!   twice, so the merge is monotone: recordings are a union and "ended" never goes back, so
 //!   the order does not change the outcome. At most [`SESSIONS_CAP`] sessions are remembered,
 //!   the oldest announced forgotten first.
-//! - **An ended session with recordings** is fetched: `record_delay` after the end (records show
-//!   15-30 s after it on the real service), one `find_session` (Heavy, background priority),
-//!   again after 10 s, 20 s, 40 s, 80 s, 120 s while the record with every announced recording
-//!   is not there, [`FETCH_TRIES`] requests at most; the safety re-list catches what is still
-//!   missing. Records found are added exactly as a by-session lookup adds them (to the index
+//! - **An ended session with recordings** is fetched: one `find_session` (Heavy, background
+//!   priority) a while after the end, again while the record with every announced recording is
+//!   not there, [`FETCH_TRIES`] requests at most; the safety re-list catches what is still
+//!   missing. How long records take to show depends on the service (15-30 s on RingCentral's,
+//!   about a second on a test server), so the first request goes when the last session's record
+//!   was found, less a second (a first guess, `record_delay`, before any was found), and after a
+//!   miss again 2 s later, three times, then after 4 s, 8 s, ... up to 2 min ([`fetch_waits`]).
+//!   A mount thus learns the service's delay on its first call and then spends one or two
+//!   requests per call, finding each record within about 2 s of its showing. Records found are added exactly as a by-session lookup adds them (to the index
 //!   and the call index, no span marked listed: one record says nothing of the rest of its
 //!   date), and the kernel is told that the date directory changed ([`Changes`]).
 //! - **While the feed is live**, dates that may still change are listed again after
@@ -53,11 +57,20 @@ pub const SESSIONS_CAP: usize = 10_000;
 /// Most recording ids remembered as already announced readable.
 const REPORTED_CAP: usize = 100_000;
 /// Most `find_session` requests for one ended session.
-pub const FETCH_TRIES: u32 = 6;
-/// The wait before the second request for an ended session; doubled after each, up to...
-const RETRY_FIRST: Duration = Duration::from_secs(10);
-/// ...this.
+pub const FETCH_TRIES: u32 = 9;
+/// The longest wait between two requests for one ended session.
 const RETRY_MAX: Duration = Duration::from_secs(120);
+
+/// The waits between the requests for one ended session's record: 2 s three times (a record
+/// shows within seconds of when the last one did), then 4 s, 8 s, ... up to [`RETRY_MAX`].
+pub fn fetch_waits() -> impl Iterator<Item = Duration> {
+    let doubling = std::iter::successors(Some(Duration::from_secs(4)), |d| {
+        Some((*d * 2).min(RETRY_MAX))
+    });
+    std::iter::repeat_n(Duration::from_secs(2), 3)
+        .chain(doubling)
+        .take(FETCH_TRIES as usize - 1)
+}
 /// How many readable announcements wait for a slow subscriber before it misses some.
 pub(super) const READABLE_BACKLOG: usize = 1024;
 
@@ -151,6 +164,8 @@ pub(super) struct LiveState {
     pub(super) seen_dates: HashSet<Date>,
     /// A catch-up or safety re-list is running.
     relisting: bool,
+    /// How long after its end the last ended session's record was found.
+    record_after: Option<Duration>,
     pub(super) counters: LiveCounters,
 }
 
@@ -397,13 +412,21 @@ impl Fs {
 
     /// Fetches the record of ended session `id` (see the module docs).
     async fn fetch_ended(&self, id: String) {
-        tokio::time::sleep(self.config.record_delay).await;
-        let mut delay = RETRY_FIRST;
+        let ended = Instant::now();
+        let first = self
+            .state()
+            .live
+            .record_after
+            .map_or(self.config.record_delay, |d| {
+                d.saturating_sub(Duration::from_secs(1))
+                    .max(Duration::from_secs(1))
+            });
+        tokio::time::sleep(first).await;
+        let mut waits = fetch_waits();
         let mut outcome = Fetch::GaveUp;
         for attempt in 1..=FETCH_TRIES {
             if attempt > 1 {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
+                tokio::time::sleep(waits.next().unwrap_or(RETRY_MAX)).await;
             }
             if self.api_down() {
                 continue;
@@ -427,6 +450,8 @@ impl Fs {
                     }
                     if complete {
                         outcome = Fetch::Done;
+                        // What the next session's first request goes by.
+                        self.state().live.record_after = Some(ended.elapsed());
                         break;
                     }
                 }

@@ -80,7 +80,7 @@ use crate::model::{CallRecord, RecordingMeta};
 pub use attr::{Attr, DirEntry, Kind, Opened};
 pub use error::FsError;
 pub use index::{Index, KnownRecording, Session};
-pub use live::{Changes, FETCH_TRIES, Feed, LiveCounters, Readable, SESSIONS_CAP};
+pub use live::{Changes, FETCH_TRIES, Feed, LiveCounters, Readable, SESSIONS_CAP, fetch_waits};
 use node::{BY_RECORDING, BY_SESSION, CALL_JSON, CALLS_CSV, Inodes, Node};
 pub use xattr::{PREFIX as XATTR_PREFIX, Xattr, name_list as xattr_name_list};
 
@@ -156,7 +156,7 @@ pub struct FsConfig {
     /// dates that may still change); [`DATES_IN_MEMORY`] unless tuned.
     pub dates_in_memory: usize,
     /// How long after the end of a call announced by the event feed its record is first asked
-    /// for (records show 15-30 s after the end on the real service; see `live`).
+    /// for, until the mount has seen how long records take (then it goes by that; see `live`).
     pub record_delay: Duration,
     /// While the event feed is live: how long a listing of a date that may still change is
     /// reused instead of `recent_ttl` (the safety re-list that catches what events missed).
@@ -194,7 +194,7 @@ impl FsConfig {
             assumed_format: AudioKind::Mp3,
             read_timeout: Duration::from_secs(30),
             dates_in_memory: DATES_IN_MEMORY,
-            record_delay: Duration::from_secs(20),
+            record_delay: Duration::from_secs(2),
             live_relist: Duration::from_secs(15 * 60),
             live_wait: Duration::from_secs(120),
         }
