@@ -40,6 +40,7 @@ pub fn command() -> clap::Command {
         .subcommand(crate::cli::CacheFlags::command().name("cache"))
         .subcommand(crate::cli::WatchFlags::command().name("watch"))
         .subcommand(crate::cli::StatusFlags::command().name("status"))
+        .subcommand(crate::cli::ArchiveFlags::command().name("archive"))
         .subcommand(CompletionsFlags::command().name("completions"))
         .subcommand(ManFlags::command().name("man"))
         .args_conflicts_with_subcommands(true)

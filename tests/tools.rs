@@ -382,6 +382,13 @@ fn the_man_page_renders_and_documents_every_option_once() {
         assert!(text.contains(flag), "{flag} missing from the man page");
     }
     assert!(text.contains("REQUEST COSTS") && text.contains("ringfs-cache(1)"));
+    // Every subcommand has its page.
+    for sub in ["cache", "watch", "status", "archive", "completions", "man"] {
+        assert!(
+            text.contains(&format!("ringfs-{sub}(1)")),
+            "ringfs-{sub}(1) missing"
+        );
+    }
     if have("man") {
         let out = Command::new("man")
             .args(["-P", "cat", "-l"])
