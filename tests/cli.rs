@@ -80,14 +80,9 @@ fn demo_mount_returns_when_ready_and_umount_ends_it() {
     assert!(gone.is_some(), "daemon still running after umount");
 }
 
-#[test]
-fn sigterm_unmounts_cleanly() {
-    if !can_mount() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path();
-    let _g = Guard(mnt);
+/// Mounts the demo in the background at `mnt`, SIGTERMs the daemon with a process whose working
+/// directory is inside the mount (`busy`) or none, and says whether the mount went away.
+fn sigterm_unmounts(mnt: &std::path::Path, busy: bool) -> bool {
     let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
     assert!(
         out.status.success(),
@@ -95,9 +90,33 @@ fn sigterm_unmounts_cleanly() {
         String::from_utf8_lossy(&out.stderr)
     );
     let pid = daemon_pid(mnt).expect("daemon running");
+    let mut inside = busy.then(|| {
+        Command::new("sleep")
+            .arg("30")
+            .current_dir(mnt)
+            .spawn()
+            .unwrap()
+    });
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let unmounted = eventually(Duration::from_secs(10), || (!is_mounted(mnt)).then_some(()));
-    assert!(unmounted.is_some(), "SIGTERM did not unmount");
+    if let Some(p) = inside.as_mut() {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    unmounted.is_some()
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    if !can_mount() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _g = Guard(dir.path());
+    assert!(
+        sigterm_unmounts(dir.path(), false),
+        "SIGTERM did not unmount"
+    );
 }
 
 #[test]
@@ -106,26 +125,11 @@ fn sigterm_detaches_a_mount_in_use() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path();
-    let _g = Guard(mnt);
-    let out = ringfs(&["demo", mnt.to_str().unwrap(), "--demo-live", "0"]);
+    let _g = Guard(dir.path());
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        sigterm_unmounts(dir.path(), true),
+        "SIGTERM left a busy mount mounted"
     );
-    let pid = daemon_pid(mnt).expect("daemon running");
-    // A process whose working directory is inside the mount keeps it busy.
-    let mut busy = Command::new("sleep")
-        .arg("30")
-        .current_dir(mnt)
-        .spawn()
-        .unwrap();
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let unmounted = eventually(Duration::from_secs(10), || (!is_mounted(mnt)).then_some(()));
-    let _ = busy.kill();
-    let _ = busy.wait();
-    assert!(unmounted.is_some(), "SIGTERM left a busy mount mounted");
 }
 
 #[test]
