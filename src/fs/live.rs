@@ -166,6 +166,8 @@ pub(super) struct LiveState {
     relisting: bool,
     /// How long after its end the last ended session's record was found.
     record_after: Option<Duration>,
+    /// A fetch is learning `record_after` (see `fetch_ended`).
+    probing: bool,
     pub(super) counters: LiveCounters,
 }
 
@@ -413,15 +415,30 @@ impl Fs {
     /// Fetches the record of ended session `id` (see the module docs).
     async fn fetch_ended(&self, id: String) {
         let ended = Instant::now();
-        let first = self
-            .state()
-            .live
-            .record_after
-            .map_or(self.config.record_delay, |d| {
-                d.saturating_sub(Duration::from_secs(1))
-                    .max(Duration::from_secs(1))
-            });
-        tokio::time::sleep(first).await;
+        // Until a record has been found, one session at a time learns the delay (the fast
+        // schedule from `record_delay`); the others wait for what it learns instead of each
+        // probing, which on a busy line would spend the whole Heavy budget on misses.
+        let mut progress = self.pages.subscribe();
+        let mut prober = false;
+        let first = loop {
+            {
+                let mut st = self.state();
+                if let Some(d) = st.live.record_after {
+                    break d
+                        .saturating_sub(Duration::from_secs(1))
+                        .max(Duration::from_secs(1));
+                }
+                if !st.live.probing {
+                    st.live.probing = true;
+                    prober = true;
+                    break self.config.record_delay;
+                }
+            }
+            if progress.changed().await.is_err() {
+                return;
+            }
+        };
+        tokio::time::sleep_until(ended + first).await;
         let mut waits = fetch_waits();
         let mut outcome = Fetch::GaveUp;
         for attempt in 1..=FETCH_TRIES {
@@ -474,7 +491,11 @@ impl Fs {
                 }
             }
         }
-        // Wakes the lookups waiting for this session (see `wait_announced`).
+        if prober {
+            self.state().live.probing = false;
+        }
+        // Wakes the lookups waiting for this session (see `wait_announced`), and the fetches
+        // waiting for the prober.
         self.pages.send_modify(|n| *n += 1);
     }
 

@@ -448,3 +448,34 @@ async fn an_hour_with_events_costs_about_one_request_per_finished_call() {
         assert!(without >= 120, "{without} requests without events");
     }
 }
+
+/// Before the mount knows how long records take, one ended session at a time probes for its
+/// record; the others wait for what it learns: five calls ending together cost the probe's
+/// misses once, not five times.
+#[tokio::test(start_paused = true)]
+async fn sessions_ending_together_learn_the_delay_from_one_probe() {
+    let (c, _) = live_core(|_| {});
+    c.fs.on_notice(LiveNotice::Live { gap: false });
+    let calls: Vec<Call> = (0..5u64)
+        .map(|n| call_now(&format!("76000000{n:02}"), &format!("760000{n:02}")))
+        .collect();
+    for (n, call) in calls.iter().enumerate() {
+        let rec = format!("760000{n:02}");
+        c.fs.on_notice(event(&call.session, 9, "Disconnected", None, Some(&rec)));
+    }
+    pass(19).await;
+    let probes = finds(&c);
+    assert!(probes <= 5, "{probes} requests before any record showed");
+    // The records show 20 s after the end.
+    for call in &calls {
+        c.log.add(call);
+    }
+    pass(30).await;
+    assert_eq!(c.fs.live_counters().found, 5, "{:?}", c.fs.live_counters());
+    let total = finds(&c);
+    assert!(
+        total <= probes + 1 + 4,
+        "{total} requests in all ({probes} probes)"
+    );
+    println!("[core] five calls ending together: {probes} probes, {total} requests in all");
+}
