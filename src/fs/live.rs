@@ -62,7 +62,7 @@ pub const FETCH_TRIES: u32 = 9;
 const RETRY_MAX: Duration = Duration::from_secs(120);
 
 /// The waits between the requests for one ended session's record: 2 s three times (a record
-/// shows within seconds of when the last one did), then 4 s, 8 s, ... up to [`RETRY_MAX`].
+/// shows within seconds of when the last one did), then 4 s, 8 s, ... up to 2 min.
 pub fn fetch_waits() -> impl Iterator<Item = Duration> {
     let doubling = std::iter::successors(Some(Duration::from_secs(4)), |d| {
         Some((*d * 2).min(RETRY_MAX))
