@@ -64,6 +64,20 @@ fn session_dir(day: &std::path::Path, id: &str) -> Option<String> {
     names(day).into_iter().find(|n| n.ends_with(&suffix))
 }
 
+/// Waits up to `secs` for session `id` to be listed in `day`; its directory name, or a panic
+/// saying what the feed and the emulator had done.
+fn listed_within(m: &Mounted, day: &std::path::Path, id: &str, secs: u64) -> String {
+    eventually(Duration::from_secs(secs), || session_dir(day, id)).unwrap_or_else(|| {
+        panic!(
+            "session {id} was not listed in {}: {:?}, feed {:?}, {:?}",
+            day.display(),
+            m.stack.fs.live_counters(),
+            m.stack.fs.feed(),
+            m.emu().stats()
+        )
+    })
+}
+
 fn wait_feed(m: &Mounted, want: fn(&Feed) -> bool) -> Feed {
     eventually(Duration::from_secs(10), || {
         let f = m.stack.fs.feed();
@@ -92,17 +106,7 @@ fn a_finished_call_is_listed_within_two_seconds_of_being_fetchable() {
     let call = m.emu().start_call(NewCall::default());
     let ready = call.visible_at.max(call.fetchable_at);
     // An open file manager lists again and again: while events flow, that costs nothing.
-    let appeared = eventually(Duration::from_secs(15), || {
-        session_dir(&day, &call.session_id)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the new session appears in today's directory: {:?} {:?} {:?}",
-            m.stack.fs.live_counters(),
-            m.stack.fs.feed(),
-            m.emu().stats()
-        )
-    });
+    let appeared = listed_within(&m, &day, &call.session_id, 15);
     let late = since(ready);
     assert!(
         late < Duration::from_secs(2),
@@ -156,15 +160,8 @@ fn a_dropped_websocket_recovers_without_losing_an_event() {
     });
     std::thread::sleep(Duration::from_millis(600));
     m.emu().drop_ws_connections();
-    let found = eventually(Duration::from_secs(20), || {
-        session_dir(&day, &call.session_id)
-    });
+    listed_within(&m, &day, &call.session_id, 20);
     let st = m.emu().stats();
-    assert!(
-        found.is_some(),
-        "the call was listed (stats: {st:?}, feed {:?})",
-        m.stack.fs.feed()
-    );
     assert!(st.ws_recoveries >= 1, "the reconnect recovered: {st:?}");
     assert_eq!(st.ws_subscriptions, 1, "no new subscription was needed");
     // Found through the recovered event: one session query, no catch-up listing of today
@@ -191,10 +188,8 @@ fn a_refused_subscription_falls_back_to_listing() {
     let day = m.p(&today());
     let _ = names(&day);
     let call = m.emu().start_call(NewCall::default());
-    eventually(Duration::from_secs(15), || {
-        session_dir(&day, &call.session_id)
-    })
-    .expect("listing again finds the new call");
+    // Listing again finds the new call.
+    listed_within(&m, &day, &call.session_id, 15);
     // Both the account's and the extension's subscriptions were tried.
     assert_eq!(m.emu().stats().endpoint("subscription-create"), 2);
 }
