@@ -514,6 +514,21 @@ impl Rec {
     }
 
     /// No byte at or past this offset exists.
+    /// Tells the download whose range covers a read of `[offset, want_end)` how far its reader
+    /// is (see "A read" in the module docs), once per read.
+    fn note_reader(&mut self, offset: u64, want_end: u64, far: u64) {
+        let covering = self
+            .downloads
+            .iter_mut()
+            .filter(|d| d.start <= offset && offset <= d.pos.saturating_add(far))
+            .max_by_key(|d| d.start);
+        if let Some(d) = covering {
+            d.last_read = Instant::now();
+            d.reader_pos = d.reader_pos.max(want_end);
+            self.moved.notify_waiters();
+        }
+    }
+
     fn end_bound(&self) -> Option<u64> {
         match (self.exact_size(), self.size_upper) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -666,6 +681,33 @@ impl Inner {
             self.cached_bytes -= old.data.len() as u64;
         }
         self.cached_bytes += len;
+    }
+
+    /// Whether memory holds every byte of `[pos, end)` (LRU entries and download buffers), read
+    /// without touching recency: exactly when [`Inner::copy_present`] would reach `end`.
+    fn all_present(&self, id: &Arc<str>, mut pos: u64, end: u64, cs: usize) -> bool {
+        let cs64 = cs as u64;
+        while pos < end {
+            let idx = pos / cs64;
+            let within = pos - idx * cs64;
+            let entry = self
+                .cache
+                .peek(&(id.clone(), idx))
+                .map_or(0, |e| e.data.len() as u64);
+            if within < entry {
+                pos = (idx * cs64 + entry).min(end);
+                continue;
+            }
+            match self.recs[id]
+                .downloads
+                .iter()
+                .find(|d| d.buf_start <= pos && pos < d.pos)
+            {
+                Some(d) => pos = d.pos.min(end),
+                None => return false,
+            }
+        }
+        true
     }
 
     /// Copies the bytes of `[*pos, end)` that are present into `out`, advancing `*pos`. A read
@@ -1094,6 +1136,36 @@ impl Media {
         }
     }
 
+    /// What [`Media::read`] would answer at once from memory: `Some` when memory holds every
+    /// byte of the (EOF-clamped) range now, with the same bookkeeping as a cache hit of `read`
+    /// (the covering download learns where its reader is, the entries' recency, the hit
+    /// counter); `None` when a byte is missing, and then nothing was changed: `read` does the
+    /// rest. Never waits, never spends a request, so a caller may answer from its own thread
+    /// (the FUSE adapter answers most reads of a stream this way, without a task hop).
+    pub fn try_read(&self, key: &RecordingKey, offset: u64, size: u32) -> Option<Bytes> {
+        let sh = &self.shared;
+        let cs = sh.cs();
+        let want_end = offset.saturating_add(size as u64);
+        let mut g = sh.lock();
+        let g = &mut *g;
+        let rec = g.recs.get(key.id.as_str())?;
+        let id = rec.id.clone();
+        let end = match rec.end_bound() {
+            Some(b) => want_end.min(b),
+            None => want_end,
+        };
+        if !g.all_present(&id, offset, end, cs) {
+            return None;
+        }
+        let (mut pos, mut out, mut whole) = (offset, BytesMut::new(), None);
+        g.copy_present(&id, &mut pos, end, cs, &mut out, &mut whole);
+        debug_assert!(pos >= end, "all_present said so");
+        let rec = g.recs.get_mut(&id).expect("found above");
+        rec.note_reader(offset, want_end, sh.config.far_seek);
+        g.stats.cache_hits += 1;
+        Some(whole.unwrap_or_else(|| out.freeze()))
+    }
+
     /// Exactly the bytes `[offset, offset+size)` of the content; shorter only at EOF, empty at or
     /// after EOF. Served from memory when present, else from a (shared) download as bytes arrive.
     pub async fn read(
@@ -1160,17 +1232,7 @@ impl Media {
                 let rec = g.recs.get_mut(&id).expect("made above");
                 let far = cfg.far_seek;
                 if first_pass {
-                    // Tell the download whose range covers this read how far its reader is.
-                    let covering = rec
-                        .downloads
-                        .iter_mut()
-                        .filter(|d| d.start <= offset && offset <= d.pos.saturating_add(far))
-                        .max_by_key(|d| d.start);
-                    if let Some(d) = covering {
-                        d.last_read = Instant::now();
-                        d.reader_pos = d.reader_pos.max(want_end);
-                        moved.notify_waiters();
-                    }
+                    rec.note_reader(offset, want_end, far);
                 }
                 if pos >= end {
                     let hit = first_pass;
@@ -1449,6 +1511,10 @@ async fn download_task(
             d.headers = true;
             data.notify_waiters();
         }
+        // Those waiting for the headers (an open, to answer the kernel) go before this task
+        // pulls the body: a body already in the socket buffer would otherwise be pulled (up to
+        // the read-ahead, a whole typical recording) before the open is answered.
+        tokio::task::yield_now().await;
         // Pull this response's body until it ends, breaks or is no longer wanted.
         let mut progressed = false;
         // This response ended where the content may end, and the next one is to confirm it.
