@@ -63,6 +63,40 @@ pub struct FuseAdapter {
     want_passthrough: bool,
     opens: Arc<Mutex<Opens>>,
     ops: Arc<OpCounts>,
+    gate: Arc<RuntimeGate>,
+}
+
+/// Whether requests may still be polled on the FUSE threads ([`serve`]). A timer registered
+/// from outside a runtime that has shut down its time driver panics, and the FUSE threads may
+/// still be answering (a read an unmount interrupted) while the runtime goes: so the gate
+/// closes as the runtime shuts down, from the drop of a task that waits forever on it (a
+/// runtime drops its tasks before it shuts down its drivers). Once closed, requests go to the
+/// runtime as they stand, which drops them (the kernel gets EIO), as it drops its own tasks.
+#[derive(Debug, Default)]
+struct RuntimeGate(std::sync::RwLock<bool>);
+
+impl RuntimeGate {
+    /// A gate that closes when `rt` shuts down.
+    fn closing_with(rt: &tokio::runtime::Handle) -> Arc<RuntimeGate> {
+        struct CloseOnDrop(Arc<RuntimeGate>);
+        impl Drop for CloseOnDrop {
+            fn drop(&mut self) {
+                self.0.close();
+            }
+        }
+        let gate = Arc::new(RuntimeGate::default());
+        let closer = CloseOnDrop(gate.clone());
+        rt.spawn(async move {
+            let _closer = closer;
+            std::future::pending::<()>().await
+        });
+        gate
+    }
+
+    /// Closes the gate; returns once no request is being polled on a FUSE thread.
+    fn close(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = true;
+    }
 }
 
 /// How many requests of each kind the kernel sent this adapter (a debug counter: tests and the
@@ -90,6 +124,7 @@ impl FuseAdapter {
     pub fn new(core: Arc<Fs>, rt: tokio::runtime::Handle) -> FuseAdapter {
         FuseAdapter {
             core,
+            gate: RuntimeGate::closing_with(&rt),
             rt,
             dirs: Arc::default(),
             next_dir_fh: AtomicU64::new(1),
@@ -106,6 +141,14 @@ impl FuseAdapter {
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
             .cloned()
+    }
+
+    /// Answers a request through [`serve`] on this adapter's runtime.
+    fn serve<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        serve(&self.rt, &self.gate, fut);
     }
 
     /// The request counters of this adapter (shared: they keep counting once it is mounted).
@@ -332,7 +375,7 @@ impl Filesystem for FuseAdapter {
         OpCounts::count(&self.ops.lookup);
         let core = self.core.clone();
         let name = name.to_owned();
-        self.rt.spawn(async move {
+        self.serve(async move {
             match core.lookup(parent.0, &name).await {
                 Ok(a) => {
                     reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
@@ -345,7 +388,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         OpCounts::count(&self.ops.getattr);
         let core = self.core.clone();
-        self.rt.spawn(async move {
+        self.serve(async move {
             match core.getattr(ino.0).await {
                 Ok(a) => reply.attr(&a.attr_ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -357,7 +400,7 @@ impl Filesystem for FuseAdapter {
         let core = self.core.clone();
         let dirs = self.dirs.clone();
         let fh = self.next_dir_fh.fetch_add(1, Ordering::Relaxed);
-        self.rt.spawn(async move {
+        self.serve(async move {
             match core.opendir(ino.0).await {
                 Ok(mut entries) => {
                     // READDIRPLUS links each entry's attributes to its inode, size included,
@@ -491,7 +534,7 @@ impl Filesystem for FuseAdapter {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let core = self.core.clone();
         let opens = self.opens.clone();
-        self.rt.spawn(async move {
+        self.serve(async move {
             match core.open(ino.0, write).await {
                 Ok(o) => {
                     let mut f = FopenFlags::empty();
@@ -528,14 +571,8 @@ impl Filesystem for FuseAdapter {
         self.ops
             .read_bytes
             .fetch_add(u64::from(size), Ordering::Relaxed);
-        // Most reads of a stream find their bytes already in memory: answered here, without
-        // the hop to a runtime thread and back (a wake-up of another thread each way).
-        if let Some(data) = self.core.try_read(ino.0, fh.0, offset, size) {
-            reply.data(&data);
-            return;
-        }
         let core = self.core.clone();
-        self.rt.spawn(async move {
+        self.serve(async move {
             match core.read(ino.0, fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),
@@ -589,7 +626,7 @@ impl Filesystem for FuseAdapter {
         }
         let core = self.core.clone();
         let name = name.to_owned();
-        self.rt.spawn(async move {
+        self.serve(async move {
             match core.xattr(ino.0, &name).await {
                 Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(errno(&e)),
@@ -599,7 +636,7 @@ impl Filesystem for FuseAdapter {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let core = self.core.clone();
-        self.rt.spawn(async move {
+        self.serve(async move {
             match core.xattrs(ino.0).await {
                 Ok(attrs) => reply_xattr(reply, size, &xattr_name_list(&attrs)),
                 Err(e) => reply.error(errno(&e)),
@@ -649,7 +686,7 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let core = self.core.clone();
-        self.rt.spawn(async move {
+        self.serve(async move {
             match core.getattr(ino.0).await {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -843,6 +880,36 @@ const MAX_BACKGROUND: u16 = 64;
 /// Threads reading /dev/fuse (each with its own cloned fd, so the kernel hands requests to
 /// them in parallel): the handlers only hand requests to the runtime, so two keep up with
 /// the kernel on any machine.
+/// Runs a request's future: polled once here, on the calling (FUSE) thread, and handed to the
+/// runtime only if it has to wait (a listing, a response, bytes still on their way).
+///
+/// Most requests need no waiting: a lookup or getattr of a listed entry, an opendir of a listed
+/// date, a read of bytes the stream has already brought, an open of a recording of known size.
+/// Answering those here saves the hop to a runtime thread and back, each a wake-up of another
+/// thread (tens of microseconds on a small VM, more than the work itself). The runtime's
+/// context is entered for the poll, so timers, spawns and I/O register as they would on a
+/// worker. A future left pending is spawned as it stands; its next poll (on a worker, with a
+/// real waker) checks the state it waits on before sleeping, as every future's does, so a
+/// wake-up between the two polls is not lost. Once `gate` is closed, every future goes to the
+/// runtime unpolled.
+fn serve<F>(rt: &tokio::runtime::Handle, gate: &RuntimeGate, fut: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut fut = Box::pin(fut);
+    // Held over the poll, so that `close` waits for it.
+    let closed = gate.0.read().unwrap_or_else(|e| e.into_inner());
+    if *closed {
+        rt.spawn(fut);
+        return;
+    }
+    let _runtime = rt.enter();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        rt.spawn(fut);
+    }
+}
+
 const EVENT_LOOPS: usize = 2;
 
 /// How a mount is set up.
@@ -1211,4 +1278,71 @@ pub fn mount(
     fuser::Session::new(adapter, mountpoint, &config)
         .map(|session| Mounted { session, own: None })
         .map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RuntimeGate, serve};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_request_that_needs_no_waiting_is_answered_on_the_calling_thread() {
+        let rt = runtime();
+        let (tx, rx) = mpsc::channel();
+        let caller = std::thread::current().id();
+        serve(rt.handle(), &RuntimeGate::default(), async move {
+            tx.send(std::thread::current().id()).unwrap();
+        });
+        // Already answered when `serve` returns, and here.
+        assert_eq!(rx.try_recv().unwrap(), caller);
+    }
+
+    #[test]
+    fn a_request_that_waits_goes_on_in_the_runtime_and_misses_no_wake_up() {
+        let rt = runtime();
+        for _ in 0..200 {
+            let (go_tx, go_rx) = tokio::sync::oneshot::channel::<u32>();
+            let (tx, rx) = mpsc::channel();
+            let caller = std::thread::current().id();
+            serve(rt.handle(), &RuntimeGate::default(), async move {
+                // Timers and spawns need the runtime's context, entered for the first poll.
+                tokio::time::sleep(Duration::from_millis(0)).await;
+                let v = tokio::spawn(async move { go_rx.await.unwrap() })
+                    .await
+                    .unwrap();
+                tx.send((v, std::thread::current().id())).unwrap();
+            });
+            // Sent right after the first poll: the value must still get through.
+            go_tx.send(7).unwrap();
+            let (v, on) = rx.recv_timeout(Duration::from_secs(5)).expect("answered");
+            assert_eq!(v, 7);
+            assert_ne!(on, caller, "finished on a runtime thread");
+        }
+    }
+
+    #[test]
+    fn once_the_runtime_has_shut_down_no_request_is_polled_here_and_none_panics() {
+        let rt = runtime();
+        let handle = rt.handle().clone();
+        let gate = RuntimeGate::closing_with(&handle);
+        let (tx, rx) = mpsc::channel::<()>();
+        rt.shutdown_timeout(Duration::from_secs(5));
+        assert!(*gate.0.read().unwrap(), "closed by the shutdown");
+        // A request that registers a timer: polled here on a runtime whose time driver is shut
+        // down it would panic; the gate hands it over (and the runtime drops it) instead.
+        serve(&handle, &gate, async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+    }
 }

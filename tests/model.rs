@@ -342,14 +342,7 @@ fn run(case: &Case, counts: &Counts, verbose: bool) -> Result<(), String> {
                             }
                             reads += 1;
                             let t = tokio::time::Instant::now();
-                            // Every other read goes the FUSE adapter's way: what memory holds
-                            // at once, else a read; the others take the read's own path.
-                            let fast = if reads % 2 == 0 { media.try_read(&k, pos, size) } else { None };
-                            let got = match fast {
-                                Some(b) => Ok(b),
-                                None => media.read(&k, pos, size, Priority::Interactive).await,
-                            };
-                            match got {
+                            match media.read(&k, pos, size, Priority::Interactive).await {
                                 Ok(got) => {
                                     let from = pos.min(rec.len);
                                     let to = (pos + size as u64).min(rec.len);

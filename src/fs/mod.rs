@@ -756,28 +756,6 @@ impl Fs {
         }
     }
 
-    /// A read answered at once, when no waiting is needed: a recording's bytes that memory
-    /// holds ([`Media::try_read`]) or a `calls.csv` handle's snapshot. `None`: call
-    /// [`Fs::read`]. The FUSE adapter tries this on its own thread first, so the reads of a
-    /// stream that its download has already brought skip the hop to the runtime.
-    pub fn try_read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
-        let st = self.state();
-        match st.inodes.node(ino)? {
-            Node::RecFile { .. } | Node::ByRecFile(_) => {
-                let key = st.handles.get(&fh)?.clone();
-                drop(st);
-                self.media.try_read(&key, offset, size)
-            }
-            Node::CallsCsv(_) => {
-                let csv = st.csv_handles.get(&fh)?;
-                let start = (offset as usize).min(csv.len());
-                let end = start.saturating_add(size as usize).min(csv.len());
-                Some(csv.slice(start..end))
-            }
-            _ => None,
-        }
-    }
-
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let node = self.node_of(ino)?;
         match node {

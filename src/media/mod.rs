@@ -683,33 +683,6 @@ impl Inner {
         self.cached_bytes += len;
     }
 
-    /// Whether memory holds every byte of `[pos, end)` (LRU entries and download buffers), read
-    /// without touching recency: exactly when [`Inner::copy_present`] would reach `end`.
-    fn all_present(&self, id: &Arc<str>, mut pos: u64, end: u64, cs: usize) -> bool {
-        let cs64 = cs as u64;
-        while pos < end {
-            let idx = pos / cs64;
-            let within = pos - idx * cs64;
-            let entry = self
-                .cache
-                .peek(&(id.clone(), idx))
-                .map_or(0, |e| e.data.len() as u64);
-            if within < entry {
-                pos = (idx * cs64 + entry).min(end);
-                continue;
-            }
-            match self.recs[id]
-                .downloads
-                .iter()
-                .find(|d| d.buf_start <= pos && pos < d.pos)
-            {
-                Some(d) => pos = d.pos.min(end),
-                None => return false,
-            }
-        }
-        true
-    }
-
     /// Copies the bytes of `[*pos, end)` that are present into `out`, advancing `*pos`. A read
     /// that one cached entry holds whole (a 128 KiB kernel read within a 256 KiB chunk: most
     /// reads) is not copied: `whole` gets a slice of the entry, which the reply writes to the
@@ -1134,36 +1107,6 @@ impl Media {
                 }
             }
         }
-    }
-
-    /// What [`Media::read`] would answer at once from memory: `Some` when memory holds every
-    /// byte of the (EOF-clamped) range now, with the same bookkeeping as a cache hit of `read`
-    /// (the covering download learns where its reader is, the entries' recency, the hit
-    /// counter); `None` when a byte is missing, and then nothing was changed: `read` does the
-    /// rest. Never waits, never spends a request, so a caller may answer from its own thread
-    /// (the FUSE adapter answers most reads of a stream this way, without a task hop).
-    pub fn try_read(&self, key: &RecordingKey, offset: u64, size: u32) -> Option<Bytes> {
-        let sh = &self.shared;
-        let cs = sh.cs();
-        let want_end = offset.saturating_add(size as u64);
-        let mut g = sh.lock();
-        let g = &mut *g;
-        let rec = g.recs.get(key.id.as_str())?;
-        let id = rec.id.clone();
-        let end = match rec.end_bound() {
-            Some(b) => want_end.min(b),
-            None => want_end,
-        };
-        if !g.all_present(&id, offset, end, cs) {
-            return None;
-        }
-        let (mut pos, mut out, mut whole) = (offset, BytesMut::new(), None);
-        g.copy_present(&id, &mut pos, end, cs, &mut out, &mut whole);
-        debug_assert!(pos >= end, "all_present said so");
-        let rec = g.recs.get_mut(&id).expect("found above");
-        rec.note_reader(offset, want_end, sh.config.far_seek);
-        g.stats.cache_hits += 1;
-        Some(whole.unwrap_or_else(|| out.freeze()))
     }
 
     /// Exactly the bytes `[offset, offset+size)` of the content; shorter only at EOF, empty at or

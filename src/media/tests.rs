@@ -845,83 +845,6 @@ async fn offline_serves_what_is_kept_and_fails_the_rest_without_a_request() {
 }
 
 #[tokio::test]
-async fn try_read_answers_only_what_memory_holds_and_changes_nothing_otherwise() {
-    let (fake, media) = setup(
-        FakeSource::new(),
-        &[("a", FakeRecording::new(100_000, 7))],
-        cfg(),
-    );
-    let k = key("a");
-    // Nothing known yet: no answer, no request, no counter moved.
-    assert_eq!(media.try_read(&k, 0, 4096), None);
-    assert_eq!(opens_of(&fake), Vec::<u64>::new());
-    assert_eq!(media.stats(), MediaStats::default());
-    media.open(&k, Priority::Interactive).await.unwrap();
-    let got = read_from(&media, &k, 0, 8192).await;
-    assert!(got == expected(7, 0, 100_000));
-    let before = media.stats();
-    // Every range memory holds, across chunk boundaries and clamped at EOF, is the content's.
-    for (off, len) in [
-        (0u64, 4096u32),
-        (CS as u64 - 10, 20),
-        (5, 3 * CS as u32),
-        (99_000, 4096),
-        (100_000, 10),
-        (200_000, 10),
-    ] {
-        let b = media.try_read(&k, off, len).expect("held in memory");
-        let end = (off + u64::from(len)).min(100_000);
-        let want = expected(7, off.min(end), end.saturating_sub(off));
-        assert!(b[..] == want[..], "bytes of [{off}, +{len})");
-    }
-    let after = media.stats();
-    assert_eq!(after.cache_hits, before.cache_hits + 6, "each a cache hit");
-    assert_eq!(after.opens, 1, "no request");
-    media.close(&k);
-}
-
-#[tokio::test]
-async fn try_read_of_a_range_partly_missing_leaves_it_to_read() {
-    let (fake, media) = setup(
-        FakeSource::new(),
-        &[("a", FakeRecording::new(1_000_000, 3))],
-        MediaConfig {
-            cache_bytes: 4 << 20,
-            ..cfg()
-        },
-    );
-    let k = key("a");
-    media.open(&k, Priority::Interactive).await.unwrap();
-    // The first bytes arrive; the download pauses `readahead` (64 KiB) ahead of its reader.
-    let first = media
-        .read(&k, 0, 1000, Priority::Interactive)
-        .await
-        .unwrap();
-    assert!(first[..] == expected(3, 0, 1000)[..]);
-    wait_until("the download pauses", || {
-        media.stats().bytes_cached >= 1000 + (64 << 10)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let held = media.stats().bytes_cached;
-    let stats = media.stats();
-    // Straddling the end of what is held: no answer, and the state is as it was (a far range
-    // neither starts a download nor moves a reader).
-    assert_eq!(media.try_read(&k, held - 10, 100), None);
-    assert_eq!(media.try_read(&k, 900_000, 100), None);
-    assert_eq!(media.stats(), stats);
-    assert_eq!(opens_of(&fake), vec![0]);
-    // `read` then does the rest, from the same stream.
-    let b = media
-        .read(&k, held - 10, 100, Priority::Interactive)
-        .await
-        .unwrap();
-    assert!(b[..] == expected(3, held - 10, 100)[..]);
-    assert_eq!(opens_of(&fake), vec![0]);
-    media.close(&k);
-}
-
-#[tokio::test]
 async fn an_open_is_answered_before_its_download_pulls_the_body() {
     // One runtime thread, a body whose bytes are all ready at once: the open's task must run
     // as soon as the headers are in, not after the download has pulled the body up to its
@@ -939,7 +862,10 @@ async fn an_open_is_answered_before_its_download_pulls_the_body() {
         held < 16 << 10,
         "{held} bytes were pulled before the open was answered"
     );
-    let b = media.read(&k, 0, 4096, Priority::Interactive).await.unwrap();
+    let b = media
+        .read(&k, 0, 4096, Priority::Interactive)
+        .await
+        .unwrap();
     assert!(b[..] == expected(5, 0, 4096)[..]);
     media.close(&k);
 }
