@@ -15,11 +15,11 @@ of `bench.py` (the same emulator, mount options and clean-up); root for the moun
 """
 import argparse
 import atexit
+import datetime
 import os
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -70,7 +70,9 @@ def main():
     mp3 = bench.Emulator("ab-mp3", ["--format", "mp3", "--calls", "5000", "--days", "90", "--unlimited",
                                     "--record-delay", "0", "--recording-delay", "0"])
     longest = max(wav.files(), key=lambda f: f["size"])
-    typical = [f for f in mp3.files() if 60 * 4000 <= f["size"] <= 360 * 4000]
+    # Recordings of 1 to 6 minutes inside ringfs's default window (90 dates ending today, UTC).
+    first_date = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=89)).isoformat()
+    typical = [f for f in mp3.files() if 60 * 4000 <= f["size"] <= 360 * 4000 and f["start"][:10] >= first_date]
     results = {name: {"cold WAV MB/s": [], "first byte ms": [], "3 warm finds s": []} for name in bins}
     for t in range(args.trials):
         pool = typical[t * 30:(t + 1) * 30]
