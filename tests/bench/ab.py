@@ -5,7 +5,7 @@
 
 Each trial runs every binary once, in turn, so a busy or drifting machine weighs on both alike:
 - a cold `cat` of the emulator's longest WAV (a fresh mount per trial, `--format wav`);
-- the time to first byte of 30 recordings never read by that mount (`tests/bench/ttfb.py`);
+- the time to first byte of 30 recordings never read before, by any binary (`tests/bench/ttfb.py`);
 - three warm `find`s of a 5000-call account's dates (after one untimed `find`).
 
 Prints the median of each figure per binary, with its trials and the command. Uses the helpers
@@ -74,9 +74,14 @@ def main():
     first_date = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=89)).isoformat()
     typical = [f for f in mp3.files() if 60 * 4000 <= f["size"] <= 360 * 4000 and f["start"][:10] >= first_date]
     results = {name: {"cold WAV MB/s": [], "first byte ms": [], "3 warm finds s": []} for name in bins}
+    if len(typical) < 30 * len(bins) * args.trials:
+        sys.exit(f"only {len(typical)} typical recordings for {args.trials} trials")
     for t in range(args.trials):
-        pool = typical[t * 30:(t + 1) * 30]
-        for name, path in bins.items():
+        for i, (name, path) in enumerate(bins.items()):
+            # Recordings no binary read before: the emulator renders a recording on its first
+            # request, so a shared pool would favour whoever reads it second.
+            k = t * len(bins) + i
+            pool = typical[k * 30:(k + 1) * 30]
             bench.RINGFS = os.path.abspath(path)
             r = results[name]
             r["cold WAV MB/s"].append(cold_wav(wav, longest))
