@@ -4,10 +4,11 @@
 //! [`crate::fs::Changes`], implemented here over fuser's `Notifier` on a thread of its own
 //! ([`Mounted::changes`]).
 //!
-//! Every request is handed to the async core ([`crate::fs::Fs`]) on the tokio runtime and
-//! answered from there (fuser's reply objects may move between threads), so a `read` waiting for
-//! the network never blocks an `ls` in another window. Write operations answer EROFS here, at
-//! once: the mount is read-only by design.
+//! Every request is a future of the async core ([`crate::fs::Fs`]), polled once on the FUSE
+//! thread that received it and handed to the tokio runtime only if it has to wait (`serve`):
+//! what memory holds is answered at once, and a `read` waiting for the network never blocks an
+//! `ls` in another window (fuser's reply objects may move between threads). Write operations
+//! answer EROFS here, at once: the mount is read-only by design.
 //!
 //! Besides reads, it answers what ordinary programs ask (`getxattr`/`listxattr` from the core's
 //! `user.ringcentral.*` attributes, `flush`, `access`, `statfs`, `lseek`, `ioctl`) so that
