@@ -878,9 +878,6 @@ impl Filesystem for FuseAdapter {
 /// Background requests (readahead) the kernel keeps in flight at once (its default is 12).
 const MAX_BACKGROUND: u16 = 64;
 
-/// Threads reading /dev/fuse (each with its own cloned fd, so the kernel hands requests to
-/// them in parallel): the handlers only hand requests to the runtime, so two keep up with
-/// the kernel on any machine.
 /// Runs a request's future: polled once here, on the calling (FUSE) thread, and handed to the
 /// runtime only if it has to wait (a listing, a response, bytes still on their way).
 ///
@@ -906,11 +903,23 @@ where
     }
     let _runtime = rt.enter();
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    if fut.as_mut().poll(&mut cx).is_pending() {
-        rt.spawn(fut);
+    // A request that panics must not take the FUSE thread with it (fuser does not catch it:
+    // with every event loop gone the mount hangs). On a runtime thread tokio catches a task's
+    // panic; here the same: the future is dropped, and with it its reply, which answers EIO.
+    let poll = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fut.as_mut().poll(&mut cx).is_pending()
+    }));
+    match poll {
+        Ok(true) => drop(rt.spawn(fut)),
+        Ok(false) => {}
+        Err(_) => tracing::error!("a FUSE request panicked; it was answered EIO"),
     }
 }
 
+/// Threads reading /dev/fuse (each with its own cloned fd, so the kernel hands requests to
+/// them in parallel). A handler does only what needs no waiting (see `serve`), at most the
+/// in-memory work of one request (an `opendir` of a date of a thousand sessions builds its
+/// listing here, about a millisecond), and hands the rest to the runtime.
 const EVENT_LOOPS: usize = 2;
 
 /// How a mount is set up.
@@ -1345,5 +1354,32 @@ mod tests {
             tx.send(()).unwrap();
         });
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn a_request_that_panics_leaves_the_fuse_thread_serving() {
+        let rt = runtime();
+        let gate = RuntimeGate::default();
+        struct Reply(mpsc::Sender<&'static str>);
+        impl Drop for Reply {
+            fn drop(&mut self) {
+                let _ = self.0.send("dropped");
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let reply = Reply(tx.clone());
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        serve(rt.handle(), &gate, async move {
+            let _reply = reply;
+            panic!("a bug in a request");
+        });
+        std::panic::set_hook(quiet);
+        // Its reply was dropped (EIO to the kernel), and this thread goes on serving.
+        assert_eq!(rx.try_recv().unwrap(), "dropped");
+        serve(rt.handle(), &gate, async move {
+            tx.send("next").unwrap();
+        });
+        assert_eq!(rx.try_recv().unwrap(), "next");
     }
 }

@@ -513,7 +513,6 @@ impl Rec {
         self.known.as_ref().and_then(|k| k.size)
     }
 
-    /// No byte at or past this offset exists.
     /// Tells the download whose range covers a read of `[offset, want_end)` how far its reader
     /// is (see "A read" in the module docs), once per read.
     fn note_reader(&mut self, offset: u64, want_end: u64, far: u64) {
@@ -529,6 +528,7 @@ impl Rec {
         }
     }
 
+    /// No byte at or past this offset exists.
     fn end_bound(&self) -> Option<u64> {
         match (self.exact_size(), self.size_upper) {
             (Some(a), Some(b)) => Some(a.min(b)),
