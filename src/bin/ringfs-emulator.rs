@@ -49,7 +49,7 @@ struct Args {
     /// Number of calls (plus the seed document's example call).
     #[arg(long, default_value_t = 300)]
     calls: usize,
-    /// Spread the calls over the last DAYS days.
+    /// Spread the calls over the last DAYS dates in UTC, today included (as `ringfs --days`).
     #[arg(long, default_value_t = 90)]
     days: u32,
     /// Recording format of the account.

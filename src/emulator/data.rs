@@ -348,7 +348,9 @@ impl Generator {
             _ => {}
         }
         let dur_ms = i64::from(duration_s) * 1000;
-        let span_ms = i64::from(self.days.max(1)) * DAY_MS;
+        // The last `days` dates in UTC, today's part included, as a mount's `--days` counts
+        // them: every generated call is on one of those dates, whatever the time of day.
+        let span_ms = self.now_ms.rem_euclid(DAY_MS) + (i64::from(self.days.max(1)) - 1) * DAY_MS;
         let start_ms = if let Some(s) = start_ms {
             s
         } else {
@@ -375,9 +377,11 @@ impl Generator {
                 }
                 _ => {
                     let latest = self.now_ms - dur_ms - 120_000;
+                    // Ended two minutes ago at the latest and started within the span (but
+                    // for a span shorter than the call, just after midnight with one date).
                     latest
                         - (rng.below(span_ms.max(1) as u64) as i64)
-                            .min(span_ms - dur_ms)
+                            .min(span_ms - dur_ms - 120_000)
                             .max(0)
                 }
             }

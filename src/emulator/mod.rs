@@ -201,7 +201,8 @@ pub struct Config {
     pub seed: u64,
     /// Number of generated calls (default 300), plus the example call (recording 44444444).
     pub calls: usize,
-    /// Calls are spread over the last `days` days ending now (default 90).
+    /// Calls are spread over the last `days` dates in UTC, today up to now included, as a
+    /// mount's `--days` counts them (default 90).
     pub days: u32,
     /// Recording format of the account.
     pub format: AudioFormat,

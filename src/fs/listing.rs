@@ -115,7 +115,7 @@ impl Fs {
             date,
             |d| self.is_listed(st, d, now),
             w,
-            st.density,
+            st.density.per_sec(),
             cursor,
             now,
         )
@@ -158,22 +158,22 @@ impl Fs {
         st.index.add_records(page.records, w);
         let first_request = plan.next.is_none();
         let exhausted = page.next.is_none();
+        // The oldest record of the previous page of this query: where this page takes over.
+        let prev_oldest = st
+            .index
+            .cursor
+            .as_ref()
+            .filter(|_| !first_request)
+            .map(|c| c.oldest);
+        let upper = prev_oldest.unwrap_or(plan.to);
         let marked = match page.next {
             Some(next) => {
-                let prev_oldest = st
-                    .index
-                    .cursor
-                    .as_ref()
-                    .filter(|_| !first_request)
-                    .map(|c| c.oldest);
                 let oldest = oldest.or(prev_oldest).unwrap_or(plan.to);
+                st.density
+                    .observe(count, upper.duration_since(oldest).as_secs_f64());
                 let marked = st
                     .index
                     .mark_listed(w, plan.from, plan.to, Some(oldest), at);
-                if first_request && st.density.is_none() && count > 0 {
-                    let secs = plan.to.duration_since(oldest).as_secs_f64().max(60.0);
-                    st.density = Some(count as f64 / secs);
-                }
                 st.index.cursor = Some(index::Cursor {
                     from: plan.from,
                     to: plan.to,
@@ -184,11 +184,9 @@ impl Fs {
                 marked
             }
             None => {
+                st.density
+                    .observe(count, upper.duration_since(plan.from).as_secs_f64());
                 let marked = st.index.mark_listed(w, plan.from, plan.to, None, at);
-                if first_request && st.density.is_none() {
-                    let secs = plan.to.duration_since(plan.from).as_secs_f64().max(60.0);
-                    st.density = Some(count.max(1) as f64 / secs);
-                }
                 if !first_request {
                     st.index.cursor = None;
                 }

@@ -20,8 +20,9 @@
 //! next older date continues that query with `navigation.nextPage` instead of starting over. Root
 //! entries are returned newest first, so `find`, `cp -r` and `rsync` walk the dates in the order
 //! the call log pages them: a full walk costs about ceil(N/1000) requests. Once the density of
-//! calls is known, a span also reaches forward over newer unlisted dates while it is expected to
-//! stay under half a page, so walks in the other order (`ls -R` sorts by name) stay cheap too.
+//! calls is known (summed over every page listed, `plan::Density`), a span also reaches
+//! forward over newer unlisted dates while it is expected to stay under half a page, so walks in
+//! the other order (`ls -R` sorts by name) stay cheap too: at most one query per date.
 //!
 //! Dates whose calls may still appear (today, and any date that ended less than `settle` ago)
 //! are listed again after `recent_ttl`; older dates never change and are kept, also across
@@ -210,8 +211,8 @@ struct State {
     kinds: HashMap<String, AudioKind>,
     /// The scope in use, once decided.
     scope: Option<Scope>,
-    /// Calls per second of the window, learned from the first listing (for forward spans).
-    density: Option<f64>,
+    /// Calls per second of what was listed (for forward spans).
+    density: plan::Density,
     /// Ids looked up in by-session / by-recording and not found, with when.
     negative: HashMap<String, Instant>,
     /// Open recording handles: fh -> recording key.
@@ -291,7 +292,7 @@ impl Fs {
                 account_kind: None,
                 kinds: HashMap::new(),
                 scope,
-                density: None,
+                density: plan::Density::default(),
                 negative: HashMap::new(),
                 handles: HashMap::new(),
                 csv_handles: HashMap::new(),

@@ -15,6 +15,36 @@ use crate::catalog::Window;
 /// a wrong density estimate still leaves the asked date on the first page most of the time).
 const FORWARD_BUDGET: f64 = 500.0;
 
+/// Calls per second over everything listed so far, for reaching forward.
+///
+/// Every page adds what it covered: its records and the stretch of time they were all the
+/// records of (from the end of the span, or the previous page's oldest record, down to this
+/// page's oldest record, or to the span's start once the query is exhausted). One date is a poor
+/// sample (a weekend, the morning before an account's first call), and an estimate that is too
+/// low makes the next span overflow a page; summing over every page corrects it with the next
+/// listing instead of keeping the first guess for the life of the mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Density {
+    records: u64,
+    secs: f64,
+}
+
+impl Density {
+    /// Adds one page: `records` records over `secs` seconds.
+    pub fn observe(&mut self, records: usize, secs: f64) {
+        self.records += records as u64;
+        self.secs += secs.max(0.0);
+    }
+
+    /// The estimate, once a page was seen. An empty stretch counts as one record so it never
+    /// reaches forward over the whole window on no evidence; a stretch under a minute counts as
+    /// a minute.
+    pub fn per_sec(&self) -> Option<f64> {
+        (self.secs > 0.0 || self.records > 0)
+            .then(|| self.records.max(1) as f64 / self.secs.max(60.0))
+    }
+}
+
 /// One call-log request: `[from, to)`, continuing `next` when set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PagePlan {
@@ -264,6 +294,24 @@ mod tests {
             };
             assert_eq!(got, want, "{}", row.what);
         }
+    }
+
+    #[test]
+    fn the_density_sums_every_page_and_a_thin_first_date_is_corrected_by_the_next() {
+        let mut d = Density::default();
+        assert_eq!(d.per_sec(), None, "nothing listed: no estimate");
+        // The first date listed held calls only in its last eight hours: 160 over a day.
+        d.observe(160, 86_400.0);
+        assert!((d.per_sec().unwrap() * 86_400.0 - 160.0).abs() < 1e-9);
+        // The next span held 1000 records (a full page) in its last 2 days.
+        d.observe(1000, 2.0 * 86_400.0);
+        assert!((d.per_sec().unwrap() * 86_400.0 - 1160.0 / 3.0).abs() < 1e-9);
+        let mut empty = Density::default();
+        empty.observe(0, 5.0 * 86_400.0);
+        assert!((empty.per_sec().unwrap() * 5.0 * 86_400.0 - 1.0).abs() < 1e-9);
+        let mut short = Density::default();
+        short.observe(3, 1.0);
+        assert_eq!(short.per_sec(), Some(3.0 / 60.0));
     }
 
     #[test]
