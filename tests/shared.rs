@@ -687,7 +687,7 @@ fn the_archive_command_fills_the_bucket_resumes_and_refuses_another_accounts_pre
             .arg(url)
             .args(["--days", "2", "--tz", "UTC"])
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(common::kept_env())
             .env("RC_CLIENT_ID", &cfg.client_id)
             .env("RC_CLIENT_SECRET", &cfg.client_secret)
             .env("RC_JWT", &cfg.jwt)

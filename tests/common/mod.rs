@@ -271,6 +271,21 @@ impl Drop for MountPoint {
     }
 }
 
+/// What a command run in a clean environment keeps of the test's: the PATH, and libfaketime's
+/// settings when the suite runs under `faketime` (to check it at another time of day; a child
+/// that dropped them would live at the real time beside an emulator at the fake one).
+pub fn kept_env() -> Vec<(String, std::ffi::OsString)> {
+    [
+        "PATH",
+        "LD_PRELOAD",
+        "FAKETIME",
+        "FAKETIME_DONT_FAKE_MONOTONIC",
+    ]
+    .into_iter()
+    .filter_map(|k| Some((k.to_string(), std::env::var_os(k)?)))
+    .collect()
+}
+
 /// The real `ringfs` binary mounting `emu`'s account (its API URL as the source) on `mnt`, as a
 /// user runs it: credentials in a clean environment, the dates of `cfg.days` in UTC, tokens in
 /// `state`, logs at trace level in `log`. No disk cache unless the caller adds `--cache-dir`
@@ -291,7 +306,7 @@ pub fn ringfs_binary(
         .arg("--log-file")
         .arg(log)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(kept_env())
         .env("RC_CLIENT_ID", &cfg.client_id)
         .env("RC_CLIENT_SECRET", &cfg.client_secret)
         .env("RC_JWT", &cfg.jwt)
