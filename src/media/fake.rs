@@ -211,6 +211,22 @@ impl FakeSource {
             .insert(id.to_string(), (rec, content));
     }
 
+    /// Serves `content` under `id` (a recording whose bytes matter, a WAV header say), with
+    /// `content_type`; its responses tell no length unless `send_length`.
+    pub fn add_bytes(&self, id: &str, content: Bytes, content_type: &str, send_length: bool) {
+        let rec = FakeRecording {
+            len: content.len() as u64,
+            seed: 0,
+            content_type: Some(content_type.into()),
+            send_length,
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .recordings
+            .insert(id.to_string(), (rec, Some(content)));
+    }
+
     /// Applies `fault` to a future request (the first request without a fault yet).
     pub fn push_fault(&self, fault: Fault) {
         self.state.lock().unwrap().faults.push_back(fault);

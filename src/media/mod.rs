@@ -64,7 +64,8 @@
 //!   size is then exact even without Content-Length), the end of a partial range (one more
 //!   request continues from there), nothing at the offset (an upper bound on the size), or a
 //!   connection closed without a length, which a drop looks like too: one more request confirms
-//!   the end (it ends there again, or answers 416) or shows a drop (it goes on);
+//!   the end (it ends there again, or answers 416) or shows a drop (it goes on); a WAV whose RIFF
+//!   header states a longer length dropped, however many answers end there;
 //! - a drop (a body error after new bytes) resumes at once with a Range request from `pos`; a
 //!   request that brings no new byte (5xx, 429, transport error, a drop before any byte) is a
 //!   *strike* and the next waits a backoff. See **The request budget**;
@@ -379,6 +380,17 @@ struct Entry {
     read: bool,
 }
 
+/// The file length the RIFF header at the start of `head` states (its size field plus the 8
+/// bytes before it), when `head` starts a WAV file whose writer filled that field in: streaming
+/// writers leave 0 or `u32::MAX` there, and those say nothing.
+fn wav_length(head: &[u8]) -> Option<u64> {
+    if head.len() < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return None;
+    }
+    let size = u32::from_le_bytes(head[4..8].try_into().ok()?);
+    (36..u32::MAX).contains(&size).then(|| u64::from(size) + 8)
+}
+
 struct Inner {
     /// Chunk prefixes; see the module docs. Unbounded by count: bounded by `cached_bytes`.
     cache: LruCache<ChunkKey, Entry>,
@@ -621,6 +633,19 @@ fn chunk_complete(len: usize, idx: u64, cs: usize, size: Option<u64>) -> bool {
 }
 
 impl Inner {
+    /// The length a WAV recording's own RIFF header states, from its first bytes when they are
+    /// in memory (chunk 0 in the LRU, or a download buffer that starts at 0).
+    fn wav_length(&self, id: &Arc<str>) -> Option<u64> {
+        if let Some(e) = self.cache.peek(&(id.clone(), 0)) {
+            return wav_length(&e.data);
+        }
+        let rec = self.recs.get(id)?;
+        rec.downloads
+            .iter()
+            .find(|d| d.buf_start == 0)
+            .and_then(|d| wav_length(&d.buf))
+    }
+
     fn rec(&mut self, key: &RecordingKey) -> &mut Rec {
         if !self.recs.contains_key(key.id.as_str()) {
             let rec = Rec::new(key, self.tier.as_ref().and_then(|d| d.get(&key.id)));
@@ -1506,6 +1531,10 @@ async fn download_task(
             };
             let mut g = sh.lock();
             let g = &mut *g;
+            let wav_length = match &piece {
+                Ok(None) => g.wav_length(&id),
+                _ => None,
+            };
             let Some(rec) = g.recs.get_mut(&id) else {
                 return;
             };
@@ -1568,6 +1597,14 @@ async fn download_task(
                             break Some(MediaError::Transient(format!(
                                 "recording {id}: connection closed at byte {end}, but {} bytes exist",
                                 rec.seen
+                            )));
+                        }
+                        // A WAV file states its own length: an end before it is a drop, even
+                        // when every answer drops there (a proxy that cuts bodies at a fixed
+                        // size would otherwise be confirmed as the end).
+                        if let Some(t) = wav_length.filter(|t| end < *t) {
+                            break Some(MediaError::Transient(format!(
+                                "recording {id}: connection closed at byte {end}, its WAV header says {t} bytes"
                             )));
                         }
                         if rec.candidate_end == Some(end) {

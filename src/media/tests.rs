@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fake::{FakeRecording, FakeSource, Fault, expected};
+use super::fake::{FakeRange, FakeRecording, FakeSource, Fault, Reply, expected};
 use super::*;
 
 /// The chunk size of [`cfg`].
@@ -868,4 +868,83 @@ async fn an_open_is_answered_before_its_download_pulls_the_body() {
         .unwrap();
     assert!(b[..] == expected(5, 0, 4096)[..]);
     media.close(&k);
+}
+
+/// `len` bytes of a WAV file whose RIFF size field is `riff` (the real length less 8 when the
+/// writer filled it in), then samples.
+fn wav(len: usize, riff: u32) -> Bytes {
+    let mut b = vec![0u8; len];
+    b[0..4].copy_from_slice(b"RIFF");
+    b[4..8].copy_from_slice(&riff.to_le_bytes());
+    b[8..12].copy_from_slice(b"WAVE");
+    for (i, x) in b.iter_mut().enumerate().skip(12) {
+        *x = (i % 251) as u8;
+    }
+    Bytes::from(b)
+}
+
+/// A media host that answers every request with the whole body, without a length, delimited by
+/// its connection, which drops at byte `at` every time (a proxy that cuts bodies at a fixed size).
+fn cut_every_time_at(at: u64) -> FakeSource {
+    FakeSource::new().with_replies(Arc::new(move |_, _, _| Reply::Body {
+        length: false,
+        range: FakeRange::Ignore,
+        bare_416: false,
+        drop_at: Some(at),
+        close_delimited: true,
+    }))
+}
+
+#[tokio::test]
+async fn a_wav_cut_at_the_same_byte_by_every_answer_is_an_error_past_the_cut_not_its_end() {
+    let len = 100_044;
+    let content = wav(len, len as u32 - 8);
+    let (fake, media) = setup(cut_every_time_at(60_000), &[], cfg());
+    fake.add_bytes("a", content.clone(), "audio/wav", false);
+    let k = key("a");
+    let head = media
+        .read(&k, 0, 4096, Priority::Interactive)
+        .await
+        .unwrap();
+    assert!(head == content[..4096], "the bytes before the cut");
+    let past = media.read(&k, 59_000, 4096, Priority::Interactive).await;
+    assert!(
+        past.is_err(),
+        "two answers closed at byte 60000, but the header says {len} bytes: {:?}",
+        past.map(|b| b.len())
+    );
+    assert_eq!(
+        media.known("a").and_then(|k| k.size),
+        None,
+        "no length learned"
+    );
+    let opens = opens_of(&fake);
+    eprintln!(
+        "[media] a WAV cut at a fixed byte: {} requests {opens:?}",
+        opens.len()
+    );
+    assert!(opens.len() <= 6, "a bounded number of requests: {opens:?}");
+}
+
+#[tokio::test]
+async fn a_wav_whose_writer_left_the_size_open_ends_where_two_answers_end() {
+    // A streaming writer's header (u32::MAX) says nothing: two answers closing at the same byte
+    // are the end, as for any content.
+    let content = wav(60_000, u32::MAX);
+    let (fake, media) = setup(cut_every_time_at(60_000), &[], cfg());
+    fake.add_bytes("a", content.clone(), "audio/wav", false);
+    let k = key("a");
+    assert!(read_from(&media, &k, 0, 4096).await == content[..]);
+    assert_eq!(media.known("a").and_then(|k| k.size), Some(60_000));
+}
+
+#[test]
+fn the_length_a_wav_header_states() {
+    assert_eq!(wav_length(&wav(44, 36)), Some(44));
+    assert_eq!(wav_length(&wav(100, 1_000_036)), Some(1_000_044));
+    assert_eq!(wav_length(&wav(44, u32::MAX)), None, "streaming writer");
+    assert_eq!(wav_length(&wav(44, 0)), None, "streaming writer");
+    assert_eq!(wav_length(&wav(44, 20)), None, "shorter than a header");
+    assert_eq!(wav_length(b"RIFF\x24\0\0\0WAV"), None, "too short to tell");
+    assert_eq!(wav_length(b"ID3\x04\0\0\0\0\0\0\0\0\0\0"), None, "an MP3");
 }
