@@ -1517,6 +1517,36 @@ async fn quirk_drop_at_cuts_once_per_offset() {
 }
 
 #[tokio::test]
+async fn quirk_close_delimited_ends_bodies_by_closing_and_a_cut_looks_like_the_end() {
+    let q = MediaQuirks {
+        chunked: true,
+        close_delimited: true,
+        drop_at: vec![30_000],
+        ..MediaQuirks::default()
+    };
+    let (emu, token) = quirky(AudioFormat::Wav, q).await;
+    let bytes = emu.recording_bytes(SEED_REC).unwrap();
+    // An HTTP/1.0 answer with neither a length nor chunks: the body is what comes before the
+    // close. The cut ends it cleanly at byte 30000, with no error to tell it from the end.
+    let r = fetch(&emu, SEED_REC, &token, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.version(), reqwest::Version::HTTP_10);
+    assert!(!r.headers().contains_key("content-length"));
+    assert!(!r.headers().contains_key("transfer-encoding"));
+    let (got, broke) = body_until_error(r).await;
+    assert!(!broke, "a close, not an error");
+    assert!(got == bytes[..30_000], "cut: got {}", got.len());
+    // The cut fired once: the next answer is the whole body, ended by the close as well.
+    let r = fetch(&emu, SEED_REC, &token, Some("bytes=30000-".into())).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(!r.headers().contains_key("content-length"));
+    let (got, broke) = body_until_error(r).await;
+    assert!(!broke);
+    assert!(got == bytes[30_000..], "rest: got {}", got.len());
+    assert_eq!(emu.stats().faults_injected, 1);
+}
+
+#[tokio::test]
 async fn quirk_bytes_per_sec_caps_one_recording() {
     let q = MediaQuirks {
         bytes_per_sec: Some(100_000),
@@ -1754,6 +1784,7 @@ async fn media_quirks_in_force_whichever_way_set() {
 async fn careful_download(emu: &Emulator, id: &str, token: &str) -> (Vec<u8>, u64) {
     let mut have: Vec<u8> = Vec::new();
     let mut total: Option<u64> = None;
+    let mut candidate_end: Option<u64> = None;
     let mut requests = 0;
     while total != Some(have.len() as u64) {
         requests += 1;
@@ -1778,10 +1809,17 @@ async fn careful_download(emu: &Emulator, id: &str, token: &str) -> (Vec<u8>, u6
                     .headers()
                     .get("content-length")
                     .map(|v| v.to_str().unwrap().parse().unwrap());
+                // Neither a length nor chunks: the close ends the body, and a cut looks the same.
+                // Only a second answer ending at the same byte confirms the end.
+                let close_delimited = total.is_none()
+                    && !r.headers().contains_key("transfer-encoding")
+                    && r.version() == reqwest::Version::HTTP_10;
                 let (got, broke) = body_until_error(r).await;
-                if !broke {
-                    total = Some(got.len() as u64);
+                let end = got.len() as u64;
+                if !broke && (!close_delimited || candidate_end == Some(end)) {
+                    total = Some(end);
                 }
+                candidate_end = Some(end);
                 have = got;
             }
             StatusCode::PARTIAL_CONTENT => {
@@ -1843,6 +1881,11 @@ async fn a_careful_client_recovers_every_drawn_mix() {
     assert!(
         quirks.iter().any(|q| q.range == RangeMode::Ignore)
             && quirks.iter().any(|q| q.range == RangeMode::UnknownTotal)
+    );
+    assert!(
+        quirks
+            .iter()
+            .any(|q| q.close_delimited && !q.drop_at.is_empty())
     );
     for (c, q) in calls.iter().zip(&quirks) {
         let id = c.recording_id.as_deref().unwrap();

@@ -109,16 +109,20 @@ struct Args {
     /// Media: send bodies chunked, without Content-Length.
     #[arg(long)]
     omit_content_length: bool,
+    /// Media: send bodies without Content-Length, delimited by closing the connection (an
+    /// HTTP/1.0 answer): a cut connection then looks like the end of the body.
+    #[arg(long)]
+    close_delimited: bool,
     /// Media: ignore Range requests (always 200 with the whole body).
     #[arg(long)]
     ignore_range: bool,
     /// Media: answer audio/x-wav instead of audio/wav.
     #[arg(long)]
     x_wav: bool,
-    /// Media: every recording draws its own mix of quirks from SEED (chunked or not, Range
-    /// honoured, ignored, capped or without a total, 416 with or without Content-Range or a whole
-    /// body, audio/x-wav, cuts at fixed offsets, a speed cap, a 404 and 5xx before the content);
-    /// the three media flags above are then ignored.
+    /// Media: every recording draws its own mix of quirks from SEED (chunked or not, or delimited
+    /// by closing the connection; Range honoured, ignored, capped or without a total; 416 with or
+    /// without Content-Range or a whole body; audio/x-wav; cuts at fixed offsets; a speed cap; a
+    /// 404 and 5xx before the content); the media flags above are then ignored.
     #[arg(long, value_name = "SEED")]
     media_mix: Option<u64>,
     /// Fault: cut media connections after N body bytes.
@@ -226,6 +230,7 @@ impl Args {
             live: self.live.map(|s| secs(s, "live")).transpose()?,
             media: MediaBehaviour {
                 omit_content_length: self.omit_content_length,
+                close_delimited: self.close_delimited,
                 ignore_range: self.ignore_range,
                 x_wav: self.x_wav,
                 mixed: self.media_mix,

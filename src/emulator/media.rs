@@ -214,6 +214,10 @@ pub(super) async fn recording_content(
             .header(header::CONTENT_TYPE, content_type(audio.codec, &quirks));
         if !quirks.chunked {
             builder = builder.header(header::CONTENT_LENGTH, body_len);
+        } else if quirks.close_delimited {
+            // hyper ends a body of unknown length by closing the connection, instead of
+            // chunking it, in an HTTP/1.0 answer.
+            builder = builder.version(axum::http::Version::HTTP_10);
         }
         if quirks.range != RangeMode::Ignore {
             builder = builder.header(header::ACCEPT_RANGES, "bytes");

@@ -125,12 +125,14 @@ impl RateLimits {
 /// How the media host answers where the real service's behaviour is undocumented.
 ///
 /// Each recording is served with one [`MediaQuirks`]: [`Emulator::set_media_quirks`] if called
-/// for it, else `per_recording`, else one drawn from `mixed`, else the three flags (which stand
-/// for `chunked`, [`RangeMode::Ignore`] and `x_wav`). [`Emulator::media_quirks`] tells which.
+/// for it, else `per_recording`, else one drawn from `mixed`, else the flags (which stand for
+/// `chunked`, `close_delimited`, [`RangeMode::Ignore`] and `x_wav`). [`Emulator::media_quirks`] tells which.
 #[derive(Clone, Debug, Default)]
 pub struct MediaBehaviour {
     /// Send bodies chunked, without `Content-Length`.
     pub omit_content_length: bool,
+    /// Send bodies without `Content-Length`, delimited by closing the connection (HTTP/1.0).
+    pub close_delimited: bool,
     /// Ignore `Range`: always 200 with the whole body, no `Accept-Ranges`.
     pub ignore_range: bool,
     /// Say `audio/x-wav` instead of `audio/wav` (older services did).

@@ -30,6 +30,9 @@ use super::audio::{Codec, mix64};
 pub struct MediaQuirks {
     /// Bodies are sent chunked, without `Content-Length`.
     pub chunked: bool,
+    /// With `chunked`: the body is delimited by closing the connection instead (an HTTP/1.0
+    /// answer, as an old server or a proxy sends), so a cut looks like the body's clean end.
+    pub close_delimited: bool,
     /// How a `Range` request is answered.
     pub range: RangeMode,
     /// How a `Range` at or past the end is answered (not used with [`RangeMode::Ignore`], which
@@ -110,7 +113,7 @@ const MIB: u64 = 1024 * 1024;
 impl MediaQuirks {
     /// A realistic mix for one recording, deterministic from `(seed, recording_id)`; `len` is the
     /// recording's size (drop offsets fall inside it). Every field is drawn on its own:
-    /// chunked 50 %; Range honoured 40 %, ignored 25 %, unknown total 15 %, capped at
+    /// chunked 50 % (of which 40 % delimited by the connection's close instead); Range honoured 40 %, ignored 25 %, unknown total 15 %, capped at
     /// 64 KiB..1 MiB 20 %; past the end 416 with `Content-Range` 50 %, bare 416 25 %, whole body
     /// 25 %; `audio/x-wav` 50 %; 0 (50 %), 1 (30 %) or 2 (20 %) drop offsets; a speed cap of
     /// 2..8 MiB/s 20 %; 5xx first 0 (80 %), 1 or 2; 404 first 0 (85 %) or 1.
@@ -153,8 +156,10 @@ impl MediaQuirks {
             _ => 2,
         };
         let not_found_first = u32::from(d.unit() < 0.15);
+        let close_delimited = chunked && d.unit() < 0.4;
         MediaQuirks {
             chunked,
+            close_delimited,
             range,
             past_end,
             x_wav,
@@ -168,7 +173,8 @@ impl MediaQuirks {
     /// The quirks the account-wide flags of [`MediaBehaviour`] stand for.
     fn from_flags(b: &MediaBehaviour) -> MediaQuirks {
         MediaQuirks {
-            chunked: b.omit_content_length,
+            chunked: b.omit_content_length || b.close_delimited,
+            close_delimited: b.close_delimited,
             range: if b.ignore_range {
                 RangeMode::Ignore
             } else {
@@ -432,6 +438,8 @@ mod tests {
         };
         let near = |got: f64, want: f64| (got - want).abs() < 0.03;
         assert!(near(share(&|q| q.chunked), 0.5));
+        assert!(near(share(&|q| q.close_delimited), 0.5 * 0.4));
+        assert!(draws.iter().all(|q| q.chunked || !q.close_delimited));
         assert!(near(share(&|q| q.range == RangeMode::Honour), 0.40));
         assert!(near(share(&|q| q.range == RangeMode::Ignore), 0.25));
         assert!(near(share(&|q| q.range == RangeMode::UnknownTotal), 0.15));
