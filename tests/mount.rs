@@ -690,6 +690,65 @@ fn chunked_range_ignored_media_is_never_truncated() {
     }
 }
 
+/// A media host (or a proxy before it) that sends WAV bodies without a length, delimited by
+/// closing the connection, and cuts every one at the same byte: each answer looks like a file
+/// that ends there. The RIFF header says how long the file is, so reading past the cut fails
+/// (EIO) instead of returning a shorter file, and the bytes before it are the recording's.
+#[test]
+fn a_wav_cut_at_one_size_by_every_answer_is_an_error_not_a_shorter_file() {
+    use ringfs::emulator::{AudioFormat, Faults, MediaBehaviour};
+    if !can_mount() {
+        return;
+    }
+    const CUT: u64 = 100_000;
+    let mut cfg = quick_config(12, 2);
+    cfg.format = AudioFormat::Wav;
+    cfg.media = MediaBehaviour {
+        close_delimited: true,
+        ignore_range: true,
+        ..MediaBehaviour::default()
+    };
+    cfg.faults = Faults {
+        drop_after_bytes: Some(CUT),
+        ..Faults::default()
+    };
+    let m = mount(stack(cfg, |_| {}));
+    let rel = recordings_under(m.path())
+        .into_iter()
+        .find(|rel| {
+            let id = recording_id_of(rel);
+            m.emu()
+                .recording_bytes(&id)
+                .is_some_and(|b| b.len() as u64 > 2 * CUT)
+        })
+        .expect("a recording longer than two cuts");
+    let id = recording_id_of(&rel);
+    let truth = m.emu().recording_bytes(&id).unwrap();
+    let path = m.p(&rel.to_string_lossy());
+    let mut head = vec![0u8; 50_000];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert!(head == truth[..50_000], "the bytes before the cut");
+    let whole = std::fs::read(&path);
+    assert_eq!(
+        whole
+            .as_ref()
+            .map(|b| b.len())
+            .map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EIO)),
+        "{} bytes in truth",
+        truth.len()
+    );
+    let spent = m.emu().stats().media_of(&id);
+    eprintln!(
+        "[wav cut] {rel:?}: EIO past byte {CUT} of {}, {spent} media requests",
+        truth.len()
+    );
+    assert!(spent <= 8, "{spent} media requests");
+}
+
 /// Every recording of an account whose media host mixes every behaviour it may show, one mix per
 /// recording (chunked or not, Range honoured, ignored, cut short or with an unknown total, the
 /// forms of 416, drops at bytes, slow bodies, 5xx, a 404 before the first 200): read through the
