@@ -1599,7 +1599,7 @@ fn every_test_holds_at_any_time_of_day() {
     if std::env::var_os(NESTED).is_some() {
         return;
     }
-    let Ok(faketime) = which("faketime") else {
+    let Some(faketime) = on_path("faketime") else {
         eprintln!("[core] skipped: no faketime (Debian: apt-get install faketime)");
         return;
     };
@@ -1633,12 +1633,10 @@ fn every_test_holds_at_any_time_of_day() {
     }
 }
 
-/// The path of `program` on the PATH.
-fn which(program: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
+/// The path of `program` on the PATH (the same look-up as `tests/common/garage.rs`, which
+/// this binary does not compile).
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
-        .ok_or(())
 }
