@@ -690,19 +690,30 @@ fn chunked_range_ignored_media_is_never_truncated() {
     }
 }
 
-/// A media host (or a proxy before it) that sends WAV bodies without a length, delimited by
-/// closing the connection, and cuts every one at the same byte: each answer looks like a file
-/// that ends there. The RIFF header says how long the file is, so reading past the cut fails
-/// (EIO) instead of returning a shorter file, and the bytes before it are the recording's.
+/// A media host (or a proxy before it) that sends bodies without a length, delimited by closing
+/// the connection, and cuts every one at the same byte: each answer looks like a file that ends
+/// there. A WAV's RIFF header says how long the file is, and an MP3's last frame header says the
+/// frame goes on past the cut, so reading past the cut fails (EIO) instead of returning a
+/// shorter file, and the bytes before it are the recording's.
 #[test]
 fn a_wav_cut_at_one_size_by_every_answer_is_an_error_not_a_shorter_file() {
-    use ringfs::emulator::{AudioFormat, Faults, MediaBehaviour};
+    cut_at_one_size_by_every_answer(ringfs::emulator::AudioFormat::Wav, "wav");
+}
+
+#[test]
+fn an_mp3_cut_at_one_size_by_every_answer_is_an_error_not_a_shorter_file() {
+    cut_at_one_size_by_every_answer(ringfs::emulator::AudioFormat::Mp3, "mp3");
+}
+
+fn cut_at_one_size_by_every_answer(format: ringfs::emulator::AudioFormat, what: &str) {
+    use ringfs::emulator::{Faults, MediaBehaviour};
     if !can_mount() {
         return;
     }
+    // Inside a frame of the emulator's MP3s (144 bytes each), and inside a WAV's samples.
     const CUT: u64 = 100_000;
     let mut cfg = quick_config(12, 2);
-    cfg.format = AudioFormat::Wav;
+    cfg.format = format;
     cfg.media = MediaBehaviour {
         close_delimited: true,
         ignore_range: true,
@@ -743,7 +754,7 @@ fn a_wav_cut_at_one_size_by_every_answer_is_an_error_not_a_shorter_file() {
     );
     let spent = m.emu().stats().media_of(&id);
     eprintln!(
-        "[wav cut] {rel:?}: EIO past byte {CUT} of {}, {spent} media requests",
+        "[{what} cut] {rel:?}: EIO past byte {CUT} of {}, {spent} media requests",
         truth.len()
     );
     assert!(spent <= 8, "{spent} media requests");

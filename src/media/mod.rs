@@ -65,7 +65,8 @@
 //!   request continues from there), nothing at the offset (an upper bound on the size), or a
 //!   connection closed without a length, which a drop looks like too: one more request confirms
 //!   the end (it ends there again, or answers 416) or shows a drop (it goes on); a WAV whose RIFF
-//!   header states a longer length dropped, however many answers end there;
+//!   header states a longer length, or an MP3 whose last frame goes past the end, dropped,
+//!   however many answers end there (see `format`);
 //! - a drop (a body error after new bytes) resumes at once with a Range request from `pos`; a
 //!   request that brings no new byte (5xx, 429, transport error, a drop before any byte) is a
 //!   *strike* and the next waits a backoff. See **The request budget**;
@@ -151,6 +152,7 @@
 //! [`Tier::open_complete`]) runs in `spawn_blocking` or on its own threads, never under this lock.
 
 pub mod fake;
+mod format;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -167,6 +169,7 @@ use tokio::time::Instant;
 
 pub use crate::api::{BodyEnd, Priority};
 use crate::store::{CompleteFile, StoredRecording, Tier, TierLease, TierWriter};
+use format::{MPEG_TAIL, ends_inside_an_mpeg_frame, wav_length};
 
 /// A boxed, sendable future (the traits are object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -378,17 +381,6 @@ type ChunkKey = (Arc<str>, u64);
 struct Entry {
     data: Bytes,
     read: bool,
-}
-
-/// The file length the RIFF header at the start of `head` states (its size field plus the 8
-/// bytes before it), when `head` starts a WAV file whose writer filled that field in: streaming
-/// writers leave 0 or `u32::MAX` there, and those say nothing.
-fn wav_length(head: &[u8]) -> Option<u64> {
-    if head.len() < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
-        return None;
-    }
-    let size = u32::from_le_bytes(head[4..8].try_into().ok()?);
-    (36..u32::MAX).contains(&size).then(|| u64::from(size) + 8)
 }
 
 struct Inner {
@@ -644,6 +636,30 @@ impl Inner {
             .iter()
             .find(|d| d.buf_start == 0)
             .and_then(|d| wav_length(&d.buf))
+    }
+
+    /// Up to `want` bytes that `download` delivered last, ending at its position: its buffer,
+    /// after the end of the chunk before it when that is still in the LRU.
+    fn tail(&self, id: &Arc<str>, download: u64, cs: usize, want: usize) -> Vec<u8> {
+        let Some(d) = self
+            .recs
+            .get(id)
+            .and_then(|r| r.downloads.iter().find(|d| d.id == download))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(want);
+        let aligned = d.buf_start % cs as u64 == 0;
+        if d.buf.len() < want && aligned && d.buf_start >= cs as u64 {
+            let before = self.cache.peek(&(id.clone(), d.buf_start / cs as u64 - 1));
+            if let Some(e) = before.filter(|e| e.data.len() == cs) {
+                out.extend_from_slice(&e.data[cs - (want - d.buf.len()).min(cs)..]);
+            }
+        }
+        out.extend_from_slice(&d.buf);
+        let extra = out.len().saturating_sub(want);
+        out.drain(..extra);
+        out
     }
 
     fn rec(&mut self, key: &RecordingKey) -> &mut Rec {
@@ -1531,9 +1547,9 @@ async fn download_task(
             };
             let mut g = sh.lock();
             let g = &mut *g;
-            let wav_length = match &piece {
-                Ok(None) => g.wav_length(&id),
-                _ => None,
+            let (wav_length, tail) = match &piece {
+                Ok(None) => (g.wav_length(&id), g.tail(&id, download, cs, MPEG_TAIL)),
+                _ => (None, Vec::new()),
             };
             let Some(rec) = g.recs.get_mut(&id) else {
                 return;
@@ -1605,6 +1621,19 @@ async fn download_task(
                         if let Some(t) = wav_length.filter(|t| end < *t) {
                             break Some(MediaError::Transient(format!(
                                 "recording {id}: connection closed at byte {end}, its WAV header says {t} bytes"
+                            )));
+                        }
+                        // An MP3 states no length, but its frames do theirs: an end inside a
+                        // frame is a cut (checked on the bytes before the end, when they are
+                        // the ones this body delivered last).
+                        let wav_type = rec
+                            .known
+                            .as_ref()
+                            .and_then(|k| k.content_type.as_deref())
+                            .is_some_and(|t| t.to_ascii_lowercase().contains("wav"));
+                        if end == pos && !wav_type && ends_inside_an_mpeg_frame(&tail) {
+                            break Some(MediaError::Transient(format!(
+                                "recording {id}: connection closed at byte {end}, inside an MPEG audio frame"
                             )));
                         }
                         if rec.candidate_end == Some(end) {

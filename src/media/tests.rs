@@ -938,13 +938,70 @@ async fn a_wav_whose_writer_left_the_size_open_ends_where_two_answers_end() {
     assert_eq!(media.known("a").and_then(|k| k.size), Some(60_000));
 }
 
-#[test]
-fn the_length_a_wav_header_states() {
-    assert_eq!(wav_length(&wav(44, 36)), Some(44));
-    assert_eq!(wav_length(&wav(100, 1_000_036)), Some(1_000_044));
-    assert_eq!(wav_length(&wav(44, u32::MAX)), None, "streaming writer");
-    assert_eq!(wav_length(&wav(44, 0)), None, "streaming writer");
-    assert_eq!(wav_length(&wav(44, 20)), None, "shorter than a header");
-    assert_eq!(wav_length(b"RIFF\x24\0\0\0WAV"), None, "too short to tell");
-    assert_eq!(wav_length(b"ID3\x04\0\0\0\0\0\0\0\0\0\0"), None, "an MP3");
+/// `frames` MPEG-1 Layer III frames of 144 bytes (32 kbps, 32 kHz, the emulator's), each frame's
+/// body its index, so that the bytes hold no frame sync but the headers.
+fn mp3(frames: usize) -> Bytes {
+    let mut b = Vec::with_capacity(frames * 144);
+    for i in 0..frames {
+        b.extend_from_slice(&[0xFF, 0xFB, 0x18, 0xC4]);
+        b.extend(std::iter::repeat_n((i % 250) as u8, 140));
+    }
+    Bytes::from(b)
+}
+
+#[tokio::test]
+async fn an_mp3_cut_inside_a_frame_by_every_answer_is_an_error_past_the_cut_not_its_end() {
+    let content = mp3(700);
+    let (fake, media) = setup(cut_every_time_at(60_000), &[], cfg());
+    fake.add_bytes("a", content.clone(), "audio/mpeg", false);
+    let k = key("a");
+    let head = media
+        .read(&k, 0, 4096, Priority::Interactive)
+        .await
+        .unwrap();
+    assert!(head == content[..4096], "the bytes before the cut");
+    let past = media.read(&k, 59_000, 4096, Priority::Interactive).await;
+    assert!(
+        past.is_err(),
+        "every answer closed at byte 60000, inside frame 416: {:?}",
+        past.map(|b| b.len())
+    );
+    assert_eq!(media.known("a").and_then(|k| k.size), None);
+    let opens = opens_of(&fake);
+    eprintln!(
+        "[media] an MP3 cut at a fixed byte: {} requests {opens:?}",
+        opens.len()
+    );
+    assert!(opens.len() <= 6, "a bounded number of requests: {opens:?}");
+}
+
+#[tokio::test]
+async fn an_mp3_whose_body_ends_after_a_whole_frame_ends_where_two_answers_end() {
+    // The cut at a frame boundary is what the frames cannot tell from a whole file: it is the
+    // end, confirmed by a second answer, as for any content without a length.
+    for (len, cut) in [(700 * 144, 700 * 144), (700 * 144, 417 * 144)] {
+        let content = mp3(len / 144);
+        let (fake, media) = setup(cut_every_time_at(cut as u64), &[], cfg());
+        fake.add_bytes("a", content.clone(), "audio/mpeg", false);
+        let k = key("a");
+        let got = read_from(&media, &k, 0, 4096).await;
+        assert!(got == content[..cut], "{cut}: {} bytes", got.len());
+        assert_eq!(media.known("a").and_then(|k| k.size), Some(cut as u64));
+        let opens = opens_of(&fake);
+        assert_eq!(opens.len(), 2, "the answer and its confirmation: {opens:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_wav_named_by_its_type_is_never_read_as_frames() {
+    // A WAV whose writer left the size open holds samples that may chain like MPEG frames (here
+    // they are MPEG frames): its content type says WAV, so its end is confirmed as any other.
+    let mut content = wav(44, u32::MAX).to_vec();
+    content.extend_from_slice(&mp3(700));
+    let cut = 44 + 60_000;
+    let (fake, media) = setup(cut_every_time_at(cut as u64), &[], cfg());
+    fake.add_bytes("a", Bytes::from(content.clone()), "audio/wav", false);
+    let k = key("a");
+    let got = read_from(&media, &k, 0, 4096).await;
+    assert!(got == content[..cut], "{} bytes", got.len());
 }

@@ -1,0 +1,258 @@
+//! What a recording's own bytes say about where it ends.
+//!
+//! A body delimited by closing its connection (no `Content-Length`, no chunked framing) cannot
+//! tell its end from a drop, and a host or proxy that cuts every such body at the same byte would
+//! have a second answer "confirm" the cut. The two formats the media host serves carry evidence
+//! of their own: a WAV file states its length in its RIFF header, and an MP3 file is a chain of
+//! frames whose headers give their lengths, so a body that stops inside a frame was cut. Both
+//! checks only ever turn an end into a drop (an error after the retries, never other bytes); no
+//! evidence leaves the end to the usual confirmation.
+
+/// The file length the RIFF header at the start of `head` states (its size field plus the 8
+/// bytes before it), when `head` starts a WAV file whose writer filled that field in: streaming
+/// writers leave 0 or `u32::MAX` there, and those say nothing.
+pub(super) fn wav_length(head: &[u8]) -> Option<u64> {
+    if head.len() < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return None;
+    }
+    let size = u32::from_le_bytes(head[4..8].try_into().ok()?);
+    (36..u32::MAX).contains(&size).then(|| u64::from(size) + 8)
+}
+
+/// How many bytes before an end [`ends_inside_an_mpeg_frame`] wants: room for a few of the
+/// largest frames (Layer II at 384 kbps and 32 kHz is 1,729 bytes).
+pub(super) const MPEG_TAIL: usize = 8 * 1024;
+
+/// Frames that must follow one another exactly before the chain is believed: a frame sync
+/// (11 set bits) occurs by chance in audio data, three chained headers do not.
+const CHAIN: usize = 3;
+
+/// The length of the MPEG audio frame whose header starts `h`, and the header bits every frame
+/// of one stream shares (version, layer, sample rate), or `None` when `h` starts no valid header.
+/// Free-format frames (bitrate index 0) state no length, so they are not headers here.
+fn mpeg_frame(h: &[u8]) -> Option<(usize, u16)> {
+    if h.len() < 4 || h[0] != 0xFF || h[1] & 0xE0 != 0xE0 {
+        return None;
+    }
+    // Version: 0 is MPEG 2.5, 2 MPEG 2, 3 MPEG 1 (1 is reserved). Layer: 1 is III, 2 II, 3 I.
+    let version = usize::from((h[1] >> 3) & 3);
+    let layer = (h[1] >> 1) & 3;
+    let bitrate_index = usize::from(h[2] >> 4);
+    let rate_index = usize::from((h[2] >> 2) & 3);
+    if version == 1 || layer == 0 || bitrate_index == 0 || bitrate_index == 15 || rate_index == 3 {
+        return None;
+    }
+    // Emphasis 2 is reserved.
+    if h[3] & 3 == 2 {
+        return None;
+    }
+    const RATES: [[u32; 3]; 4] = [
+        [11025, 12000, 8000],
+        [0, 0, 0],
+        [22050, 24000, 16000],
+        [44100, 48000, 32000],
+    ];
+    const KBPS_V1_L1: [u32; 15] = [
+        0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448,
+    ];
+    const KBPS_V1_L2: [u32; 15] = [
+        0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
+    ];
+    const KBPS_V1_L3: [u32; 15] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ];
+    const KBPS_V2_L1: [u32; 15] = [
+        0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256,
+    ];
+    const KBPS_V2_L23: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+    let mpeg1 = version == 3;
+    let kbps = match (mpeg1, layer) {
+        (true, 3) => KBPS_V1_L1,
+        (true, 2) => KBPS_V1_L2,
+        (true, _) => KBPS_V1_L3,
+        (false, 3) => KBPS_V2_L1,
+        (false, _) => KBPS_V2_L23,
+    }[bitrate_index];
+    let rate = RATES[version][rate_index];
+    let padding = u32::from((h[2] >> 1) & 1);
+    let bits_per_sec = kbps * 1000;
+    let len = match layer {
+        // Layer I: slots of 4 bytes, 384 samples.
+        3 => (12 * bits_per_sec / rate + padding) * 4,
+        // Layer II, and Layer III of MPEG 1: 1,152 samples.
+        2 => 144 * bits_per_sec / rate + padding,
+        _ if mpeg1 => 144 * bits_per_sec / rate + padding,
+        // Layer III of MPEG 2 and 2.5: 576 samples.
+        _ => 72 * bits_per_sec / rate + padding,
+    };
+    let shared = (u16::from(h[1] & 0x1E) << 8) | u16::from(h[2] & 0x0C);
+    Some((len as usize, shared))
+}
+
+/// Whether `tail`, the last bytes of a body, ends inside an MPEG audio frame: a chain of at
+/// least [`CHAIN`] frames, each header where the one before it said it ends, runs into a header
+/// whose frame goes past the end. A chain that lands exactly on the end, or on an ID3v1 tag
+/// (the 128 bytes `TAG...` at a file's end), is a whole file; anything else (no chain found,
+/// the chain stops at data that is no frame header, such as an APE tag) says nothing, and so
+/// does a header of which fewer than 4 bytes arrived.
+pub(super) fn ends_inside_an_mpeg_frame(tail: &[u8]) -> bool {
+    for start in 0..tail.len() {
+        let Some((_, shared)) = mpeg_frame(&tail[start..]) else {
+            continue;
+        };
+        let mut at = start;
+        let mut chained = 0;
+        loop {
+            let rest = &tail[at..];
+            if rest.is_empty() || (rest.len() == 128 && rest.starts_with(b"TAG")) {
+                return false;
+            }
+            match mpeg_frame(rest) {
+                Some((len, s)) if s == shared => {
+                    if len > rest.len() {
+                        // The frame goes past the end: believed only after a chain.
+                        if chained >= CHAIN {
+                            return true;
+                        }
+                        break;
+                    }
+                    chained += 1;
+                    at += len;
+                }
+                _ if chained >= CHAIN => return false,
+                _ => break,
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An MPEG-1 Layer III header at 128 kbps and 44.1 kHz (frames of 417 bytes, 418 padded).
+    fn header(padded: bool) -> [u8; 4] {
+        [0xFF, 0xFB, 0x90 | if padded { 0x02 } else { 0 }, 0x64]
+    }
+
+    /// `n` frames, every third padded, their bodies a pattern that holds no frame sync.
+    fn frames(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let padded = i % 3 == 2;
+            let h = header(padded);
+            let (len, _) = mpeg_frame(&h).unwrap();
+            out.extend_from_slice(&h);
+            out.extend((4..len).map(|j| (j % 200) as u8));
+        }
+        out
+    }
+
+    #[test]
+    fn frame_lengths_follow_the_standard_tables() {
+        assert_eq!(mpeg_frame(&header(false)).map(|f| f.0), Some(417));
+        assert_eq!(mpeg_frame(&header(true)).map(|f| f.0), Some(418));
+        // The emulator's frames: MPEG-1 Layer III, 32 kbps, 32 kHz.
+        assert_eq!(
+            mpeg_frame(&[0xFF, 0xFB, 0x18, 0xC4]).map(|f| f.0),
+            Some(144)
+        );
+        // MPEG-2 Layer III, 64 kbps, 22.05 kHz: 72 * 64000 / 22050 = 208.
+        assert_eq!(
+            mpeg_frame(&[0xFF, 0xF3, 0x80, 0xC4]).map(|f| f.0),
+            Some(208)
+        );
+        // MPEG-1 Layer II, 384 kbps, 32 kHz: the largest frame.
+        assert_eq!(
+            mpeg_frame(&[0xFF, 0xFD, 0xE8, 0xC4]).map(|f| f.0),
+            Some(1728)
+        );
+        // Layer I, 32 kbps, 44.1 kHz: (12 * 32000 / 44100) * 4 = 32.
+        assert_eq!(mpeg_frame(&[0xFF, 0xFF, 0x10, 0xC4]).map(|f| f.0), Some(32));
+        for bad in [
+            [0xFF, 0xFB, 0x00, 0x64], // free format
+            [0xFF, 0xFB, 0xF0, 0x64], // bitrate index 15
+            [0xFF, 0xFB, 0x9C, 0x64], // sample rate index 3
+            [0xFF, 0xEB, 0x90, 0x64], // version 1 (reserved)
+            [0xFF, 0xF9, 0x90, 0x64], // layer 0 (reserved)
+            [0xFF, 0xFB, 0x90, 0x66], // emphasis 2 (reserved)
+            [0xFE, 0xFB, 0x90, 0x64], // no sync
+        ] {
+            assert_eq!(mpeg_frame(&bad), None, "{bad:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_body_cut_inside_a_frame_is_told_from_a_whole_file() {
+        let whole = frames(40);
+        assert!(!ends_inside_an_mpeg_frame(&whole), "whole");
+        // Every cut that is not at a frame boundary, seen through tails of several lengths.
+        let mut boundaries = vec![0];
+        let mut at = 0;
+        while at < whole.len() {
+            at += mpeg_frame(&whole[at..]).unwrap().0;
+            boundaries.push(at);
+        }
+        for cut in 4 * 418..whole.len() {
+            for tail_len in [MPEG_TAIL, 4 * 418 + 3, 2000] {
+                let tail = &whole[cut.saturating_sub(tail_len)..cut];
+                let inside = ends_inside_an_mpeg_frame(tail);
+                let partial_header = boundaries.iter().any(|b| *b < cut && cut < b + 4);
+                if boundaries.contains(&cut) || partial_header {
+                    assert!(!inside, "cut at {cut} (tail {tail_len})");
+                } else {
+                    assert!(inside, "cut at {cut} (tail {tail_len})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tags_and_other_data_say_nothing() {
+        let mut tagged = frames(10);
+        tagged.extend_from_slice(b"TAG");
+        tagged.extend(std::iter::repeat_n(b' ', 125));
+        assert!(!ends_inside_an_mpeg_frame(&tagged), "ID3v1 at the end");
+        let mut ape = frames(10);
+        ape.extend_from_slice(b"APETAGEX");
+        ape.extend(std::iter::repeat_n(0u8, 24));
+        assert!(!ends_inside_an_mpeg_frame(&ape), "APE tag");
+        // Too short a chain before the cut: no evidence.
+        let two = frames(3);
+        assert!(!ends_inside_an_mpeg_frame(&two[..2 * 417 + 100]));
+        // Bytes with no frame in them (a WAV's samples, say), and a stray sync among them.
+        let noise: Vec<u8> = (0..MPEG_TAIL).map(|i| (i * 7 % 251) as u8).collect();
+        assert!(!ends_inside_an_mpeg_frame(&noise));
+        let mut stray = noise.clone();
+        stray[MPEG_TAIL - 100..MPEG_TAIL - 96].copy_from_slice(&header(false));
+        assert!(!ends_inside_an_mpeg_frame(&stray));
+        assert!(!ends_inside_an_mpeg_frame(&[]));
+        // A stream whose header bits change (another stream spliced on): the chain stops.
+        let mut spliced = frames(5);
+        let other = [0xFF, 0xFB, 0x18, 0xC4];
+        spliced.extend_from_slice(&other);
+        spliced.extend(std::iter::repeat_n(0u8, 50));
+        assert!(!ends_inside_an_mpeg_frame(&spliced));
+    }
+
+    #[test]
+    fn the_length_a_wav_header_states() {
+        fn wav(len: usize, size: u32) -> Vec<u8> {
+            let mut v = vec![0u8; len];
+            v[0..4].copy_from_slice(b"RIFF");
+            v[4..8].copy_from_slice(&size.to_le_bytes());
+            if len >= 12 {
+                v[8..12].copy_from_slice(b"WAVE");
+            }
+            v
+        }
+        assert_eq!(wav_length(&wav(44, 36)), Some(44));
+        assert_eq!(wav_length(&wav(100, 1_000_036)), Some(1_000_044));
+        assert_eq!(wav_length(&wav(44, u32::MAX)), None, "streaming writer");
+        assert_eq!(wav_length(&wav(44, 0)), None, "streaming writer");
+        assert_eq!(wav_length(&wav(44, 20)), None, "shorter than a header");
+        assert_eq!(wav_length(b"RIFF\x24\0\0\0WAV"), None, "too short to tell");
+        assert_eq!(wav_length(b"ID3\x04\0\0\0\0\0\0\0\0\0\0"), None, "an MP3");
+    }
+}
