@@ -1375,7 +1375,7 @@ fn serve(
     let mut publishing = None;
     // The demo's emulator lives as long as the mount.
     let mut _emulator = None;
-    let (core, client) = if let Source::Bucket(url) = &opts.source {
+    let (core, client, events) = if let Source::Bucket(url) = &opts.source {
         // A reader: no RingCentral client at all (see `crate::shared`).
         let bucket = rt.block_on(crate::shared::open_reader(url))?;
         let core = crate::shared::reader_core(bucket, media_config, tier, config);
@@ -1383,7 +1383,7 @@ fn serve(
         if opts.metrics.is_some() {
             tracing::warn!("--metrics is not served by a bucket reader");
         }
-        (core, None)
+        (core, None, None)
     } else {
         let account = creds.as_ref().map(account_name);
         let (client, emulator) = rt.block_on(connect(&opts, creds))?;
@@ -1421,8 +1421,8 @@ fn serve(
         // Logging in is fatal only when there is no call index to serve from (see `Fs::start`).
         rt.block_on(core.start(client.login()))
             .context("logging in to RingCentral")?;
-        start_events(&rt, &opts, &client, &core)?;
-        (core, Some(client))
+        let events = start_events(&rt, &opts, &client, &core)?;
+        (core, Some(client), events)
     };
     // Named now: finding it stats the mount point, which once mounted waits for this process.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
@@ -1500,6 +1500,9 @@ fn serve(
     });
     let result = session.run();
     tracing::info!("unmounted");
+    if let Some(events) = events {
+        events.stop(&rt);
+    }
     // Ends the watchers' streams and removes the socket.
     drop(control);
     if let Some(tier) = publishing {
@@ -1519,6 +1522,23 @@ fn serve(
     result.context("serving the mount")
 }
 
+/// The running event feed: the core's consumer and the subscription's task.
+struct EventsFeed {
+    follow: tokio::task::JoinHandle<()>,
+    feed: tokio::task::JoinHandle<()>,
+}
+
+impl EventsFeed {
+    /// Stops the feed at unmount: the consumer goes, and the subscription is deleted (over the
+    /// socket, no rate-limited request) before the runtime ends; bounded by the feed's own
+    /// timeout.
+    fn stop(self, rt: &tokio::runtime::Runtime) {
+        self.follow.abort();
+        let feed = self.feed;
+        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), feed).await });
+    }
+}
+
 /// Starts the live event feed into the core (`--events`). With `websocket`, waits (up to
 /// --read-timeout) until the subscription is live and fails the start when it is refused or
 /// does not come, so a service manager sees it; with `auto`, the mount does not wait for it.
@@ -1527,16 +1547,16 @@ fn start_events(
     opts: &Options,
     client: &Client,
     core: &Arc<Fs>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<EventsFeed>> {
     if opts.events == EventsMode::Off {
-        return Ok(());
+        return Ok(None);
     }
     let _in_runtime = rt.enter();
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    core.clone().follow(rx);
+    let follow = core.clone().follow(rx);
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let insist = opts.events == EventsMode::WebSocket;
-    rt.spawn(crate::source::live_feed(
+    let feed = rt.spawn(crate::source::live_feed(
         client.clone(),
         opts.scope,
         crate::api::EventsConfig::default(),
@@ -1564,7 +1584,7 @@ fn start_events(
             }
         }
     }
-    Ok(())
+    Ok(Some(EventsFeed { follow, feed }))
 }
 
 /// The mount's source column in /proc/mounts: `ringfs:demo`, `ringfs:ringcentral`, or

@@ -1,6 +1,8 @@
 //! Binds the RingCentral client to the traits the core and the media layer are written against
 //! ([`crate::fs::CallLog`], [`crate::media::MediaSource`]), so neither of them names HTTP.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 
 use crate::api::{
@@ -137,7 +139,17 @@ pub async fn live_feed(
         let last = i + 1 == scopes.len();
         let (inner_tx, mut inner) = mpsc::channel(256);
         let task = spawn_events(client.clone(), s, config, inner_tx);
-        while let Some(notice) = inner.recv().await {
+        loop {
+            let notice = tokio::select! {
+                n = inner.recv() => match n {
+                    Some(n) => n,
+                    None => break,
+                },
+                _ = tx.closed() => {
+                    stop_gracefully(inner, task).await;
+                    return;
+                }
+            };
             if let LiveNotice::Unavailable(why) = &notice
                 && !last
             {
@@ -150,10 +162,28 @@ pub async fn live_feed(
                 let _ = first.send(notice.clone());
             }
             if tx.send(notice).await.is_err() {
-                task.abort();
+                stop_gracefully(inner, task).await;
                 return;
             }
         }
+        task.abort();
+    }
+}
+
+/// How long a stopping feed may take to delete its subscription (one WebSocket message).
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ends a subscription's task the way it ends when its consumer goes away: it sees its channel
+/// closed, deletes the subscription over the socket and closes the connection (instead of
+/// leaving a subscription behind that the service keeps until it expires). Bounded: a task in
+/// the middle of connecting is aborted after [`GOODBYE_TIMEOUT`].
+async fn stop_gracefully(inner: mpsc::Receiver<LiveNotice>, mut task: tokio::task::JoinHandle<()>) {
+    drop(inner);
+    tracing::debug!("events: the consumer is gone; ending the subscription");
+    if tokio::time::timeout(GOODBYE_TIMEOUT, &mut task)
+        .await
+        .is_err()
+    {
         task.abort();
     }
 }

@@ -276,3 +276,61 @@ fn the_feed_notices_reach_the_core_in_order() {
         "the call's statuses"
     );
 }
+
+/// The real binary with `--events websocket` (it returns once the subscription is live): an
+/// unmount deletes the subscription over the socket before the process ends, instead of leaving
+/// it to expire on the service (RingCentral allows 30 per user and app).
+#[test]
+fn an_unmount_deletes_the_subscription() {
+    if !can_mount() {
+        return;
+    }
+    let cfg = live_config();
+    let rt = runtime();
+    let emu = rt
+        .block_on(ringfs::emulator::Emulator::start(cfg.clone()))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = MountPoint(
+        tempfile::Builder::new()
+            .prefix("ringfs-bye-")
+            .tempdir()
+            .unwrap(),
+    );
+    let mnt = mp.0.path();
+    let out = ringfs_binary(
+        &emu,
+        &cfg,
+        mnt,
+        &tmp.path().join("tokens.json"),
+        &tmp.path().join("ringfs.log"),
+    )
+    .args(["--events", "websocket"])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(mnt));
+    let count = |what: &str| emu.stats().by_endpoint.get(what).copied().unwrap_or(0);
+    assert_eq!(count("subscription-create"), 1);
+    assert_eq!(count("subscription-delete"), 0);
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deleted = eventually(Duration::from_secs(5), || {
+        (count("subscription-delete") > 0).then_some(())
+    });
+    let log = std::fs::read_to_string(tmp.path().join("ringfs.log")).unwrap_or_default();
+    assert!(
+        deleted.is_some(),
+        "no DELETE of the subscription after the unmount; the log ends:\n{}",
+        log
+    );
+    assert_eq!(count("subscription-delete"), 1);
+}

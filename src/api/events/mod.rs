@@ -175,6 +175,9 @@ async fn run(client: Client, scope: Scope, config: EventsConfig, tx: mpsc::Sende
         }
         let mut live_since = None;
         let ended = connection(&client, &mut proto, &config, &tx, &mut live_since).await;
+        if matches!(ended, Ended::Stop) {
+            return;
+        }
         for o in proto.closed(Instant::now()) {
             if let Output::Notice(n) = o {
                 if n == LiveNotice::Down {
@@ -185,9 +188,8 @@ async fn run(client: Client, scope: Scope, config: EventsConfig, tx: mpsc::Sende
                 }
             }
         }
-        let immediate = match ended {
-            Ended::Stop => return,
-            Ended::Again { immediate } => immediate,
+        let Ended::Again { immediate } = ended else {
+            return;
         };
         if live_since.is_some_and(|t: Instant| t.elapsed() >= config.backoff_max) {
             failures = 0;
@@ -218,6 +220,19 @@ async fn notify(tx: &mpsc::Sender<LiveNotice>, n: LiveNotice) -> bool {
         );
     }
     tx.send(n).await.is_ok()
+}
+
+/// The consumer is gone: deletes the subscription (best effort, one message) and closes the
+/// connection, so that the service does not keep a subscription nobody reads until it expires.
+async fn goodbye<S>(proto: &mut Protocol, sink: &mut S)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    if let Some(bye) = proto.goodbye() {
+        tracing::debug!("events: deleting the subscription");
+        let _ = sink.send(Message::text(bye)).await;
+    }
+    let _ = sink.close().await;
 }
 
 /// One connection, from its `wstoken` to its end. `live_since` is set when it goes live.
@@ -288,10 +303,7 @@ async fn connection(
             },
             _ = tokio::time::sleep_until(deadline) => proto.on_tick(Instant::now()),
             _ = tx.closed() => {
-                if let Some(bye) = proto.goodbye() {
-                    let _ = sink.send(Message::text(bye)).await;
-                }
-                let _ = sink.close().await;
+                goodbye(proto, &mut sink).await;
                 return Ended::Stop;
             }
         };
@@ -314,7 +326,7 @@ async fn connection(
                         *live_since = Some(Instant::now());
                     }
                     if !notify(tx, n).await {
-                        let _ = sink.close().await;
+                        goodbye(proto, &mut sink).await;
                         return Ended::Stop;
                     }
                 }
