@@ -32,13 +32,42 @@ impl Fs {
         Ok(())
     }
 
+    /// Lists `date` again in the background, as the live feed's re-lists do: readers of the
+    /// date meanwhile get what was listed before ([`Fs::list_known`]), and this one waits for
+    /// the request. A page that covers other dates being re-listed ends their wait too.
+    pub(super) async fn refresh_date(&self, date: Date) -> Result<(), FsError> {
+        self.load_date(date).await;
+        let listed = self
+            .bounded(|| format!("re-listing {date}"), self.list_date(date))
+            .await
+            .and_then(|r| r);
+        let mut st = self.state();
+        let now = Timestamp::now();
+        let done: Vec<Date> = st
+            .live
+            .refreshing
+            .iter()
+            .copied()
+            .filter(|d| *d == date || self.is_listed(&st, *d, now))
+            .collect();
+        for d in done {
+            st.live.refreshing.remove(&d);
+        }
+        self.evict(&mut st, date);
+        listed
+    }
+
     /// Lists `date` through the call log unless it is listed (or, while the API is down, was
-    /// listed before).
+    /// listed before; or is being listed again in the background, [`Fs::refresh_date`]).
     async fn list_known(&self, date: Date) -> Result<(), FsError> {
         let now = Timestamp::now();
         {
             let st = self.state();
             if self.is_listed(&st, date, now) {
+                return Ok(());
+            }
+            if st.live.refreshing.contains(&date) {
+                // What was listed, at once: a safety re-list is not something to wait for.
                 return Ok(());
             }
             if self.api_down() {

@@ -26,6 +26,9 @@
 //!   dates already listed), not after `recent_ttl`. `Down` goes back to `recent_ttl`;
 //!   `Live { gap: true }` lists the recent dates already listed once (what the gap hid shows;
 //!   dates nobody looked at stay unlisted); `Unavailable` is the behaviour without events.
+//!   Both re-lists run in the background ([`Fs::refresh_date`]): a reader of a date being
+//!   listed again gets what was listed before at once, and the new listing once its page is in
+//!   (a re-list waiting for its turn under the rate limit would otherwise hold every `ls`).
 //! - **Announced ids wait**: `by-session/<id>` and `by-recording/<id>.ext` of a session the
 //!   feed announced (in progress, or ended and not given up) wait up to `live_wait` for the
 //!   fetch above, spending no request of their own, and are never put in the negative cache.
@@ -34,7 +37,7 @@
 //!   fetch above, or by a re-list of a recent date after that date's first listing in this
 //!   mount) is announced once on [`Fs::readable`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,6 +167,9 @@ pub(super) struct LiveState {
     pub(super) seen_dates: HashSet<Date>,
     /// A catch-up or safety re-list is running.
     relisting: bool,
+    /// The dates that re-list is listing again: until each is done, a reader is served what
+    /// was listed before instead of waiting for the request (see `Fs::refresh_date`).
+    pub(super) refreshing: BTreeSet<Date>,
     /// How long after its end the last ended session's record was found.
     record_after: Option<Duration>,
     /// A fetch is learning `record_after` (see `fetch_ended`).
@@ -397,6 +403,7 @@ impl Fs {
             for d in &dates {
                 st.index.listed.remove(d);
             }
+            st.live.refreshing.extend(dates.iter().copied());
             st.live.relisting = true;
             st.live.counters.relists += 1;
             dates
@@ -404,11 +411,13 @@ impl Fs {
         let fs = self.clone();
         tokio::spawn(async move {
             for d in dates {
-                if let Err(e) = fs.ensure_date(d).await {
+                if let Err(e) = fs.refresh_date(d).await {
                     tracing::debug!("re-listing {d}: {e}");
                 }
             }
-            fs.state().live.relisting = false;
+            let mut st = fs.state();
+            st.live.refreshing.clear();
+            st.live.relisting = false;
         });
     }
 

@@ -12,6 +12,7 @@ use ringfs::model::{LiveNotice, SessionEvent};
 use serde_json::json;
 use tokio::sync::broadcast::error::TryRecvError;
 
+use super::faulty::Outcome;
 use super::scripted::{Call, QueryKind, ScriptedLog};
 use super::{Core, at, background, core, errno, names, today};
 
@@ -478,4 +479,45 @@ async fn sessions_ending_together_learn_the_delay_from_one_probe() {
         "{total} requests in all ({probes} probes)"
     );
     println!("[core] five calls ending together: {probes} probes, {total} requests in all");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_safety_relist_never_makes_a_reader_wait() {
+    // The re-list's page hangs; a reader of the date it lists again gets what was listed
+    // before, at once, and the new listing once the page is in.
+    let (c, _) = live_core(|fc| fc.read_timeout = Duration::from_secs(3600));
+    let day = today().to_string();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let _follow = c.fs.clone().follow(rx);
+    tx.send(LiveNotice::Live { gap: false }).await.unwrap();
+    let before = names(&c.list(&day).await.unwrap());
+    assert_eq!(c.pages(), 1);
+    let later = call_now("7100000009", "71000009");
+    c.log.add(&later);
+    c.faults
+        .always(|q| q.kind == QueryKind::Page, Outcome::Hang);
+    pass(15 * 60 + 1).await;
+    let hung = c.calls();
+    let t = tokio::time::Instant::now();
+    let during = names(&c.list(&day).await.unwrap());
+    assert_eq!(
+        t.elapsed(),
+        Duration::ZERO,
+        "the reader waited for the re-list"
+    );
+    assert_eq!(during, before);
+    assert_eq!(c.calls(), hung, "the reader sent no request of its own");
+    assert!(
+        c.faults.seen().iter().any(|(_, o)| *o == Outcome::Hang),
+        "the re-list is under way"
+    );
+    c.faults.clear_rules();
+    c.faults.release();
+    pass(1).await;
+    let after = names(&c.list(&day).await.unwrap());
+    assert!(
+        after.iter().any(|n| n.ends_with(&later.session)),
+        "the re-list's news: {after:?}"
+    );
+    assert_eq!(c.pages(), 2);
 }
