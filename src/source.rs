@@ -112,6 +112,9 @@ impl MediaBody for Body {
     fn ended_at(&self) -> Option<u64> {
         self.0.ended_at()
     }
+    fn skipped(&self) -> crate::media::Skipped {
+        self.0.skipped().clone()
+    }
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<bytes::Bytes>, MediaError>> {
         Box::pin(async move { self.0.next_chunk().await.map_err(media_error) })
     }

@@ -724,15 +724,31 @@ fn cut_at_one_size_by_every_answer(format: ringfs::emulator::AudioFormat, what: 
         ..Faults::default()
     };
     let m = mount(stack(cfg, |_| {}));
-    let rel = recordings_under(m.path())
+    let long: Vec<_> = recordings_under(m.path())
         .into_iter()
-        .find(|rel| {
+        .filter(|rel| {
             let id = recording_id_of(rel);
             m.emu()
                 .recording_bytes(&id)
                 .is_some_and(|b| b.len() as u64 > 2 * CUT)
         })
-        .expect("a recording longer than two cuts");
+        .collect();
+    assert!(long.len() >= 2, "two recordings longer than two cuts");
+    // A first read past the cut: each answer (from byte 0, Range ignored) ends before the
+    // offset asked for, and the format's evidence is in the bytes the answer skipped.
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::File::open(m.p(&long[1].to_string_lossy())).unwrap();
+        f.seek(SeekFrom::Start(CUT + 50_000)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let past = f.read(&mut buf);
+        assert_eq!(
+            past.map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EIO)),
+            "a first read past the cut"
+        );
+    }
+    let rel = long[0].clone();
     let id = recording_id_of(&rel);
     let truth = m.emu().recording_bytes(&id).unwrap();
     let path = m.p(&rel.to_string_lossy());

@@ -75,6 +75,60 @@ pub struct MediaStream {
     first_byte_seen: bool,
     /// The body's end was counted in the download-time histogram.
     end_seen: bool,
+    /// What the body skipped before the offset asked for (see [`Skipped`]).
+    skipped: Skipped,
+}
+
+/// How many bytes of what a body skips [`Skipped`] keeps at its end.
+pub const SKIPPED_TAIL: usize = 8 * 1024;
+/// How many of the content's first bytes [`Skipped`] keeps.
+pub const SKIPPED_HEAD: usize = 64;
+
+/// The bytes a body delivered before the offset asked for, which a server that ignores `Range`
+/// sends from byte 0: the content's first [`SKIPPED_HEAD`] bytes (when the body began at byte
+/// 0) and the last [`SKIPPED_TAIL`] bytes skipped. When such a body ends before the offset, they
+/// are the file's head and the bytes before its end: what a format states about its own length
+/// (a WAV's RIFF header, an MP3's last frames) is read there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+}
+
+impl Skipped {
+    /// Takes in `bytes`, skipped, that start at content offset `at` and follow those taken in
+    /// before.
+    pub fn keep(&mut self, at: u64, bytes: &[u8]) {
+        self.keep_head(at, bytes);
+        self.keep_tail(bytes);
+    }
+
+    /// Takes in what of `bytes` (starting at content offset `at`) belongs to the head.
+    pub fn keep_head(&mut self, at: u64, bytes: &[u8]) {
+        if at < SKIPPED_HEAD as u64 && at == self.head.len() as u64 {
+            let n = (SKIPPED_HEAD - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..n]);
+        }
+    }
+
+    /// Takes in `bytes` as the newest skipped: they follow those taken in before, or are at
+    /// least [`SKIPPED_TAIL`] long (what came before is then no longer needed).
+    pub fn keep_tail(&mut self, bytes: &[u8]) {
+        if bytes.len() >= SKIPPED_TAIL {
+            self.tail.clear();
+        }
+        let from = bytes.len().saturating_sub(SKIPPED_TAIL);
+        self.tail.extend_from_slice(&bytes[from..]);
+        if self.tail.len() > 2 * SKIPPED_TAIL {
+            let extra = self.tail.len() - SKIPPED_TAIL;
+            self.tail.drain(..extra);
+        }
+    }
+
+    /// The last [`SKIPPED_TAIL`] bytes kept.
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[self.tail.len().saturating_sub(SKIPPED_TAIL)..]
+    }
 }
 
 impl std::fmt::Debug for MediaStream {
@@ -265,6 +319,7 @@ impl MediaStream {
             sent_at,
             first_byte_seen: false,
             end_seen: false,
+            skipped: Skipped::default(),
         })
     }
 
@@ -303,6 +358,11 @@ impl MediaStream {
         (self.body.is_none() && self.body_pos < self.position).then_some(self.body_pos)
     }
 
+    /// What the body skipped before the offset asked for (see [`Skipped`]).
+    pub fn skipped(&self) -> &Skipped {
+        &self.skipped
+    }
+
     /// The next bytes of the content, `None` at a clean end of the body (see [`BodyEnd`] for
     /// what that end means). An error (drop, stall, mismatch) is final for this response.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
@@ -339,10 +399,13 @@ impl MediaStream {
                         self.note_end();
                     }
                     if self.body_pos <= self.position {
+                        self.skipped.keep(first, &b);
                         continue;
                     }
                     if first < self.position {
-                        b = b.slice((self.position - first) as usize..);
+                        let cut = (self.position - first) as usize;
+                        self.skipped.keep(first, &b[..cut]);
+                        b = b.slice(cut..);
                     }
                     self.position = self.body_pos;
                     return Ok(Some(b));
@@ -400,6 +463,29 @@ fn short_uri(uri: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_bytes_keep_the_head_and_the_bytes_before_the_end() {
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        for piece in [1usize, 63, 1000, SKIPPED_TAIL, 3 * SKIPPED_TAIL + 7] {
+            for end in [0usize, 10, 64, 5000, SKIPPED_TAIL + 1, 100_000] {
+                let mut s = Skipped::default();
+                let mut at = 0;
+                while at < end {
+                    let to = (at + piece).min(end);
+                    s.keep(at as u64, &content[at..to]);
+                    at = to;
+                }
+                assert_eq!(s.head, content[..end.min(SKIPPED_HEAD)], "{piece} {end}");
+                assert_eq!(s.tail(), &content[end.saturating_sub(SKIPPED_TAIL)..end]);
+            }
+        }
+        // A body that began past byte 0 (a honoured Range) has no head.
+        let mut s = Skipped::default();
+        s.keep(500, &content[500..600]);
+        assert!(s.head.is_empty());
+        assert_eq!(s.tail(), &content[500..600]);
+    }
     use reqwest::header::HeaderValue;
 
     fn h(pairs: &[(reqwest::header::HeaderName, &str)]) -> HeaderMap {

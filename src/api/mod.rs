@@ -42,7 +42,7 @@ pub use client::{Client, ClientConfig};
 pub use credentials::Credentials;
 pub use error::{ApiError, chain};
 pub use events::{EventsConfig, WsToken, event_filter, spawn_events};
-pub use media::{BodyEnd, MediaStream};
+pub use media::{BodyEnd, MediaStream, SKIPPED_HEAD, SKIPPED_TAIL, Skipped};
 pub use transport::ClientStats;
 
 /// A `reqwest` client builder with TLS ready: rustls with the *ring* crypto provider.

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{BodyEnd, BoxFuture, MediaBody, MediaError, MediaSource, RecordingKey};
-use crate::api::Priority;
+use crate::api::{Priority, SKIPPED_HEAD, SKIPPED_TAIL, Skipped};
 
 /// The byte at `offset` of a fake recording made from `seed`.
 pub fn byte_at(seed: u64, offset: u64) -> u8 {
@@ -378,6 +378,7 @@ impl MediaSource for FakeSource {
                 fail_after,
                 end_after,
                 ended: false,
+                skipped: Skipped::default(),
             }) as Box<dyn MediaBody>)
         })
     }
@@ -404,6 +405,17 @@ struct FakeBody {
     end_after: Option<u64>,
     /// The body ended cleanly.
     ended: bool,
+    /// What it skipped before `from`, kept as the HTTP adapter keeps it.
+    skipped: Skipped,
+}
+
+impl FakeBody {
+    fn bytes(&self, from: u64, to: u64) -> Bytes {
+        match &self.content {
+            Some(c) => c.slice(from as usize..to as usize),
+            None => Bytes::from(expected(self.rec.seed, from, to - from)),
+        }
+    }
 }
 
 impl Drop for FakeBody {
@@ -431,6 +443,10 @@ impl MediaBody for FakeBody {
 
     fn ended_at(&self) -> Option<u64> {
         (self.ended && self.pos < self.from).then_some(self.pos)
+    }
+
+    fn skipped(&self) -> Skipped {
+        self.skipped.clone()
     }
 
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, MediaError>> {
@@ -476,14 +492,23 @@ impl MediaBody for FakeBody {
                 self.counters
                     .bytes_sent
                     .fetch_add(end - start, Ordering::SeqCst);
+                if start < self.from {
+                    // Skipped: before the offset asked for. Only the bytes `Skipped` keeps
+                    // are made (its head, and the last of the piece).
+                    let to = end.min(self.from);
+                    let head = to.min(SKIPPED_HEAD as u64);
+                    if start < head {
+                        let b = self.bytes(start, head);
+                        self.skipped.keep_head(start, &b);
+                    }
+                    let b = self.bytes(start.max(to.saturating_sub(SKIPPED_TAIL as u64)), to);
+                    self.skipped.keep_tail(&b);
+                }
                 if end <= self.from {
-                    continue; // skipped: before the offset asked for
+                    continue;
                 }
                 let from = start.max(self.from);
-                return Ok(Some(match &self.content {
-                    Some(c) => c.slice(from as usize..end as usize),
-                    None => Bytes::from(expected(self.rec.seed, from, end - from)),
-                }));
+                return Ok(Some(self.bytes(from, end)));
             }
         })
     }

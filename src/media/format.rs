@@ -20,8 +20,9 @@ pub(super) fn wav_length(head: &[u8]) -> Option<u64> {
 }
 
 /// How many bytes before an end [`ends_inside_an_mpeg_frame`] wants: room for a few of the
-/// largest frames (Layer II at 384 kbps and 32 kHz is 1,729 bytes).
-pub(super) const MPEG_TAIL: usize = 8 * 1024;
+/// largest frames (Layer II at 384 kbps and 32 kHz is 1,729 bytes). As many as a body keeps of
+/// what it skipped ([`crate::api::Skipped`]).
+pub(super) const MPEG_TAIL: usize = crate::api::SKIPPED_TAIL;
 
 /// Frames that must follow one another exactly before the chain is believed: a frame sync
 /// (11 set bits) occurs by chance in audio data, three chained headers do not.

@@ -167,7 +167,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-pub use crate::api::{BodyEnd, Priority};
+pub use crate::api::{BodyEnd, Priority, Skipped};
 use crate::store::{CompleteFile, StoredRecording, Tier, TierLease, TierWriter};
 use format::{MPEG_TAIL, ends_inside_an_mpeg_frame, wav_length};
 
@@ -259,6 +259,11 @@ pub trait MediaBody: Send {
     /// whole body that was shorter than the offset). `None`: it stopped at the position reached.
     fn ended_at(&self) -> Option<u64> {
         None
+    }
+    /// What the body skipped before the offset asked for ([`Skipped`]): after an end before
+    /// that offset ([`MediaBody::ended_at`]), the content's first bytes and those before the end.
+    fn skipped(&self) -> Skipped {
+        Skipped::default()
     }
     /// The next bytes, in order, starting at the offset given to [`MediaSource::open`]; `Ok(None)`
     /// at a clean end (see [`MediaBody::end`]). A body never resumes: an error is final for it.
@@ -1547,7 +1552,18 @@ async fn download_task(
             };
             let mut g = sh.lock();
             let g = &mut *g;
+            // What the format states about where the content ends (see `format`), for a body
+            // that ends without a length: the head of the file and the bytes before the end,
+            // from the cache and this download, or, for a whole body that ended before the
+            // offset asked for, from the bytes it skipped (this download holds none of them).
             let (wav_length, tail) = match &piece {
+                Ok(None) if body.ended_at().is_some() => {
+                    let s = body.skipped();
+                    (
+                        g.wav_length(&id).or_else(|| wav_length(&s.head)),
+                        s.tail().to_vec(),
+                    )
+                }
                 Ok(None) => (g.wav_length(&id), g.tail(&id, download, cs, MPEG_TAIL)),
                 _ => (None, Vec::new()),
             };
@@ -1624,14 +1640,13 @@ async fn download_task(
                             )));
                         }
                         // An MP3 states no length, but its frames do theirs: an end inside a
-                        // frame is a cut (checked on the bytes before the end, when they are
-                        // the ones this body delivered last).
+                        // frame is a cut (checked on the bytes before the end).
                         let wav_type = rec
                             .known
                             .as_ref()
                             .and_then(|k| k.content_type.as_deref())
                             .is_some_and(|t| t.to_ascii_lowercase().contains("wav"));
-                        if end == pos && !wav_type && ends_inside_an_mpeg_frame(&tail) {
+                        if !wav_type && ends_inside_an_mpeg_frame(&tail) {
                             break Some(MediaError::Transient(format!(
                                 "recording {id}: connection closed at byte {end}, inside an MPEG audio frame"
                             )));

@@ -1005,3 +1005,32 @@ async fn a_wav_named_by_its_type_is_never_read_as_frames() {
     let got = read_from(&media, &k, 0, 4096).await;
     assert!(got == content[..cut], "{} bytes", got.len());
 }
+
+#[tokio::test]
+async fn a_first_read_past_a_fixed_cut_is_an_error_not_the_end() {
+    // The reader's first read lies past the cut: every answer (Range ignored, from byte 0)
+    // ends before the offset asked for, so the download itself holds none of the bytes before
+    // the end. The format's evidence comes from the bytes the body skipped.
+    let wav_len = 100_044;
+    for (content, ct) in [
+        (wav(wav_len, wav_len as u32 - 8), "audio/wav"),
+        (mp3(700), "audio/mpeg"),
+    ] {
+        let (fake, media) = setup(cut_every_time_at(60_000), &[], cfg());
+        fake.add_bytes("a", content.clone(), ct, false);
+        let k = key("a");
+        let past = media.read(&k, 80_000, 4096, Priority::Interactive).await;
+        assert!(
+            past.is_err(),
+            "{ct}: every answer closed at byte 60000, the format says it goes on: {:?}",
+            past.map(|b| b.len())
+        );
+        assert_eq!(media.known("a").and_then(|k| k.size), None, "{ct}");
+        // The request budget is spent: the head is an error too (during the cool-down), or
+        // the recording's bytes, never a shorter file.
+        if let Ok(head) = media.read(&k, 0, 4096, Priority::Interactive).await {
+            assert!(head == content[..4096], "{ct}: the bytes before the cut");
+        }
+        assert!(opens_of(&fake).len() <= 6, "{ct}: {:?}", opens_of(&fake));
+    }
+}
