@@ -5,7 +5,9 @@
 //! edges included), a media-layer configuration (chunk size, cache budget, read-ahead), the
 //! answer of the media host to each request (length stated or not, chunked or delimited by the
 //! connection, Range honoured, ignored or cut short, a bare 416 past the end, a drop at a byte, a
-//! 5xx, a 404 before the first 200), and
+//! 5xx, a 404 before the first 200), the content itself (random bytes, or with its format's
+//! evidence of its length: MPEG audio frames, a RIFF header; then also a host that cuts every
+//! body at one byte inside the content, each answer looking like a shorter file), and
 //! one to three readers running at once (sequential reads of kernel-like sizes, seeks forwards
 //! and backwards and past the end, `stat` between reads, close and re-open, an open while another
 //! reader's download is running). The oracle:
@@ -16,7 +18,8 @@
 //! - every request past the first of a download is explained by something the host did (a drop,
 //!   a failure, a range cut short);
 //! - a recording whose host never answers fails each read fast, after at most `MAX_STRIKES`
-//!   requests per failure.
+//!   requests per failure; one whose host cuts every body at a byte may fail reads, but never
+//!   ends at the cut.
 //!
 //! Time is tokio's paused clock, so a case with slow bodies and back-offs runs in microseconds,
 //! and single-threaded, so a seed replays exactly: `RINGFS_MODEL_SEED=<seed> cargo test --test
@@ -49,6 +52,10 @@ enum Host {
     NotFoundFirst,
     /// Never answers with a body (always 5xx): every read fails, requests stay bounded.
     Broken,
+    /// A proxy that cuts every body at this content byte, and the 200s delimited by their
+    /// connection, so each looks like a file that ends there. Only for recordings whose format
+    /// says the content goes on (`framed`): reads past the cut must fail, never end there.
+    CutEveryTime(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +65,32 @@ struct Rec {
     seed: u64,
     content_type: &'static str,
     host: Host,
+    /// The bytes carry their format's evidence of the length: MPEG audio frames for
+    /// `audio/mpeg`, a RIFF header stating the size for the WAV types.
+    framed: bool,
+}
+
+/// One MPEG-1 Layer III frame header (32 kbps, 32 kHz: 144-byte frames), as the emulator's.
+const MP3_HEADER: [u8; 4] = [0xFF, 0xFB, 0x18, 0xC4];
+const MP3_FRAME: u64 = 144;
+
+/// The recording's bytes: the fake's pseudo-random content, with the format written over it
+/// when `framed` (frame headers every 144 bytes; a RIFF header). The frame bodies stay random,
+/// so they hold stray frame syncs, as real audio does.
+fn content(rec: &Rec) -> Vec<u8> {
+    let mut b = expected(rec.seed, 0, rec.len);
+    if rec.framed {
+        if rec.content_type == "audio/mpeg" {
+            for f in b.chunks_mut(MP3_FRAME as usize) {
+                f[..4].copy_from_slice(&MP3_HEADER);
+            }
+        } else {
+            b[0..4].copy_from_slice(b"RIFF");
+            b[4..8].copy_from_slice(&(rec.len as u32 - 8).to_le_bytes());
+            b[8..12].copy_from_slice(b"WAVE");
+        }
+    }
+    b
 }
 
 /// What the host was made to do, for the accounting of requests.
@@ -113,12 +146,35 @@ fn build(seed: u64) -> Case {
             _ => Host::Recoverable,
         };
         let content_type = r.pick(&["audio/mpeg", "audio/wav", "audio/x-wav"]);
+        let framed = r.chance(30);
+        let (len, host) = if !framed {
+            (len, host)
+        } else if content_type == "audio/mpeg" {
+            let frames = 1 + len / MP3_FRAME;
+            let len = frames * MP3_FRAME;
+            // A cut inside a frame that follows at least four whole ones (fewer give the
+            // frames no chain to tell it by).
+            if frames > 5 && r.chance(35) {
+                let cut = (4 + r.below(frames - 4)) * MP3_FRAME + 4 + r.below(MP3_FRAME - 4);
+                (len, Host::CutEveryTime(cut))
+            } else {
+                (len, host)
+            }
+        } else {
+            let len = len.max(44);
+            if r.chance(35) {
+                (len, Host::CutEveryTime(12 + r.below(len - 12)))
+            } else {
+                (len, host)
+            }
+        };
         recs.push(Rec {
             id: format!("r{i}"),
             len,
             seed: r.next(),
             content_type,
             host,
+            framed,
         });
     }
     let readers_n = 1 + r.below(3) as usize;
@@ -206,6 +262,21 @@ fn build(seed: u64) -> Case {
             explain();
             return Reply::NotFound;
         }
+        if let Host::CutEveryTime(at) = rec.host {
+            explain();
+            let reply = Reply::Body {
+                length: false,
+                range: r.pick(&[FakeRange::Ignore, FakeRange::Ignore, FakeRange::Honour]),
+                bare_416: r.chance(50),
+                drop_at: Some(at),
+                close_delimited: true,
+            };
+            if std::env::var_os("RINGFS_MODEL_SEED").is_some() {
+                println!("request {n} for {id} at {offset}: {reply:?}");
+            }
+            l.log.push((id.to_string(), offset, reply.clone()));
+            return reply;
+        }
         let mut strikes = strikes.lock().unwrap();
         let used = strikes.entry(id.to_string()).or_default();
         let may_fail = *used + 1 < MAX_STRIKES;
@@ -262,13 +333,17 @@ fn build(seed: u64) -> Case {
         reply
     }));
     for rec in &recs {
-        fake.add(
-            &rec.id,
-            FakeRecording {
-                content_type: Some(rec.content_type.to_string()),
-                ..FakeRecording::new(rec.len, rec.seed)
-            },
-        );
+        if rec.framed {
+            fake.add_bytes(&rec.id, content(rec).into(), rec.content_type, true);
+        } else {
+            fake.add(
+                &rec.id,
+                FakeRecording {
+                    content_type: Some(rec.content_type.to_string()),
+                    ..FakeRecording::new(rec.len, rec.seed)
+                },
+            );
+        }
     }
     Case {
         recs,
@@ -303,7 +378,7 @@ fn run(case: &Case, counts: &Counts, verbose: bool) -> Result<(), String> {
     rt.block_on(async {
         let media = Media::new(case.fake.clone(), case.config.clone());
         let mut tasks = Vec::new();
-        let truths: Vec<Arc<Vec<u8>>> = case.recs.iter().map(|r| Arc::new(expected(r.seed, 0, r.len))).collect();
+        let truths: Vec<Arc<Vec<u8>>> = case.recs.iter().map(|r| Arc::new(content(r))).collect();
         for (reader, (rec, ops)) in case.readers.iter().enumerate() {
             let truth = truths[*rec].clone();
             let rec = case.recs[*rec].clone();
@@ -372,6 +447,9 @@ fn run(case: &Case, counts: &Counts, verbose: bool) -> Result<(), String> {
                                         // The read that met the 404, and those during the
                                         // cool-down that follows, get the 404.
                                         Host::NotFoundFirst if matches!(e, MediaError::NotAvailable(_)) => {}
+                                        // The bytes past the cut never come; those before it
+                                        // may be lost with the budget (a cool-down).
+                                        Host::CutEveryTime(_) if !matches!(e, MediaError::TimedOut) => {}
                                         _ => return Err(format!("reader {reader}: read {}@{pos}+{size} failed: {e}", rec.id)),
                                     }
                                     if rec.host == Host::NotFoundFirst {
@@ -495,7 +573,7 @@ fn media_path_matches_the_model() {
         requests += case.fake.opens().len();
     }
     println!(
-        "model: {cases} cases (seeds {base}..{}), {} reads, {} bytes compared, 0 wrong, {} errors (from 404s and broken hosts), {requests} requests, {:.1} s",
+        "model: {cases} cases (seeds {base}..{}), {} reads, {} bytes compared, 0 wrong, {} errors (from 404s, broken hosts and hosts that cut every body), {requests} requests, {:.1} s",
         base + cases,
         counts.reads.load(Ordering::Relaxed),
         counts.bytes.load(Ordering::Relaxed),

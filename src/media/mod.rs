@@ -417,6 +417,9 @@ struct Rec {
     seen: u64,
     /// Where a body delimited by its connection ended, until a second answer confirms it.
     candidate_end: Option<u64>,
+    /// The length the file's RIFF header states (see `format::wav_length`), kept from the first
+    /// time its first bytes passed: the chunk that held them may be evicted before the end.
+    wav_length: Option<u64>,
     /// Requests that brought no new byte, and drops after new bytes, since the last download
     /// ended without failing (the request budget).
     strikes: u32,
@@ -504,6 +507,7 @@ impl Rec {
             size_upper: None,
             seen: stored.map_or(0, |s| s.stored),
             candidate_end: None,
+            wav_length: None,
             strikes: 0,
             drops: 0,
             cool_down: None,
@@ -653,15 +657,27 @@ impl Inner {
         else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(want);
-        let aligned = d.buf_start % cs as u64 == 0;
-        if d.buf.len() < want && aligned && d.buf_start >= cs as u64 {
-            let before = self.cache.peek(&(id.clone(), d.buf_start / cs as u64 - 1));
-            if let Some(e) = before.filter(|e| e.data.len() == cs) {
-                out.extend_from_slice(&e.data[cs - (want - d.buf.len()).min(cs)..]);
+        // The whole chunks before the buffer, newest first, while they are cached.
+        let mut pieces: Vec<&[u8]> = vec![&d.buf];
+        let mut have = d.buf.len();
+        let mut chunk = (d.buf_start % cs as u64 == 0).then(|| d.buf_start / cs as u64);
+        while have < want {
+            let Some(k) = chunk.and_then(|c| c.checked_sub(1)) else {
+                break;
+            };
+            match self.cache.peek(&(id.clone(), k)) {
+                Some(e) if e.data.len() == cs => {
+                    pieces.push(&e.data);
+                    have += cs;
+                    chunk = Some(k);
+                }
+                _ => break,
             }
         }
-        out.extend_from_slice(&d.buf);
+        let mut out = Vec::with_capacity(have);
+        for p in pieces.iter().rev() {
+            out.extend_from_slice(p);
+        }
         let extra = out.len().saturating_sub(want);
         out.drain(..extra);
         out
@@ -1556,7 +1572,7 @@ async fn download_task(
             // that ends without a length: the head of the file and the bytes before the end,
             // from the cache and this download, or, for a whole body that ended before the
             // offset asked for, from the bytes it skipped (this download holds none of them).
-            let (wav_length, tail) = match &piece {
+            let (stated, tail) = match &piece {
                 Ok(None) if body.ended_at().is_some() => {
                     let s = body.skipped();
                     (
@@ -1564,7 +1580,11 @@ async fn download_task(
                         s.tail().to_vec(),
                     )
                 }
-                Ok(None) => (g.wav_length(&id), g.tail(&id, download, cs, MPEG_TAIL)),
+                Ok(None) => (
+                    g.wav_length(&id)
+                        .or_else(|| wav_length(&body.skipped().head)),
+                    g.tail(&id, download, cs, MPEG_TAIL),
+                ),
                 _ => (None, Vec::new()),
             };
             let Some(rec) = g.recs.get_mut(&id) else {
@@ -1634,7 +1654,8 @@ async fn download_task(
                         // A WAV file states its own length: an end before it is a drop, even
                         // when every answer drops there (a proxy that cuts bodies at a fixed
                         // size would otherwise be confirmed as the end).
-                        if let Some(t) = wav_length.filter(|t| end < *t) {
+                        rec.wav_length = rec.wav_length.or(stated);
+                        if let Some(t) = rec.wav_length.filter(|t| end < *t) {
                             break Some(MediaError::Transient(format!(
                                 "recording {id}: connection closed at byte {end}, its WAV header says {t} bytes"
                             )));
@@ -1698,6 +1719,9 @@ async fn download_task(
                     break Some(e);
                 }
             };
+            if pos == 0 && rec.wav_length.is_none() {
+                rec.wav_length = wav_length(&piece);
+            }
             let total = rec.exact_size();
             let rid = rec.id.clone();
             let d = rec
