@@ -30,6 +30,8 @@ struct Server {
     base: String,
     requests: Arc<AtomicUsize>,
     ranges: Arc<Mutex<Vec<Option<u64>>>>,
+    /// The head of every scripted request (lower-cased).
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 fn serve(script: impl Fn(usize, Option<u64>) -> Answer + Send + Sync + 'static) -> Server {
@@ -37,12 +39,14 @@ fn serve(script: impl Fn(usize, Option<u64>) -> Answer + Send + Sync + 'static) 
     let base = format!("http://{}", l.local_addr().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));
     let ranges = Arc::new(Mutex::new(Vec::new()));
-    let (r2, g2) = (requests.clone(), ranges.clone());
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (r2, g2, h2) = (requests.clone(), ranges.clone(), heads.clone());
     let script = Arc::new(script);
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut conn) = conn else { return };
-            let (requests, ranges, script) = (r2.clone(), g2.clone(), script.clone());
+            let (requests, ranges, heads, script) =
+                (r2.clone(), g2.clone(), h2.clone(), script.clone());
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 let mut byte = [0u8; 1];
@@ -78,6 +82,7 @@ fn serve(script: impl Fn(usize, Option<u64>) -> Answer + Send + Sync + 'static) 
                     .and_then(|v| v.trim().trim_end_matches('-').parse::<u64>().ok());
                 let n = requests.fetch_add(1, Ordering::SeqCst);
                 ranges.lock().unwrap().push(range);
+                heads.lock().unwrap().push(req.clone());
                 let a = script(n, range);
                 let _ = write!(conn, "{}\r\nconnection: close\r\n\r\n", a.head);
                 let upto = a.cut.unwrap_or(a.body.len()).min(a.body.len());
@@ -92,6 +97,7 @@ fn serve(script: impl Fn(usize, Option<u64>) -> Answer + Send + Sync + 'static) 
         base,
         requests,
         ranges,
+        heads,
     }
 }
 
@@ -387,4 +393,75 @@ async fn a_read_past_the_end_of_a_close_delimited_recording_is_empty() {
     assert_eq!(s.requests.load(Ordering::SeqCst), 2);
     // And the recording itself reads whole, from what is known.
     assert!(read_all(&m, &k).await == truth);
+}
+
+/// A media host that redirects every content request to another origin (a CDN with a signed
+/// URL, say) which honours `Range` and states its lengths: the bytes come from there, the
+/// Range header goes along, and the bearer token does not leave the media host.
+#[tokio::test]
+async fn a_redirect_to_another_host_is_followed_without_the_token() {
+    let truth = content(6_000_000);
+    let t = truth.clone();
+    let cdn = serve(move |_, range| {
+        let a = range.unwrap_or(0) as usize;
+        let status = if range.is_some() {
+            format!(
+                "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {a}-{}/{}",
+                t.len() - 1,
+                t.len()
+            )
+        } else {
+            "HTTP/1.1 200 OK".to_string()
+        };
+        Answer {
+            head: format!(
+                "{status}\r\ncontent-type: audio/mpeg\r\ncontent-length: {}",
+                t.len() - a
+            ),
+            body: t[a..].to_vec(),
+            cut: None,
+        }
+    });
+    let to = cdn.base.replace("127.0.0.1", "localhost");
+    let host = serve(move |n, _| Answer {
+        head: format!("HTTP/1.1 302 Found\r\nlocation: {to}/signed/x?sig={n}\r\ncontent-length: 0"),
+        body: Vec::new(),
+        cut: None,
+    });
+    let c = client(&host.base);
+    let m = media(&c);
+    let k = RecordingKey {
+        id: "x".into(),
+        content_uri: format!("{}/media/x", host.base),
+    };
+    // A read far into the file first (a Range request), then the whole file.
+    m.open(&k, Priority::Interactive).await.unwrap();
+    let mid = m
+        .read(&k, 5_000_000, 4096, Priority::Interactive)
+        .await
+        .unwrap();
+    assert!(mid[..] == truth[5_000_000..5_004_096]);
+    m.close(&k);
+    let got = read_all(&m, &k).await;
+    assert!(got == truth, "{} bytes of {}", got.len(), truth.len());
+    assert_eq!(m.known("x").and_then(|k| k.size), Some(truth.len() as u64));
+    let host_heads = host.heads.lock().unwrap().clone();
+    let cdn_heads = cdn.heads.lock().unwrap().clone();
+    assert!(!host_heads.is_empty() && host_heads.len() == cdn_heads.len());
+    assert!(
+        host_heads
+            .iter()
+            .all(|h| h.contains("authorization: bearer"))
+    );
+    assert!(
+        cdn_heads.iter().all(|h| !h.contains("authorization")),
+        "the token went to another host: {cdn_heads:?}"
+    );
+    assert!(host.ranges.lock().unwrap().iter().any(|r| r.is_some()));
+    assert!(
+        *cdn.ranges.lock().unwrap() == *host.ranges.lock().unwrap(),
+        "the Range header followed the redirect: {:?} {:?}",
+        host.ranges.lock().unwrap(),
+        cdn.ranges.lock().unwrap()
+    );
 }
