@@ -257,3 +257,110 @@ mod tests {
         assert_eq!(wav_length(b"ID3\x04\0\0\0\0\0\0\0\0\0\0"), None, "an MP3");
     }
 }
+
+/// Files real encoders write (when `ffmpeg` is installed: `.ci/run` installs it): each whole
+/// file ends where its frames do (no evidence of a cut), and a cut inside any of its last
+/// frames is told.
+#[cfg(test)]
+mod encoders {
+    use super::*;
+
+    fn encode(args: &[&str]) -> Option<Vec<u8>> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a.mp3");
+        let st = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
+            .arg("sine=frequency=440:duration=7")
+            .args(args)
+            .arg(&out)
+            .status()
+            .ok()?;
+        st.success().then(|| std::fs::read(&out).unwrap())
+    }
+
+    #[test]
+    fn files_real_encoders_write_end_on_a_frame_and_cuts_inside_one_are_told() {
+        let cases: &[&[&str]] = &[
+            &[
+                "-c:a",
+                "libmp3lame",
+                "-b:a",
+                "32k",
+                "-ar",
+                "8000",
+                "-ac",
+                "1",
+            ],
+            &[
+                "-c:a",
+                "libmp3lame",
+                "-b:a",
+                "128k",
+                "-ar",
+                "44100",
+                "-ac",
+                "2",
+            ],
+            &["-c:a", "libmp3lame", "-q:a", "4"],
+            &["-c:a", "libmp3lame", "-b:a", "64k", "-write_id3v1", "1"],
+            &[
+                "-c:a",
+                "libmp3lame",
+                "-b:a",
+                "48k",
+                "-write_xing",
+                "0",
+                "-id3v2_version",
+                "0",
+            ],
+            &["-c:a", "libshine", "-b:a", "64k", "-ar", "32000"],
+        ];
+        let mut checked = 0;
+        for args in cases {
+            let Some(file) = encode(args) else {
+                eprintln!("no ffmpeg (or no encoder for {args:?}): skipped");
+                continue;
+            };
+            checked += 1;
+            let tail = |end: usize| &file[end.saturating_sub(MPEG_TAIL)..end];
+            assert!(
+                !ends_inside_an_mpeg_frame(tail(file.len())),
+                "{args:?}: whole"
+            );
+            // The last frames' boundaries, walked from a chain in the tail.
+            let id3v1 = file.len() >= 128 && file[file.len() - 128..].starts_with(b"TAG");
+            let audio_end = file.len() - if id3v1 { 128 } else { 0 };
+            let mut starts = Vec::new();
+            let mut at = audio_end.saturating_sub(MPEG_TAIL);
+            while at < audio_end {
+                match mpeg_frame(&file[at..]) {
+                    Some((len, _)) if at + len <= audio_end => {
+                        let next = at + len;
+                        if next == audio_end || mpeg_frame(&file[next..]).is_some() {
+                            starts.push(at);
+                            at = next;
+                            continue;
+                        }
+                        at += 1;
+                    }
+                    _ => at += 1,
+                }
+            }
+            assert!(starts.len() > 4, "{args:?}: frames found");
+            let mut told = 0;
+            for w in starts.windows(2).rev().take(3) {
+                // Every cut inside the frame, past its 4-byte header.
+                for cut in w[0] + 4..w[1] {
+                    assert!(
+                        ends_inside_an_mpeg_frame(tail(cut)),
+                        "{args:?}: a cut at {cut} inside the frame at {}",
+                        w[0]
+                    );
+                    told += 1;
+                }
+            }
+            eprintln!("[format] {args:?}: {} bytes, {told} cuts told", file.len());
+        }
+        eprintln!("[format] {checked} encoders checked");
+    }
+}
