@@ -408,16 +408,24 @@ impl Fs {
             st.live.counters.relists += 1;
             dates
         };
-        let fs = self.clone();
+        /// Ends the re-list however its task ends (done, panicked, dropped with the runtime):
+        /// a `refreshing` left behind would serve those dates unrefreshed for good.
+        struct Done(Arc<Fs>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                let mut st = self.0.state();
+                st.live.refreshing.clear();
+                st.live.relisting = false;
+            }
+        }
+        let done = Done(self.clone());
         tokio::spawn(async move {
             for d in dates {
-                if let Err(e) = fs.refresh_date(d).await {
+                if let Err(e) = done.0.refresh_date(d).await {
                     tracing::debug!("re-listing {d}: {e}");
                 }
             }
-            let mut st = fs.state();
-            st.live.refreshing.clear();
-            st.live.relisting = false;
+            drop(done);
         });
     }
 
