@@ -152,10 +152,10 @@ fn build(seed: u64) -> Case {
         } else if content_type == "audio/mpeg" {
             let frames = 1 + len / MP3_FRAME;
             let len = frames * MP3_FRAME;
-            // A cut inside a frame that follows at least four whole ones (fewer give the
-            // frames no chain to tell it by).
+            // A cut inside a frame (its header included) that follows at least four whole
+            // ones (fewer give the frames no chain to tell it by).
             if frames > 5 && r.chance(35) {
-                let cut = (4 + r.below(frames - 4)) * MP3_FRAME + 4 + r.below(MP3_FRAME - 4);
+                let cut = (4 + r.below(frames - 4)) * MP3_FRAME + 1 + r.below(MP3_FRAME - 1);
                 (len, Host::CutEveryTime(cut))
             } else {
                 (len, host)

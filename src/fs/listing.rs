@@ -36,6 +36,12 @@ impl Fs {
     /// date meanwhile get what was listed before ([`Fs::list_known`]), and this one waits for
     /// the request. A page that covers other dates being re-listed ends their wait too.
     pub(super) async fn refresh_date(&self, date: Date) -> Result<(), FsError> {
+        if self.api_down() {
+            // Readers are served what is known while it is down (`list_known`); a re-list
+            // would only wait out the read timeout.
+            self.state().live.refreshing.remove(&date);
+            return Ok(());
+        }
         self.load_date(date).await;
         let listed = self
             .bounded(|| format!("re-listing {date}"), self.list_date(date))

@@ -10,13 +10,23 @@
 
 /// The file length the RIFF header at the start of `head` states (its size field plus the 8
 /// bytes before it), when `head` starts a WAV file whose writer filled that field in: streaming
-/// writers leave 0 or `u32::MAX` there, and those say nothing.
+/// writers leave 0, `u32::MAX` or another huge placeholder there (from 2 GiB on, more than a
+/// call's recording), and those say nothing.
 pub(super) fn wav_length(head: &[u8]) -> Option<u64> {
     if head.len() < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
         return None;
     }
     let size = u32::from_le_bytes(head[4..8].try_into().ok()?);
-    (36..u32::MAX).contains(&size).then(|| u64::from(size) + 8)
+    (36..0x7FFF_0000)
+        .contains(&size)
+        .then(|| u64::from(size) + 8)
+}
+
+/// Whether a WAV file whose header states `stated` bytes was cut when its body ended at `end`.
+/// Strictly: a writer that left out the pad byte of an odd-sized last chunk (one byte short)
+/// fails too, rather than a cut one byte before the end passing for the file.
+pub(super) fn wav_cut(stated: u64, end: u64) -> bool {
+    end < stated
 }
 
 /// How many bytes before an end [`ends_inside_an_mpeg_frame`] wants: room for a few of the
@@ -92,11 +102,17 @@ fn mpeg_frame(h: &[u8]) -> Option<(usize, u16)> {
 
 /// Whether `tail`, the last bytes of a body, ends inside an MPEG audio frame: a chain of at
 /// least [`CHAIN`] frames, each header where the one before it said it ends, runs into a header
-/// whose frame goes past the end. A chain that lands exactly on the end, or on an ID3v1 tag
-/// (the 128 bytes `TAG...` at a file's end), is a whole file; anything else (no chain found,
-/// the chain stops at data that is no frame header, such as an APE tag) says nothing, and so
-/// does a header of which fewer than 4 bytes arrived.
+/// whose frame goes past the end, into the first bytes of a header (fewer than 4 arrived), or
+/// into an ID3v1 tag shorter than its 128 bytes.
+///
+/// A chain that lands exactly on the end, or on a whole ID3v1 tag, is a whole file; so is any
+/// tail that ends with a tag written after the audio (ID3v1, an APE tag's footer, Lyrics3),
+/// whatever the frames before it look like (a short last frame is the encoder's, not a cut).
+/// Anything else (no chain, a chain that stops at data that is no frame header) says nothing.
 pub(super) fn ends_inside_an_mpeg_frame(tail: &[u8]) -> bool {
+    if ends_with_a_tag(tail) {
+        return false;
+    }
     for start in 0..tail.len() {
         let Some((_, shared)) = mpeg_frame(&tail[start..]) else {
             continue;
@@ -105,8 +121,12 @@ pub(super) fn ends_inside_an_mpeg_frame(tail: &[u8]) -> bool {
         let mut chained = 0;
         loop {
             let rest = &tail[at..];
-            if rest.is_empty() || (rest.len() == 128 && rest.starts_with(b"TAG")) {
-                return false;
+            if rest.is_empty() {
+                if chained >= CHAIN {
+                    return false;
+                }
+                // A stray sync whose "frame" happened to end at the end: look further.
+                break;
             }
             match mpeg_frame(rest) {
                 Some((len, s)) if s == shared => {
@@ -120,12 +140,44 @@ pub(super) fn ends_inside_an_mpeg_frame(tail: &[u8]) -> bool {
                     chained += 1;
                     at += len;
                 }
-                _ if chained >= CHAIN => return false,
+                _ if chained >= CHAIN => return a_cut_header_or_tag(rest, &tail[start..]),
                 _ => break,
             }
         }
     }
     false
+}
+
+/// Whether `tail` ends with a tag that writers put after the audio: ID3v1 (`TAG` 128 bytes
+/// before the end), an APE tag's 32-byte footer (`APETAGEX`), Lyrics3 (`LYRICS200`/`LYRICSEND`
+/// before an ID3v1 tag or at the end).
+fn ends_with_a_tag(tail: &[u8]) -> bool {
+    let at = |back: usize, what: &[u8]| {
+        tail.len() >= back && tail[tail.len() - back..].starts_with(what)
+    };
+    at(128, b"TAG")
+        || at(32, b"APETAGEX")
+        || tail.ends_with(b"LYRICS200")
+        || tail.ends_with(b"LYRICSEND")
+}
+
+/// After a chain of frames, whether `rest` (what follows the last whole frame, to the end) is
+/// the start of something cut: the first 1 to 3 bytes of a header of the same stream (`first`
+/// starts with one), or an ID3v1 tag shorter than 128 bytes.
+fn a_cut_header_or_tag(rest: &[u8], first: &[u8]) -> bool {
+    if rest.len() < 4 {
+        let like_first = rest
+            .iter()
+            .zip(first)
+            .enumerate()
+            .all(|(i, (r, f))| match i {
+                0 => *r == 0xFF,
+                1 => r & 0xFE == f & 0xFE,
+                _ => r & 0x0C == f & 0x0C,
+            });
+        return like_first;
+    }
+    rest.len() < 128 && rest.starts_with(b"TAG")
 }
 
 #[cfg(test)]
@@ -199,14 +251,40 @@ mod tests {
             for tail_len in [MPEG_TAIL, 4 * 418 + 3, 2000] {
                 let tail = &whole[cut.saturating_sub(tail_len)..cut];
                 let inside = ends_inside_an_mpeg_frame(tail);
-                let partial_header = boundaries.iter().any(|b| *b < cut && cut < b + 4);
-                if boundaries.contains(&cut) || partial_header {
+                if boundaries.contains(&cut) {
                     assert!(!inside, "cut at {cut} (tail {tail_len})");
                 } else {
+                    // Inside a frame's body, or inside its header.
                     assert!(inside, "cut at {cut} (tail {tail_len})");
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_tag_after_the_audio_is_a_whole_file_and_a_cut_one_is_a_cut() {
+        let mut short_last = frames(10);
+        short_last.truncate(short_last.len() - 100); // the encoder's short last frame
+        for tag in [&b"TAG"[..], b"APETAGEX"] {
+            let mut f = short_last.clone();
+            let size = if tag == b"TAG" { 128 } else { 32 };
+            f.extend_from_slice(tag);
+            f.extend(std::iter::repeat_n(b' ', size - tag.len()));
+            assert!(
+                !ends_inside_an_mpeg_frame(&f),
+                "{:?}",
+                String::from_utf8_lossy(tag)
+            );
+        }
+        let mut lyrics = short_last.clone();
+        lyrics.extend_from_slice(b"LYRICSBEGINxyzLYRICS200");
+        assert!(!ends_inside_an_mpeg_frame(&lyrics));
+        // An ID3v1 tag cut short after whole frames: a cut.
+        let mut cut_tag = frames(10);
+        cut_tag.extend_from_slice(b"TAGtitle");
+        assert!(ends_inside_an_mpeg_frame(&cut_tag));
+        // The same short last frame without a tag: a cut, as far as the frames tell.
+        assert!(ends_inside_an_mpeg_frame(&short_last));
     }
 
     #[test]
@@ -255,6 +333,10 @@ mod tests {
         assert_eq!(wav_length(&wav(44, 20)), None, "shorter than a header");
         assert_eq!(wav_length(b"RIFF\x24\0\0\0WAV"), None, "too short to tell");
         assert_eq!(wav_length(b"ID3\x04\0\0\0\0\0\0\0\0\0\0"), None, "an MP3");
+        assert_eq!(wav_length(&wav(44, 0x7FFF_FFFF)), None, "a placeholder");
+        assert_eq!(wav_length(&wav(44, 0x7FFE_0000)), Some(0x7FFE_0008));
+        assert!(wav_cut(1000, 999));
+        assert!(!wav_cut(1000, 1000));
     }
 }
 

@@ -169,7 +169,7 @@ use tokio::time::Instant;
 
 pub use crate::api::{BodyEnd, Priority, Skipped};
 use crate::store::{CompleteFile, StoredRecording, Tier, TierLease, TierWriter};
-use format::{MPEG_TAIL, ends_inside_an_mpeg_frame, wav_length};
+use format::{MPEG_TAIL, ends_inside_an_mpeg_frame, wav_cut, wav_length};
 
 /// A boxed, sendable future (the traits are object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -382,6 +382,32 @@ struct Shared {
 
 type ChunkKey = (Arc<str>, u64);
 
+/// What a recording's first bytes say of where it ends: a RIFF (WAV) file, and the length its
+/// header states. Kept in [`Rec`] once seen: the chunk that held them may be evicted before
+/// the end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Head {
+    riff: bool,
+    wav_length: Option<u64>,
+}
+
+impl Head {
+    fn of(bytes: &[u8]) -> Head {
+        Head {
+            riff: bytes.starts_with(b"RIFF"),
+            wav_length: wav_length(bytes),
+        }
+    }
+
+    /// What this knows, and what `other` knows besides.
+    fn or(self, other: Head) -> Head {
+        Head {
+            riff: self.riff || other.riff,
+            wav_length: self.wav_length.or(other.wav_length),
+        }
+    }
+}
+
 /// An LRU entry: a chunk prefix, and whether a reader has read from it (see step 2 above).
 struct Entry {
     data: Bytes,
@@ -417,9 +443,8 @@ struct Rec {
     seen: u64,
     /// Where a body delimited by its connection ended, until a second answer confirms it.
     candidate_end: Option<u64>,
-    /// The length the file's RIFF header states (see `format::wav_length`), kept from the first
-    /// time its first bytes passed: the chunk that held them may be evicted before the end.
-    wav_length: Option<u64>,
+    /// What its first bytes said, kept from the first time they passed ([`Head`]).
+    head: Head,
     /// Requests that brought no new byte, and drops after new bytes, since the last download
     /// ended without failing (the request budget).
     strikes: u32,
@@ -507,7 +532,7 @@ impl Rec {
             size_upper: None,
             seen: stored.map_or(0, |s| s.stored),
             candidate_end: None,
-            wav_length: None,
+            head: Head::default(),
             strikes: 0,
             drops: 0,
             cool_down: None,
@@ -634,17 +659,16 @@ fn chunk_complete(len: usize, idx: u64, cs: usize, size: Option<u64>) -> bool {
 }
 
 impl Inner {
-    /// The length a WAV recording's own RIFF header states, from its first bytes when they are
-    /// in memory (chunk 0 in the LRU, or a download buffer that starts at 0).
-    fn wav_length(&self, id: &Arc<str>) -> Option<u64> {
+    /// What the recording's first bytes say of its format (see [`Head`]), when they are in
+    /// memory (chunk 0 in the LRU, or a download buffer that starts at 0).
+    fn head(&self, id: &Arc<str>) -> Head {
         if let Some(e) = self.cache.peek(&(id.clone(), 0)) {
-            return wav_length(&e.data);
+            return Head::of(&e.data);
         }
-        let rec = self.recs.get(id)?;
-        rec.downloads
-            .iter()
-            .find(|d| d.buf_start == 0)
-            .and_then(|d| wav_length(&d.buf))
+        self.recs
+            .get(id)
+            .and_then(|r| r.downloads.iter().find(|d| d.buf_start == 0))
+            .map_or_else(Head::default, |d| Head::of(&d.buf))
     }
 
     /// Up to `want` bytes that `download` delivered last, ending at its position: its buffer,
@@ -1417,6 +1441,14 @@ impl Media {
     }
 }
 
+/// Where `download` has reached (its position), or 0 when it is gone.
+fn body_pos_of(g: &Inner, id: &Arc<str>, download: u64) -> u64 {
+    g.recs
+        .get(id)
+        .and_then(|r| r.downloads.iter().find(|d| d.id == download))
+        .map_or(0, |d| d.pos)
+}
+
 /// What a download task does next (decided under the lock).
 enum Next {
     Pull,
@@ -1572,20 +1604,33 @@ async fn download_task(
             // that ends without a length: the head of the file and the bytes before the end,
             // from the cache and this download, or, for a whole body that ended before the
             // offset asked for, from the bytes it skipped (this download holds none of them).
-            let (stated, tail) = match &piece {
+            let (head, tail) = match &piece {
                 Ok(None) if body.ended_at().is_some() => {
                     let s = body.skipped();
-                    (
-                        g.wav_length(&id).or_else(|| wav_length(&s.head)),
-                        s.tail().to_vec(),
-                    )
+                    (g.head(&id).or(Head::of(&s.head)), s.tail().to_vec())
                 }
-                Ok(None) => (
-                    g.wav_length(&id)
-                        .or_else(|| wav_length(&body.skipped().head)),
-                    g.tail(&id, download, cs, MPEG_TAIL),
-                ),
-                _ => (None, Vec::new()),
+                Ok(None) => {
+                    let s = body.skipped();
+                    let mut tail = g.tail(&id, download, cs, MPEG_TAIL);
+                    // Too little in memory before the end (evicted, or this body began at the
+                    // end): what the body skipped ends at this request's offset, and goes
+                    // in front where it reaches the bytes held.
+                    let held_from = body_pos_of(g, &id, download).saturating_sub(tail.len() as u64);
+                    let skipped = s.tail();
+                    if tail.len() < MPEG_TAIL
+                        && held_from <= at
+                        && at - held_from <= skipped.len() as u64
+                    {
+                        let keep = skipped.len() - (at - held_from) as usize;
+                        let mut both = skipped[..keep].to_vec();
+                        both.extend_from_slice(&tail);
+                        let extra = both.len().saturating_sub(MPEG_TAIL);
+                        both.drain(..extra);
+                        tail = both;
+                    }
+                    (g.head(&id).or(Head::of(&s.head)), tail)
+                }
+                _ => (Head::default(), Vec::new()),
             };
             let Some(rec) = g.recs.get_mut(&id) else {
                 return;
@@ -1654,19 +1699,21 @@ async fn download_task(
                         // A WAV file states its own length: an end before it is a drop, even
                         // when every answer drops there (a proxy that cuts bodies at a fixed
                         // size would otherwise be confirmed as the end).
-                        rec.wav_length = rec.wav_length.or(stated);
-                        if let Some(t) = rec.wav_length.filter(|t| end < *t) {
+                        rec.head = rec.head.or(head);
+                        if let Some(t) = rec.head.wav_length.filter(|t| wav_cut(*t, end)) {
                             break Some(MediaError::Transient(format!(
                                 "recording {id}: connection closed at byte {end}, its WAV header says {t} bytes"
                             )));
                         }
                         // An MP3 states no length, but its frames do theirs: an end inside a
                         // frame is a cut (checked on the bytes before the end).
-                        let wav_type = rec
-                            .known
-                            .as_ref()
-                            .and_then(|k| k.content_type.as_deref())
-                            .is_some_and(|t| t.to_ascii_lowercase().contains("wav"));
+                        // A WAV's samples are never read as frames: by its type, or its header.
+                        let wav_type = rec.head.riff
+                            || rec
+                                .known
+                                .as_ref()
+                                .and_then(|k| k.content_type.as_deref())
+                                .is_some_and(|t| t.to_ascii_lowercase().contains("wav"));
                         if !wav_type && ends_inside_an_mpeg_frame(&tail) {
                             break Some(MediaError::Transient(format!(
                                 "recording {id}: connection closed at byte {end}, inside an MPEG audio frame"
@@ -1719,8 +1766,8 @@ async fn download_task(
                     break Some(e);
                 }
             };
-            if pos == 0 && rec.wav_length.is_none() {
-                rec.wav_length = wav_length(&piece);
+            if pos == 0 {
+                rec.head = rec.head.or(Head::of(&piece));
             }
             let total = rec.exact_size();
             let rid = rec.id.clone();

@@ -1011,26 +1011,32 @@ async fn a_first_read_past_a_fixed_cut_is_an_error_not_the_end() {
     // The reader's first read lies past the cut: every answer (Range ignored, from byte 0)
     // ends before the offset asked for, so the download itself holds none of the bytes before
     // the end. The format's evidence comes from the bytes the body skipped.
+    // On a chunk boundary (and inside an MP3 frame: 65536 = 455 * 144 + 16), so that a first
+    // read at the cut starts a download whose buffer holds nothing before it.
+    const CUT: u64 = 4 * CS as u64;
     let wav_len = 100_044;
     for (content, ct) in [
         (wav(wav_len, wav_len as u32 - 8), "audio/wav"),
         (mp3(700), "audio/mpeg"),
     ] {
-        let (fake, media) = setup(cut_every_time_at(60_000), &[], cfg());
-        fake.add_bytes("a", content.clone(), ct, false);
-        let k = key("a");
-        let past = media.read(&k, 80_000, 4096, Priority::Interactive).await;
-        assert!(
-            past.is_err(),
-            "{ct}: every answer closed at byte 60000, the format says it goes on: {:?}",
-            past.map(|b| b.len())
-        );
-        assert_eq!(media.known("a").and_then(|k| k.size), None, "{ct}");
-        // The request budget is spent: the head is an error too (during the cool-down), or
-        // the recording's bytes, never a shorter file.
-        if let Ok(head) = media.read(&k, 0, 4096, Priority::Interactive).await {
-            assert!(head == content[..4096], "{ct}: the bytes before the cut");
+        for first in [80_000, CUT] {
+            let (fake, media) = setup(cut_every_time_at(CUT), &[], cfg());
+            fake.add_bytes("a", content.clone(), ct, false);
+            let k = key("a");
+            // At the cut itself, the body ends exactly where it was asked to start.
+            let past = media.read(&k, first, 4096, Priority::Interactive).await;
+            assert!(
+                past.is_err(),
+                "{ct}, first read at {first}: every answer closed at byte {CUT}, the format says it goes on: {:?}",
+                past.map(|b| b.len())
+            );
+            assert_eq!(media.known("a").and_then(|k| k.size), None, "{ct}");
+            // The request budget is spent: the head is an error too (during the cool-down), or
+            // the recording's bytes, never a shorter file.
+            if let Ok(head) = media.read(&k, 0, 4096, Priority::Interactive).await {
+                assert!(head == content[..4096], "{ct}: the bytes before the cut");
+            }
+            assert!(opens_of(&fake).len() <= 6, "{ct}: {:?}", opens_of(&fake));
         }
-        assert!(opens_of(&fake).len() <= 6, "{ct}: {:?}", opens_of(&fake));
     }
 }
