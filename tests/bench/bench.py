@@ -1022,9 +1022,12 @@ def scenario_persist(args):
         by_rec = {k: v - before.get("media_by_recording", {}).get(k, 0) for k, v in after.get("media_by_recording", {}).items()}
         d["media_cached"] = sum(v for k, v in by_rec.items() if v and k in read_first)
         d["media_new"] = sum(v for k, v in by_rec.items() if v and k not in read_first)
+        n2 = count_files(m)
+        # Each call that ended since the first mount costs its own call-log request while live
+        # events flow (the fetch of its record), as the README's cost table says.
+        d["ended_since"] = max(0, n2 - n_files)
         reqs.append(d)
         times.append(secs)
-        n2 = count_files(m)
         ways = ringfs_log_lines(m, "passthrough")
         command = f"{m.command}  # over the cache dir of the first mount; then: {text}"
         m.unmount()
@@ -1037,16 +1040,18 @@ def scenario_persist(args):
     worst_auth = max(auth_requests(r) for r in reqs)
     # The goal is about what the cache holds: a recording of a call that ended after the first
     # mount (the catch-up query lists it) has to be fetched; those are counted apart, not hidden.
-    ok = worst["media_cached"] == 0 and worst_auth == 0 and worst["call_log"] <= 2
+    ok = worst["media_cached"] == 0 and worst_auth == 0 and all(r["call_log"] <= 2 + r["ended_since"] for r in reqs)
     per_remount = "; ".join(f"{t:.2f} s: {fmt_persist_requests(r)} ({r['media_cached']} for recordings the first "
-                            f"mount read, {r['media_new']} for newer ones)" for t, r in zip(times, reqs))
-    row(fig, f"ringfs (remount, median of {remounts})", secs, "s", None, "0 media for recordings read before, 0 auth, ≤ 2 call-log", ok,
+                            f"mount read, {r['media_new']} for newer ones; {r['ended_since']} calls ended since)"
+                            for t, r in zip(times, reqs))
+    row(fig, f"ringfs (remount, median of {remounts})", secs, "s", None,
+        "0 media for recordings read before, 0 auth, ≤ 2 call-log (+1 per call ended since)", ok,
         fmt_persist_requests(reqs[times.index(secs)] if secs in times else reqs[0])
         + f"; at most {worst['call_log']} call-log, {worst['media']} media, {worst_auth} auth over {remounts} remount(s)",
         command, note=(f"{n_files} recordings, {d1['bytes'] / 1e9:.2f} GB; the first mount walked in "
                        f"{secs1:.2f} s ({d1['bytes'] / secs1 / 1e6:.0f} MB/s: {fmt_persist_requests(d1)}); "
                        f"remount walks: {per_remount}; log: {' / '.join(ways)}"))
-    RESULTS_GOALS.append((fig, ok, f"{worst['call_log']} call-log, {worst['media']} media ({worst['media_cached']} for "
+    RESULTS_GOALS.append((fig, ok, f"{worst['call_log']} call-log (2 + 1 per call ended since allowed), {worst['media']} media ({worst['media_cached']} for "
                                    f"recordings the first mount read), {worst_auth} auth at most"))
     emu.stop()
 
