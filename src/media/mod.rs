@@ -1605,6 +1605,8 @@ async fn download_task(
             // from the cache and this download, or, for a whole body that ended before the
             // offset asked for, from the bytes it skipped (this download holds none of them).
             let (head, tail) = match &piece {
+                // Only an end nothing announced needs them.
+                Ok(None) if body.end() != BodyEnd::Unconfirmed => (Head::default(), Vec::new()),
                 Ok(None) if body.ended_at().is_some() => {
                     let s = body.skipped();
                     (g.head(&id).or(Head::of(&s.head)), s.tail().to_vec())
