@@ -162,8 +162,11 @@ fn ends_with_a_tag(tail: &[u8]) -> bool {
 }
 
 /// After a chain of frames, whether `rest` (what follows the last whole frame, to the end) is
-/// the start of something cut: the first 1 to 3 bytes of a header of the same stream (`first`
-/// starts with one), or an ID3v1 tag shorter than 128 bytes.
+/// the start of something cut: 1 to 3 bytes of a header of the same stream (`first` starts with
+/// one), or of an ID3v1 tag shorter than its 128 bytes. One byte is little evidence, but a
+/// whole file that ends in a stray 0xFF or `T` after its last frame is rarer than a cut one byte
+/// into a header, and the error is the safe side: the file fails near its end instead of
+/// passing for shorter.
 fn a_cut_header_or_tag(rest: &[u8], first: &[u8]) -> bool {
     if rest.len() < 4 {
         let like_first = rest
@@ -175,7 +178,7 @@ fn a_cut_header_or_tag(rest: &[u8], first: &[u8]) -> bool {
                 1 => r & 0xFE == f & 0xFE,
                 _ => r & 0x0C == f & 0x0C,
             });
-        return like_first;
+        return like_first || b"TAG".starts_with(rest);
     }
     rest.len() < 128 && rest.starts_with(b"TAG")
 }
@@ -279,10 +282,18 @@ mod tests {
         let mut lyrics = short_last.clone();
         lyrics.extend_from_slice(b"LYRICSBEGINxyzLYRICS200");
         assert!(!ends_inside_an_mpeg_frame(&lyrics));
-        // An ID3v1 tag cut short after whole frames: a cut.
-        let mut cut_tag = frames(10);
-        cut_tag.extend_from_slice(b"TAGtitle");
-        assert!(ends_inside_an_mpeg_frame(&cut_tag));
+        // An ID3v1 tag cut short after whole frames: a cut, from its first byte on.
+        for cut in [&b"T"[..], b"TA", b"TAG", b"TAGtitle"] {
+            let mut cut_tag = frames(10);
+            cut_tag.extend_from_slice(cut);
+            assert!(ends_inside_an_mpeg_frame(&cut_tag), "{cut:?}");
+        }
+        // Bytes after the last frame that start neither a header nor a tag: no verdict.
+        for stray in [&[0u8][..], &[0, 0, 0], &[0xFF, 0xFF], b"xyz"] {
+            let mut f = frames(10);
+            f.extend_from_slice(stray);
+            assert!(!ends_inside_an_mpeg_frame(&f), "{stray:02x?}");
+        }
         // The same short last frame without a tag: a cut, as far as the frames tell.
         assert!(ends_inside_an_mpeg_frame(&short_last));
     }

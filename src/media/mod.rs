@@ -1768,9 +1768,6 @@ async fn download_task(
                     break Some(e);
                 }
             };
-            if pos == 0 {
-                rec.head = rec.head.or(Head::of(&piece));
-            }
             let total = rec.exact_size();
             let rid = rec.id.clone();
             let d = rec
@@ -1805,8 +1802,22 @@ async fn download_task(
                     d.buf = BytesMut::with_capacity(cs);
                 }
             }
+            // The first bytes of the file, once they are all in (the first piece may hold only
+            // a few of them): what they say of the format is kept (`Head`).
+            let first = full
+                .iter()
+                .find(|((_, k), _)| *k == 0)
+                .map(|(_, c)| c.clone())
+                .or_else(|| {
+                    (d.buf_start == 0)
+                        .then(|| Bytes::copy_from_slice(&d.buf[..d.buf.len().min(64)]))
+                })
+                .filter(|b| b.len() >= 12);
             let (pos, at_boundary) = (d.pos, d.buf.is_empty());
             rec.seen = rec.seen.max(pos);
+            if let Some(f) = first {
+                rec.head = rec.head.or(Head::of(&f));
+            }
             for (k, chunk) in full {
                 g.insert(k, chunk);
             }

@@ -1040,3 +1040,43 @@ async fn a_first_read_past_a_fixed_cut_is_an_error_not_the_end() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_wav_that_comes_in_tiny_pieces_and_is_cut_every_time_is_an_error_past_the_cut() {
+    // Bodies in 5-byte pieces (the RIFF header arrives over three of them) and a cache of two
+    // chunks, so that chunk 0 is evicted long before the cut: the header's length is read from
+    // the first bytes once they are all in, and kept.
+    let len = 100_044;
+    let content = wav(len, len as u32 - 8);
+    let fake = cut_every_time_at(90_000).with_piece(5);
+    let config = MediaConfig {
+        cache_bytes: 2 * CS as u64,
+        readahead: CS as u64,
+        ..cfg()
+    };
+    let (fake, media) = setup(fake, &[], config);
+    fake.add_bytes("a", content.clone(), "audio/wav", false);
+    let k = key("a");
+    let mut off = 0u64;
+    let mut failed = false;
+    while off < len as u64 {
+        match media.read(&k, off, 4096, Priority::Interactive).await {
+            Ok(b) if b.is_empty() => break,
+            Ok(b) => {
+                assert!(b[..] == content[off as usize..off as usize + b.len()]);
+                off += b.len() as u64;
+            }
+            Err(e) => {
+                eprintln!("[media] riff in pieces: failed at {off}: {e}");
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        failed,
+        "read {off} bytes of {len} and then an end: the cut passed for the end"
+    );
+    assert!(off <= 90_000);
+    assert_eq!(media.known("a").and_then(|k| k.size), None);
+}
