@@ -895,35 +895,41 @@ fn cut_every_time_at(at: u64) -> FakeSource {
     }))
 }
 
-#[tokio::test]
-async fn a_wav_cut_at_the_same_byte_by_every_answer_is_an_error_past_the_cut_not_its_end() {
-    let len = 100_044;
-    let content = wav(len, len as u32 - 8);
+/// `content`, served as `ct` by a host that cuts every body at byte 60000 (whose format says
+/// the content goes on): the bytes before the cut are the recording's, a read past it is an
+/// error, no length is learned, and the requests stay bounded.
+async fn cut_every_time_is_an_error_past_the_cut(content: Bytes, ct: &str) {
     let (fake, media) = setup(cut_every_time_at(60_000), &[], cfg());
-    fake.add_bytes("a", content.clone(), "audio/wav", false);
+    fake.add_bytes("a", content.clone(), ct, false);
     let k = key("a");
     let head = media
         .read(&k, 0, 4096, Priority::Interactive)
         .await
         .unwrap();
-    assert!(head == content[..4096], "the bytes before the cut");
+    assert!(head == content[..4096], "{ct}: the bytes before the cut");
     let past = media.read(&k, 59_000, 4096, Priority::Interactive).await;
     assert!(
         past.is_err(),
-        "two answers closed at byte 60000, but the header says {len} bytes: {:?}",
+        "{ct}: every answer closed at byte 60000 of {}: {:?}",
+        content.len(),
         past.map(|b| b.len())
     );
-    assert_eq!(
-        media.known("a").and_then(|k| k.size),
-        None,
-        "no length learned"
-    );
+    assert_eq!(media.known("a").and_then(|k| k.size), None, "{ct}");
     let opens = opens_of(&fake);
     eprintln!(
-        "[media] a WAV cut at a fixed byte: {} requests {opens:?}",
+        "[media] {ct} cut at a fixed byte: {} requests {opens:?}",
         opens.len()
     );
-    assert!(opens.len() <= 6, "a bounded number of requests: {opens:?}");
+    assert!(
+        opens.len() <= 6,
+        "{ct}: a bounded number of requests: {opens:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wav_cut_at_the_same_byte_by_every_answer_is_an_error_past_the_cut_not_its_end() {
+    let len = 100_044;
+    cut_every_time_is_an_error_past_the_cut(wav(len, len as u32 - 8), "audio/wav").await;
 }
 
 #[tokio::test]
@@ -951,28 +957,8 @@ fn mp3(frames: usize) -> Bytes {
 
 #[tokio::test]
 async fn an_mp3_cut_inside_a_frame_by_every_answer_is_an_error_past_the_cut_not_its_end() {
-    let content = mp3(700);
-    let (fake, media) = setup(cut_every_time_at(60_000), &[], cfg());
-    fake.add_bytes("a", content.clone(), "audio/mpeg", false);
-    let k = key("a");
-    let head = media
-        .read(&k, 0, 4096, Priority::Interactive)
-        .await
-        .unwrap();
-    assert!(head == content[..4096], "the bytes before the cut");
-    let past = media.read(&k, 59_000, 4096, Priority::Interactive).await;
-    assert!(
-        past.is_err(),
-        "every answer closed at byte 60000, inside frame 416: {:?}",
-        past.map(|b| b.len())
-    );
-    assert_eq!(media.known("a").and_then(|k| k.size), None);
-    let opens = opens_of(&fake);
-    eprintln!(
-        "[media] an MP3 cut at a fixed byte: {} requests {opens:?}",
-        opens.len()
-    );
-    assert!(opens.len() <= 6, "a bounded number of requests: {opens:?}");
+    // 60000 is inside frame 416 (of 144 bytes).
+    cut_every_time_is_an_error_past_the_cut(mp3(700), "audio/mpeg").await;
 }
 
 #[tokio::test]
