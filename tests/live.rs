@@ -291,38 +291,23 @@ fn an_unmount_deletes_the_subscription() {
         .block_on(ringfs::emulator::Emulator::start(cfg.clone()))
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mp = MountPoint(
-        tempfile::Builder::new()
-            .prefix("ringfs-bye-")
-            .tempdir()
-            .unwrap(),
-    );
+    let mp = MountPoint::temp("ringfs-bye-");
     let mnt = mp.0.path();
-    let out = ringfs_binary(
-        &emu,
-        &cfg,
-        mnt,
-        &tmp.path().join("tokens.json"),
-        &tmp.path().join("ringfs.log"),
-    )
-    .args(["--events", "websocket"])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        ringfs_binary(
+            &emu,
+            &cfg,
+            mnt,
+            &tmp.path().join("tokens.json"),
+            &tmp.path().join("ringfs.log"),
+        )
+        .args(["--events", "websocket"]),
     );
     assert!(is_mounted(mnt));
     let count = |what: &str| emu.stats().by_endpoint.get(what).copied().unwrap_or(0);
     assert_eq!(count("subscription-create"), 1);
     assert_eq!(count("subscription-delete"), 0);
-    let st = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(mnt)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    run_ok(std::process::Command::new("fusermount3").arg("-u").arg(mnt));
     let deleted = eventually(Duration::from_secs(5), || {
         (count("subscription-delete") > 0).then_some(())
     });

@@ -204,16 +204,6 @@ fn quiet_binary(emu: &Emulator, cfg: &Config, mnt: &Path, tmp: &Path) -> Command
     c
 }
 
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn ordinary_programs_leave_no_warning_in_the_log() {
     if !can_mount() {
@@ -223,12 +213,7 @@ fn ordinary_programs_leave_no_warning_in_the_log() {
     let rt = runtime();
     let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mp = MountPoint(
-        tempfile::Builder::new()
-            .prefix("ringfs-quiet-")
-            .tempdir()
-            .unwrap(),
-    );
+    let mp = MountPoint::temp("ringfs-quiet-");
     let mnt = mp.0.path();
     run_ok(&mut quiet_binary(&emu, &cfg, mnt, tmp.path()));
     assert!(is_mounted(mnt));
@@ -287,12 +272,7 @@ fn the_system_knows_it_as_fuse_ringfs_through_mount_and_findmnt() {
     if !can_mount() {
         return;
     }
-    let mp = MountPoint(
-        tempfile::Builder::new()
-            .prefix("ringfs-mount8-")
-            .tempdir()
-            .unwrap(),
-    );
+    let mp = MountPoint::temp("ringfs-mount8-");
     let mnt = mp.0.path();
     // mount(8) runs helpers with a fixed PATH (no ~/.cargo/bin): the README installs ringfs
     // into /usr/local/bin; the test links the built binary there unless one is installed.
@@ -526,12 +506,7 @@ fn metrics_are_scraped_during_a_mount_and_move() {
     let rt = runtime();
     let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mp = MountPoint(
-        tempfile::Builder::new()
-            .prefix("ringfs-metrics-")
-            .tempdir()
-            .unwrap(),
-    );
+    let mp = MountPoint::temp("ringfs-metrics-");
     let mnt = mp.0.path();
     run_ok(quiet_binary(&emu, &cfg, mnt, tmp.path()).args(["--metrics", "127.0.0.1:0"]));
     let log = std::fs::read_to_string(tmp.path().join("ringfs.log")).unwrap();
@@ -685,12 +660,7 @@ fn the_log_file_is_private() {
     let rt = runtime();
     let emu = rt.block_on(Emulator::start(cfg.clone())).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mp = MountPoint(
-        tempfile::Builder::new()
-            .prefix("ringfs-log-")
-            .tempdir()
-            .unwrap(),
-    );
+    let mp = MountPoint::temp("ringfs-log-");
     run_ok(&mut quiet_binary(&emu, &cfg, mp.0.path(), tmp.path()));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(tmp.path().join("ringfs.log"))

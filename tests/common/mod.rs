@@ -265,6 +265,25 @@ impl Drop for Child {
 /// A mount point that is unmounted (lazily) when dropped, whoever mounted it.
 pub struct MountPoint(pub tempfile::TempDir);
 
+impl MountPoint {
+    /// A new empty directory under the temporary directory, its name starting with `prefix`.
+    pub fn temp(prefix: &str) -> MountPoint {
+        MountPoint(tempfile::Builder::new().prefix(prefix).tempdir().unwrap())
+    }
+}
+
+/// Runs `cmd` and returns its standard output; fails the test, with its standard error, when
+/// it does not succeed.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Drop for MountPoint {
     fn drop(&mut self) {
         force_unmount(self.0.path());
