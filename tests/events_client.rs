@@ -576,3 +576,86 @@ async fn a_server_that_answers_pings_but_not_heartbeats_keeps_the_connection() {
     assert!(rx.try_recv().is_err(), "no Down: the pongs showed it alive");
     assert_eq!(srv.wstokens(), 1, "one connection");
 }
+
+/// The next text frame the client sends is the subscription's `DELETE`, then the connection ends.
+async fn deleted(c: &mut Conn, id: &str) {
+    let bye = c.recv().await;
+    assert_eq!(bye[0]["type"], "ClientRequest", "{bye}");
+    assert_eq!(bye[0]["method"], "DELETE", "{bye}");
+    assert_eq!(
+        bye[0]["path"],
+        format!("/restapi/v1.0/subscription/{id}"),
+        "{bye}"
+    );
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match c.ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "the client closes the connection after its DELETE"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_that_goes_away_deletes_the_subscription() {
+    let mut srv = Server::start().await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let feed = ringfs::api::spawn_events(srv.client(), Scope::Extension, config(), tx);
+    let mut c = srv.conn().await;
+    c.subscribe().await;
+    assert_eq!(next(&mut rx).await, LiveNotice::Live { gap: true });
+    drop(rx);
+    deleted(&mut c, "sub-1").await;
+    ends(feed).await;
+}
+
+#[tokio::test]
+async fn a_consumer_gone_before_the_subscription_is_answered_still_deletes_it() {
+    let mut srv = Server::start().await;
+    let (tx, rx) = mpsc::channel(16);
+    let feed = ringfs::api::spawn_events(srv.client(), Scope::Extension, config(), tx);
+    let mut c = srv.conn().await;
+    c.details("wsc-0", None).await;
+    let req = c.recv().await;
+    assert_eq!(req[0]["method"], "POST", "{req}");
+    // The consumer leaves while the request is out; the service creates the subscription
+    // all the same and says so a moment later.
+    drop(rx);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(
+        json!([{"type": "ClientRequest", "messageId": req[0]["messageId"], "status": 200,
+        "headers": {"RCRequestId": "r-1", "WSG-SubscriptionId": "sub-9"},
+        "wsc": {"token": "wsc-after-sub", "sequence": 2}},
+        {"id": "sub-9", "status": "Active", "eventFilters": ["x"],
+            "deliveryMode": {"transportType": "WebSocket"}}]),
+    )
+    .await;
+    deleted(&mut c, "sub-9").await;
+    ends(feed).await;
+}
+
+#[tokio::test]
+async fn a_consumer_gone_while_the_subscription_is_never_answered_stops_in_bounded_time() {
+    let mut srv = Server::start().await;
+    let (tx, rx) = mpsc::channel(16);
+    let feed = ringfs::api::spawn_events(srv.client(), Scope::Extension, config(), tx);
+    let mut c = srv.conn().await;
+    c.details("wsc-0", None).await;
+    c.recv().await;
+    drop(rx);
+    // No answer ever comes: the feed waits at most the handshake timeout (2 s here), sends
+    // nothing it cannot name, and ends.
+    let started = std::time::Instant::now();
+    ends(feed).await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let after = tokio::time::timeout(Duration::from_millis(300), c.ws.next()).await;
+    if let Ok(Some(Ok(Message::Text(t)))) = after {
+        panic!("nothing to delete without an id, got {t}");
+    }
+}

@@ -224,10 +224,35 @@ async fn notify(tx: &mpsc::Sender<LiveNotice>, n: LiveNotice) -> bool {
 
 /// The consumer is gone: deletes the subscription (best effort, one message) and closes the
 /// connection, so that the service does not keep a subscription nobody reads until it expires.
-async fn goodbye<S>(proto: &mut Protocol, sink: &mut S)
+/// A subscription asked for and not yet answered would be created all the same: its answer
+/// (which names it) is awaited for up to `wait` first, so that it is deleted too.
+async fn goodbye<S, R>(proto: &mut Protocol, sink: &mut S, stream: &mut R, wait: Duration)
 where
     S: futures_util::Sink<Message> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
+    if proto.subscribing() {
+        let answer = async {
+            while proto.subscribing() {
+                match stream.next().await {
+                    // What it says is for a consumer that is gone: only the subscription's id
+                    // matters now, or that there will be none (refused, or the connection ends).
+                    Some(Ok(Message::Text(t))) => {
+                        let outputs = proto.on_text(t.as_str(), Instant::now());
+                        if outputs
+                            .iter()
+                            .any(|o| matches!(o, Output::Stop | Output::Reconnect { .. }))
+                        {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, answer).await;
+    }
     if let Some(bye) = proto.goodbye() {
         tracing::debug!("events: deleting the subscription");
         let _ = sink.send(Message::text(bye)).await;
@@ -303,7 +328,7 @@ async fn connection(
             },
             _ = tokio::time::sleep_until(deadline) => proto.on_tick(Instant::now()),
             _ = tx.closed() => {
-                goodbye(proto, &mut sink).await;
+                goodbye(proto, &mut sink, &mut stream, config.handshake_timeout).await;
                 return Ended::Stop;
             }
         };
@@ -326,7 +351,7 @@ async fn connection(
                         *live_since = Some(Instant::now());
                     }
                     if !notify(tx, n).await {
-                        goodbye(proto, &mut sink).await;
+                        goodbye(proto, &mut sink, &mut stream, config.handshake_timeout).await;
                         return Ended::Stop;
                     }
                 }

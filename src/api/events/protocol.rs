@@ -348,6 +348,11 @@ impl Protocol {
         self.heartbeat_sent = None;
     }
 
+    /// Whether a subscription request is out and not yet answered.
+    pub fn subscribing(&self) -> bool {
+        matches!(self.phase, Phase::Subscribing { .. })
+    }
+
     /// A best-effort `DELETE` of the subscription, for a clean stop.
     pub fn goodbye(&mut self) -> Option<String> {
         let id = self.subscription_id.take()?;
