@@ -40,7 +40,7 @@
 //! only an inode with no open handle picks its mode from what the core says. The backing id and
 //! the store's lease on the file are dropped when the last passthrough handle is released.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,7 @@ pub struct FuseAdapter {
     /// Passthrough was asked for (see [`MountSettings::passthrough`]).
     want_passthrough: bool,
     opens: Arc<Mutex<Opens>>,
+    reads: Arc<ReadOrder>,
     ops: Arc<OpCounts>,
     gate: Arc<RuntimeGate>,
 }
@@ -131,6 +132,7 @@ impl FuseAdapter {
             next_dir_fh: AtomicU64::new(1),
             want_passthrough: false,
             opens: Arc::default(),
+            reads: Arc::default(),
             ops: Arc::default(),
         }
     }
@@ -302,6 +304,87 @@ impl Opens {
             self.inodes.remove(&ino);
         }
         gone
+    }
+}
+
+/// The reads of each inode the kernel is waiting on, by offset, so that a short answer (the
+/// end of the file) goes only after every read before it is answered.
+///
+/// The kernel sets a file's size from the first short answer to a page-cache read (the end is
+/// where the bytes stopped) and ignores a short answer to any read it sent before that size
+/// was set. Read-ahead asks for pages past the end when the size it holds is too large (an
+/// estimate, before the file's first `stat`): those are answered at once, empty, while the read
+/// holding the last bytes may still wait for the network. Answered in that order, the kernel
+/// would take the empty answer's offset for the end, ignore the true one, and serve the pages
+/// between as zeros. So a short answer waits here for the reads before it; a full one never
+/// waits. Reads of a file are bounded (`--read-timeout`), and so is this wait.
+#[derive(Default)]
+struct ReadOrder {
+    in_flight: Mutex<HashMap<u64, BTreeMap<u64, u32>>>,
+    answered: tokio::sync::Notify,
+}
+
+/// One read the kernel waits on; dropped once it is answered.
+struct ReadTicket {
+    order: Arc<ReadOrder>,
+    ino: u64,
+    offset: u64,
+}
+
+impl ReadOrder {
+    fn begin(self: &Arc<Self>, ino: u64, offset: u64) -> ReadTicket {
+        let mut m = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(ino).or_default().entry(offset).or_default() += 1;
+        ReadTicket {
+            order: self.clone(),
+            ino,
+            offset,
+        }
+    }
+
+    fn any_before(&self, ino: u64, offset: u64) -> bool {
+        let m = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&ino)
+            .is_some_and(|reads| reads.range(..offset).next().is_some())
+    }
+}
+
+impl ReadTicket {
+    /// Resolves once no read of this inode at a lower offset waits for its answer.
+    async fn after_the_reads_before(&self) {
+        loop {
+            let answered = self.order.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if !self.order.any_before(self.ino, self.offset) {
+                return;
+            }
+            answered.await;
+        }
+    }
+}
+
+impl Drop for ReadTicket {
+    fn drop(&mut self) {
+        {
+            let mut m = self
+                .order
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(reads) = m.get_mut(&self.ino) {
+                if let Some(n) = reads.get_mut(&self.offset) {
+                    *n -= 1;
+                    if *n == 0 {
+                        reads.remove(&self.offset);
+                    }
+                }
+                if reads.is_empty() {
+                    m.remove(&self.ino);
+                }
+            }
+        }
+        self.order.answered.notify_waiters();
     }
 }
 
@@ -573,11 +656,20 @@ impl Filesystem for FuseAdapter {
             .read_bytes
             .fetch_add(u64::from(size), Ordering::Relaxed);
         let core = self.core.clone();
+        // Taken here, on the FUSE thread, so that reads count from when the kernel sent them.
+        let ticket = self.reads.begin(ino.0, offset);
         self.serve(async move {
             match core.read(ino.0, fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    if data.len() < size as usize {
+                        ticket.after_the_reads_before().await;
+                    }
+                    reply.data(&data)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
+            // Only now, with the answer in the kernel, may a short one after it go.
+            drop(ticket);
         });
     }
 
@@ -1292,7 +1384,8 @@ pub fn mount(
 
 #[cfg(test)]
 mod tests {
-    use super::{RuntimeGate, serve};
+    use super::{ReadOrder, RuntimeGate, serve};
+    use std::sync::Arc;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -1381,5 +1474,44 @@ mod tests {
             tx.send("next").unwrap();
         });
         assert_eq!(rx.try_recv().unwrap(), "next");
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_waits_for_the_reads_before_it_and_for_nothing_else() {
+        let order = Arc::new(ReadOrder::default());
+        let soon = std::time::Duration::from_millis(50);
+        let last_bytes = order.begin(1, 128 << 10);
+        let past_the_end = order.begin(1, 256 << 10);
+        let later = order.begin(1, 384 << 10);
+        let other_file = order.begin(2, 0);
+        // Reads after it, and another file's, do not hold it back; the one before does.
+        assert!(
+            tokio::time::timeout(soon, last_bytes.after_the_reads_before())
+                .await
+                .is_ok()
+        );
+        let waiting = tokio::spawn(async move {
+            past_the_end.after_the_reads_before().await;
+            past_the_end
+        });
+        tokio::time::sleep(soon).await;
+        assert!(
+            !waiting.is_finished(),
+            "a read before it is still unanswered"
+        );
+        drop(later);
+        drop(other_file);
+        tokio::time::sleep(soon).await;
+        assert!(!waiting.is_finished());
+        drop(last_bytes);
+        let past_the_end = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("free once the read before it is answered")
+            .unwrap();
+        drop(past_the_end);
+        assert!(
+            order.in_flight.lock().unwrap().is_empty(),
+            "nothing left behind"
+        );
     }
 }

@@ -931,3 +931,49 @@ fn ls_l_of_a_date_costs_no_lookup_per_entry() {
         "ls -l of {entries} sessions: {lookups} lookup(s), {getattrs} getattr(s), {getxattrs} getxattr(s)"
     );
 }
+
+#[test]
+fn a_read_never_returns_zeros_past_the_end_of_a_file_whose_size_the_kernel_overestimated() {
+    use ringfs::emulator::{AudioFormat, Faults};
+    if !can_mount() {
+        return;
+    }
+    // The names say WAV (16,000 bytes a second) and the content is MP3 (4,000): until the
+    // kernel learns the end, it holds a size four times too large, and its read-ahead asks
+    // for pages past the end. Those reads are answered at once (nothing is there, the length
+    // is known), while the one that holds the last bytes waits for a slow body. The kernel
+    // takes a file's size from the first short answer it sees: answered out of order, the end
+    // would move to the later read's offset, and the bytes in between would read as zeros.
+    let mut cfg = quick_config(8, 1);
+    cfg.format = AudioFormat::Mp3;
+    cfg.faults = Faults {
+        max_bytes_per_sec: Some(300_000),
+        ..Faults::default()
+    };
+    let m = mount(stack(cfg, |fc| {
+        fc.assumed_format = ringfs::catalog::AudioKind::Wav
+    }));
+    let rel = recordings_under(m.path())
+        .into_iter()
+        .find(|rel| {
+            let id = recording_id_of(rel);
+            m.emu()
+                .recording_bytes(&id)
+                .is_some_and(|b| b.len() > 200_000)
+        })
+        .expect("a recording of more than 200,000 bytes");
+    let truth = m.emu().recording_bytes(&recording_id_of(&rel)).unwrap();
+    // Plain reads, no stat first (as dd does): the size the kernel holds is the estimate.
+    let mut f = std::fs::File::open(m.p(&rel.to_string_lossy())).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 128 << 10];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got.len(), truth.len(), "{rel:?}: the length read");
+    assert!(got == truth[..], "{rel:?}: the bytes read");
+}
