@@ -1270,6 +1270,48 @@ pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
     }
 }
 
+/// Drops fuser's "Failed to send FUSE reply" when the kernel answers ENOENT: it no longer waits
+/// for that answer, because the program that asked was interrupted (a Ctrl-C while `ls` waited
+/// for a listing). Nothing failed then, and an ERROR line would say otherwise; fuser's other
+/// reply errors stay in the log.
+struct AbandonedReplies;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AbandonedReplies {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        // fuser logs through `log`: such an event's own target is "log", the module's is in
+        // its `log.target` field.
+        #[derive(Default)]
+        struct Fields {
+            fuser: bool,
+            abandoned: bool,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "log.target" {
+                    self.fuser |= value.starts_with("fuser");
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    let m = format!("{value:?}");
+                    self.abandoned |=
+                        m.contains("Failed to send FUSE reply") && m.contains("(os error 2)");
+                }
+            }
+        }
+        let mut f = Fields {
+            fuser: event.metadata().target().starts_with("fuser"),
+            ..Fields::default()
+        };
+        event.record(&mut f);
+        !(f.fuser && f.abandoned)
+    }
+}
+
 fn init_logging(opts: &Options) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -1299,6 +1341,7 @@ fn init_logging(opts: &Options) -> anyhow::Result<()> {
                 .with_writer(Arc::new(file))
                 .finish()
                 .with(filter)
+                .with(AbandonedReplies)
                 .try_init();
         }
         None if opts.foreground => {
@@ -1306,6 +1349,7 @@ fn init_logging(opts: &Options) -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .finish()
                 .with(filter)
+                .with(AbandonedReplies)
                 .try_init();
         }
         None => {
@@ -1313,6 +1357,7 @@ fn init_logging(opts: &Options) -> anyhow::Result<()> {
                 .with_writer(std::io::sink)
                 .finish()
                 .with(filter)
+                .with(AbandonedReplies)
                 .try_init();
         }
     }
@@ -1667,6 +1712,48 @@ fn detach_stdio() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_the_kernel_no_longer_waits_for_is_not_logged_as_an_error() {
+        use tracing_subscriber::layer::SubscriberExt;
+        #[derive(Clone, Default)]
+        struct Seen(Arc<std::sync::Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                struct M(String);
+                impl tracing::field::Visit for M {
+                    fn record_debug(
+                        &mut self,
+                        _: &tracing::field::Field,
+                        value: &dyn std::fmt::Debug,
+                    ) {
+                        self.0 += &format!("{value:?}");
+                    }
+                }
+                let mut m = M(String::new());
+                event.record(&mut m);
+                self.0.lock().unwrap().push(m.0);
+            }
+        }
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(AbandonedReplies)
+            .with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: Invalid argument (os error 22)");
+            // As fuser's `log` records arrive through tracing-log.
+            tracing::error!(target: "log", { log.target = "fuser::reply" }, "Failed to send FUSE reply: No such file or directory (os error 2)");
+            tracing::warn!(target: "ringfs::fs", "listing failed (os error 2)");
+        });
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].contains("os error 22") && seen[1].contains("listing failed"));
+    }
 
     fn args(s: &[&str]) -> Vec<OsString> {
         s.iter().map(OsString::from).collect()
