@@ -169,6 +169,13 @@ impl FuseAdapter {
     ///   and takes no directory lock), instead of the kernel serializing them on the inode.
     /// - more background requests: the async readahead of several readers stays in flight
     ///   instead of queueing in the kernel.
+    /// - AUTO_INVAL_DATA: a `read(2)` of a file whose attributes have expired asks for them
+    ///   first. A recording's size is an estimate (attribute TTL zero) until its first open
+    ///   learns the exact one, and without this the kernel keeps the estimate through the reads
+    ///   of a program that does not `stat` first (`dd`): its read-ahead then asks past the end,
+    ///   and the end it learns from the short answers depends on their order (see
+    ///   [`ReadOrder`], which still covers `mmap` and `sendfile`, whose reads do not ask). One
+    ///   GETATTR per such open; an exact size's attributes then stay valid.
     ///
     /// Requests of up to 1 MiB (`max_pages`) are negotiated by fuser already (`FUSE_MAX_PAGES`,
     /// from its 16 MiB `max_write`), but the kernel's 128 KiB readahead keeps buffered reads at
@@ -183,6 +190,7 @@ impl FuseAdapter {
         let wanted = F::FUSE_DO_READDIRPLUS
             | F::FUSE_READDIRPLUS_AUTO
             | F::FUSE_PARALLEL_DIROPS
+            | F::FUSE_AUTO_INVAL_DATA
             | F::FUSE_ASYNC_READ;
         let _ = config.add_capabilities(wanted & offered);
         let _ = config.set_max_background(MAX_BACKGROUND);
